@@ -1,0 +1,139 @@
+// bindings.cpp — the pybind11 module lenet5_fast._C.
+//
+// Every function takes raw addresses (Python ints from Tensor.data_ptr()) and sizes. The Python
+// side (lenet5_fast/ops.py) has already checked dtype, device, shape and contiguity, and
+// allocated the outputs. Each call names its device (0 CPU, 1 CUDA) and whether the data is
+// float64; `extra` is the thread count on CPU and the cudaStream_t on CUDA. The GIL is released
+// while a kernel runs.
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+
+#include "lenet5.h"
+
+namespace py = pybind11;
+using Addr = uintptr_t;
+
+namespace {
+
+template <class T> T* P(Addr a) { return reinterpret_cast<T*>(a); }
+inline const int32_t* I(Addr a) { return reinterpret_cast<const int32_t*>(a); }
+
+// Calls cpu_fn(T{}, nthreads) or cuda_fn(T{}, stream) for T = float or double, without the GIL.
+template <class CpuFn, class CudaFn>
+void dispatch(int device, bool f64, uint64_t extra, CpuFn&& cpu_fn, CudaFn&& cuda_fn) {
+  py::gil_scoped_release no_gil;
+  if (device == 0) {
+    const int nthreads = static_cast<int>(extra);
+    if (f64) cpu_fn(double{}, nthreads); else cpu_fn(float{}, nthreads);
+    return;
+  }
+#ifdef LENET5_WITH_CUDA
+  void* stream = reinterpret_cast<void*>(extra);
+  if (f64) cuda_fn(double{}, stream); else cuda_fn(float{}, stream);
+#else
+  (void)cuda_fn;
+  throw std::runtime_error("lenet5_fast was built without CUDA kernels");
+#endif
+}
+
+#ifdef LENET5_WITH_CUDA
+namespace dev = lenet5::cuda;
+#define LENET5_CUDA_CALL(expr) expr
+#else
+#define LENET5_CUDA_CALL(expr) (void)0
+#endif
+namespace cpu = lenet5::cpu;
+
+// One binding per op: the same argument list runs the CPU or the CUDA kernel.
+#define LENET5_UNPACK(...) __VA_ARGS__
+#define LENET5_BIND(name, params, args)                                                         \
+  m.def(#name, [] params {                                                                      \
+    dispatch(                                                                                   \
+        device, f64, extra,                                                                     \
+        [&](auto t, int nthreads) {                                                             \
+          using T = decltype(t);                                                                \
+          cpu::name<T>(LENET5_UNPACK args, nthreads);                                           \
+        },                                                                                      \
+        [&](auto t, void* s) {                                                                  \
+          using T = decltype(t);                                                                \
+          LENET5_CUDA_CALL(dev::name<T>(LENET5_UNPACK args, s));                                \
+        });                                                                                     \
+  })
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "lenet5_fast native kernels (CPU SIMD and CUDA), called through lenet5_fast.ops";
+
+  LENET5_BIND(conv5x5_forward,
+      (int device, bool f64, uint64_t extra, Addr x, Addr w, Addr b, Addr y, int64_t N, int64_t C,
+       int64_t H, int64_t W, int64_t O, int act),
+      (P<const T>(x), P<const T>(w), P<const T>(b), P<T>(y), N, C, H, W, O, act));
+  LENET5_BIND(conv5x5_backward,
+      (int device, bool f64, uint64_t extra, Addr gy, Addr y, Addr x, Addr w, Addr gx, Addr gw,
+       Addr gb, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, bool gn),
+      (P<const T>(gy), P<const T>(y), P<const T>(x), P<const T>(w), P<T>(gx), P<T>(gw), P<T>(gb),
+        N, C, H, W, O, act, gn));
+  LENET5_BIND(sparse_conv5x5_forward,
+      (int device, bool f64, uint64_t extra, Addr x, Addr w, Addr b, Addr offsets, Addr inputs,
+       Addr y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act),
+      (P<const T>(x), P<const T>(w), P<const T>(b), I(offsets), I(inputs), P<T>(y), N, C, H, W, O,
+        act));
+  LENET5_BIND(sparse_conv5x5_backward,
+      (int device, bool f64, uint64_t extra, Addr gy, Addr y, Addr x, Addr w, Addr offsets,
+       Addr inputs, Addr gx, Addr gw, Addr gb, int64_t N, int64_t C, int64_t H, int64_t W,
+       int64_t O, int act, bool gn),
+      (P<const T>(gy), P<const T>(y), P<const T>(x), P<const T>(w), I(offsets), I(inputs),
+        P<T>(gx), P<T>(gw), P<T>(gb), N, C, H, W, O, act, gn));
+  LENET5_BIND(subsample2x2_forward,
+      (int device, bool f64, uint64_t extra, Addr x, Addr coef, Addr bias, Addr y, int64_t N,
+       int64_t C, int64_t H, int64_t W, int act),
+      (P<const T>(x), P<const T>(coef), P<const T>(bias), P<T>(y), N, C, H, W, act));
+  LENET5_BIND(subsample2x2_backward,
+      (int device, bool f64, uint64_t extra, Addr gy, Addr y, Addr x, Addr coef, Addr gx,
+       Addr gcoef, Addr gbias, int64_t N, int64_t C, int64_t H, int64_t W, int act, bool gn),
+      (P<const T>(gy), P<const T>(y), P<const T>(x), P<const T>(coef), P<T>(gx), P<T>(gcoef),
+        P<T>(gbias), N, C, H, W, act, gn));
+  LENET5_BIND(maxpool2x2_forward,
+      (int device, bool f64, uint64_t extra, Addr x, Addr y, int64_t N, int64_t C, int64_t H,
+       int64_t W),
+      (P<const T>(x), P<T>(y), N, C, H, W));
+  LENET5_BIND(maxpool2x2_backward,
+      (int device, bool f64, uint64_t extra, Addr gy, Addr x, Addr y, Addr gx, int64_t N, int64_t C,
+       int64_t H, int64_t W),
+      (P<const T>(gy), P<const T>(x), P<const T>(y), P<T>(gx), N, C, H, W));
+  LENET5_BIND(full_forward,
+      (int device, bool f64, uint64_t extra, Addr x, Addr w, Addr b, Addr y, int64_t N, int64_t D,
+       int64_t O, int act),
+      (P<const T>(x), P<const T>(w), P<const T>(b), P<T>(y), N, D, O, act));
+  LENET5_BIND(full_backward,
+      (int device, bool f64, uint64_t extra, Addr gy, Addr y, Addr x, Addr w, Addr gx, Addr gw,
+       Addr gb, int64_t N, int64_t D, int64_t O, int act, bool gn),
+      (P<const T>(gy), P<const T>(y), P<const T>(x), P<const T>(w), P<T>(gx), P<T>(gw), P<T>(gb),
+        N, D, O, act, gn));
+  LENET5_BIND(euclidean_rbf_forward,
+      (int device, bool f64, uint64_t extra, Addr x, Addr w, Addr y, int64_t N, int64_t D,
+       int64_t M),
+      (P<const T>(x), P<const T>(w), P<T>(y), N, D, M));
+  LENET5_BIND(euclidean_rbf_backward,
+      (int device, bool f64, uint64_t extra, Addr gy, Addr x, Addr w, Addr gx, Addr gw, int64_t N,
+       int64_t D, int64_t M, bool gn),
+      (P<const T>(gy), P<const T>(x), P<const T>(w), P<T>(gx), P<T>(gw), N, D, M, gn));
+  LENET5_BIND(activation_forward,
+      (int device, bool f64, uint64_t extra, Addr x, Addr y, int64_t n, int act),
+      (P<const T>(x), P<T>(y), n, act));
+  LENET5_BIND(activation_backward,
+      (int device, bool f64, uint64_t extra, Addr gy, Addr y, Addr gx, int64_t n, int act, bool gn),
+      (P<const T>(gy), P<const T>(y), P<T>(gx), n, act, gn));
+
+  m.def("simd_level", &cpu::simd_level, "SIMD level the float32 CPU kernels use: 0 portable, 1 AVX2, 2 AVX-512");
+  m.def("set_simd_level", &cpu::set_simd_level, "Force a lower SIMD level (tests); -1 restores the best");
+#ifdef LENET5_WITH_CUDA
+  m.attr("with_cuda") = true;
+  m.def("cuda_device_count", &dev::device_count);
+#else
+  m.attr("with_cuda") = false;
+  m.def("cuda_device_count", [] { return 0; });
+#endif
+}

@@ -1,0 +1,88 @@
+// parallel.h — the CPU kernels' threading and shared helpers.
+//
+// parallel_for runs tasks on a small persistent pool (no thread start-up per call; batch-1
+// calls run inline). Weight gradients are reduced over the batch through kReduceSlots fixed
+// slices of the batch: slice s always holds the same images whatever the thread count, each
+// slice sums its images in order, and the slices are summed in order. So gradients are
+// bitwise identical for any nthreads.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include "lenet5.h"
+
+namespace lenet5 {
+namespace cpu {
+
+// Calls task(i) for i in [0, ntasks) on up to nthreads threads (the caller is one of them).
+void parallel_tasks(int64_t ntasks, int nthreads, const std::function<void(int64_t)>& task);
+
+constexpr int64_t kReduceSlots = 16;
+
+// First image of slice s when N images are cut into nslots slices.
+inline int64_t slice_begin(int64_t N, int64_t nslots, int64_t s) { return N * s / nslots; }
+
+// Runs body(begin, end) over the batch in fixed slices, in parallel. If acc_size > 0, each
+// slice gets its own zeroed accumulator of acc_size values, and the slices' accumulators are
+// summed in slice order into out[0:acc_size]. body(begin, end, acc) sees its slice's accumulator.
+template <class T, class Body>
+void batch_slices(int64_t N, int64_t acc_size, T* out, int nthreads, Body&& body) {
+  const int64_t nslots = std::max<int64_t>(1, std::min<int64_t>(N, kReduceSlots));
+  std::vector<T> acc(acc_size > 0 ? nslots * acc_size : 0, T(0));
+  parallel_tasks(nslots, nthreads, [&](int64_t s) {
+    body(slice_begin(N, nslots, s), slice_begin(N, nslots, s + 1),
+         acc_size > 0 ? acc.data() + s * acc_size : nullptr);
+  });
+  if (acc_size > 0 && out) {
+    std::memcpy(out, acc.data(), sizeof(T) * acc_size);
+    for (int64_t s = 1; s < nslots; ++s) {
+      const T* a = acc.data() + s * acc_size;
+      for (int64_t i = 0; i < acc_size; ++i) out[i] += a[i];
+    }
+  }
+}
+
+// Splits [0, n) into about-equal contiguous ranges, one task each, for element-wise work.
+template <class Body>
+void parallel_range(int64_t n, int64_t grain, int nthreads, Body&& body) {
+  const int64_t ntasks = std::max<int64_t>(1, std::min<int64_t>(nthreads, (n + grain - 1) / grain));
+  parallel_tasks(ntasks, nthreads, [&](int64_t t) { body(n * t / ntasks, n * (t + 1) / ntasks); });
+}
+
+// ---- activations, computed from the output y (see lenet5.h) ----
+template <class T> inline T act_forward(T a, int act) {
+  if (act == kScaledTanh) return T(kTanhA) * std::tanh(T(kTanhS) * a);
+  if (act == kRelu) return a > T(0) ? a : T(0);
+  return a;
+}
+template <class T> inline T act_derivative(T y, int act) {
+  if (act == kScaledTanh) return T(kTanhS) * (T(kTanhA) - y * y / T(kTanhA));
+  if (act == kRelu) return y > T(0) ? T(1) : T(0);
+  return T(1);
+}
+template <class T> inline void act_forward_inplace(T* y, int64_t n, int act) {
+  if (act == kIdentity) return;
+  for (int64_t i = 0; i < n; ++i) y[i] = act_forward(y[i], act);
+}
+// ga = gy * f'(a), or gy * f'(a)^2 for the Gauss-Newton pass. y may be null when act is identity.
+template <class T> inline void act_backward(const T* gy, const T* y, T* ga, int64_t n, int act, bool gn) {
+  if (act == kIdentity) { std::memcpy(ga, gy, sizeof(T) * n); return; }
+  for (int64_t i = 0; i < n; ++i) {
+    const T d = act_derivative(y[i], act);
+    ga[i] = gy[i] * (gn ? d * d : d);
+  }
+}
+// out[i] = in[i]^2 when gn, else a plain copy: Gauss-Newton passes use squared weights/inputs.
+template <class T> inline const T* maybe_square(const T* in, int64_t n, bool gn, std::vector<T>& buf) {
+  if (!gn) return in;
+  buf.resize(n);
+  for (int64_t i = 0; i < n; ++i) buf[i] = in[i] * in[i];
+  return buf.data();
+}
+
+}  // namespace cpu
+}  // namespace lenet5

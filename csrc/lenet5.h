@@ -1,0 +1,120 @@
+// lenet5.h — the native API of lenet5_fast: every layer's forward and backward, CPU and CUDA.
+//
+// Conventions shared by every kernel:
+//  * Tensors are dense, contiguous, row-major (NCHW for maps). Python checks dtype, device,
+//    shape and contiguity before a pointer gets here; kernels trust their arguments.
+//  * T is float or double (double exists so every op can be gradchecked in float64).
+//  * `act` fuses an activation into the op's output: y = act(a), a the op's pre-activation.
+//    Backward needs only y: scaled tanh f(a) = A tanh(S a) has f'(a) = S (A - y^2 / A),
+//    ReLU has f'(a) = [y > 0]. So no pre-activation is ever stored.
+//  * Backward with gauss_newton = true propagates the diagonal Gauss-Newton terms of SDLM
+//    instead of gradients (LeCun et al. 1998, appendix C): the incoming "gradient" is
+//    d2E/dy2, activations contribute f'(a)^2, and every weight and input enters squared.
+//  * A null gradient pointer (gx, gw) means "not needed": that work is skipped.
+//  * Weight and bias gradients are reduced over the batch in a fixed order that does not
+//    depend on the thread count, so results are bitwise reproducible for any nthreads.
+#pragma once
+#include <cstdint>
+
+namespace lenet5 {
+
+enum Act : int { kIdentity = 0, kScaledTanh = 1, kRelu = 2 };
+constexpr double kTanhA = 1.7159;       // squashing amplitude A
+constexpr double kTanhS = 2.0 / 3.0;    // squashing slope S
+
+namespace cpu {
+
+// conv5x5: valid 5x5 convolution. x[N,C,H,W], w[O,C,5,5], b[O] -> y[N,O,H-4,W-4].
+template <class T> void conv5x5_forward(const T* x, const T* w, const T* b, T* y,
+    int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, int nthreads);
+template <class T> void conv5x5_backward(const T* gy, const T* y, const T* x, const T* w,
+    T* gx, T* gw, T* gb, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O,
+    int act, bool gauss_newton, int nthreads);
+
+// sparse_conv5x5: output map o sums 5x5 kernels k in [offsets[o], offsets[o+1]) over the
+// input maps inputs[k]. x[N,C,H,W], w[K,5,5], b[O] -> y[N,O,H-4,W-4].
+template <class T> void sparse_conv5x5_forward(const T* x, const T* w, const T* b,
+    const int32_t* offsets, const int32_t* inputs, T* y,
+    int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, int nthreads);
+template <class T> void sparse_conv5x5_backward(const T* gy, const T* y, const T* x, const T* w,
+    const int32_t* offsets, const int32_t* inputs, T* gx, T* gw, T* gb,
+    int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, bool gauss_newton, int nthreads);
+
+// subsample2x2: y[n,c,i,j] = act(coef[c] * sum of x[n,c,2i:2i+2,2j:2j+2] + bias[c]).
+// x[N,C,H,W] -> y[N,C,H/2,W/2] (a trailing odd row/column is ignored).
+template <class T> void subsample2x2_forward(const T* x, const T* coef, const T* bias, T* y,
+    int64_t N, int64_t C, int64_t H, int64_t W, int act, int nthreads);
+template <class T> void subsample2x2_backward(const T* gy, const T* y, const T* x, const T* coef,
+    T* gx, T* gcoef, T* gbias, int64_t N, int64_t C, int64_t H, int64_t W,
+    int act, bool gauss_newton, int nthreads);
+
+// maxpool2x2 (modern variant): y = max of each 2x2 window; gradient goes to the first maximum.
+template <class T> void maxpool2x2_forward(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W, int nthreads);
+template <class T> void maxpool2x2_backward(const T* gy, const T* x, const T* y, T* gx,
+    int64_t N, int64_t C, int64_t H, int64_t W, int nthreads);
+
+// full: fully connected layer (F6, modern output). x[N,D], w[O,D], b[O] -> y[N,O].
+template <class T> void full_forward(const T* x, const T* w, const T* b, T* y,
+    int64_t N, int64_t D, int64_t O, int act, int nthreads);
+template <class T> void full_backward(const T* gy, const T* y, const T* x, const T* w,
+    T* gx, T* gw, T* gb, int64_t N, int64_t D, int64_t O, int act, bool gauss_newton, int nthreads);
+
+// euclidean_rbf: y[n,i] = sum_j (x[n,j] - w[i,j])^2. x[N,D], w[M,D] -> y[N,M].
+template <class T> void euclidean_rbf_forward(const T* x, const T* w, T* y,
+    int64_t N, int64_t D, int64_t M, int nthreads);
+template <class T> void euclidean_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw,
+    int64_t N, int64_t D, int64_t M, bool gauss_newton, int nthreads);
+
+// activation: elementwise y = act(x) over n values; backward from y.
+template <class T> void activation_forward(const T* x, T* y, int64_t n, int act, int nthreads);
+template <class T> void activation_backward(const T* gy, const T* y, T* gx, int64_t n, int act,
+    bool gauss_newton, int nthreads);
+
+// Which SIMD level the float32 kernels use: 0 portable, 1 AVX2, 2 AVX-512.
+int simd_level();
+// Force a lower level (for tests), or -1 to go back to the best the CPU has.
+void set_simd_level(int level);
+
+}  // namespace cpu
+
+#ifdef LENET5_WITH_CUDA
+namespace cuda {
+// Same contracts as lenet5::cpu, on device pointers, launched on `stream` (a cudaStream_t),
+// asynchronous: no host synchronisation, no allocation, safe under CUDA graph capture.
+// Scratch memory, where a kernel needs it, is passed in by the caller.
+using Stream = void*;
+template <class T> void conv5x5_forward(const T* x, const T* w, const T* b, T* y,
+    int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, Stream s);
+template <class T> void conv5x5_backward(const T* gy, const T* y, const T* x, const T* w,
+    T* gx, T* gw, T* gb, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O,
+    int act, bool gauss_newton, Stream s);
+template <class T> void sparse_conv5x5_forward(const T* x, const T* w, const T* b,
+    const int32_t* offsets, const int32_t* inputs, T* y,
+    int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, Stream s);
+template <class T> void sparse_conv5x5_backward(const T* gy, const T* y, const T* x, const T* w,
+    const int32_t* offsets, const int32_t* inputs, T* gx, T* gw, T* gb,
+    int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, bool gauss_newton, Stream s);
+template <class T> void subsample2x2_forward(const T* x, const T* coef, const T* bias, T* y,
+    int64_t N, int64_t C, int64_t H, int64_t W, int act, Stream s);
+template <class T> void subsample2x2_backward(const T* gy, const T* y, const T* x, const T* coef,
+    T* gx, T* gcoef, T* gbias, int64_t N, int64_t C, int64_t H, int64_t W,
+    int act, bool gauss_newton, Stream s);
+template <class T> void maxpool2x2_forward(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W, Stream s);
+template <class T> void maxpool2x2_backward(const T* gy, const T* x, const T* y, T* gx,
+    int64_t N, int64_t C, int64_t H, int64_t W, Stream s);
+template <class T> void full_forward(const T* x, const T* w, const T* b, T* y,
+    int64_t N, int64_t D, int64_t O, int act, Stream s);
+template <class T> void full_backward(const T* gy, const T* y, const T* x, const T* w,
+    T* gx, T* gw, T* gb, int64_t N, int64_t D, int64_t O, int act, bool gauss_newton, Stream s);
+template <class T> void euclidean_rbf_forward(const T* x, const T* w, T* y, int64_t N, int64_t D, int64_t M, Stream s);
+template <class T> void euclidean_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw,
+    int64_t N, int64_t D, int64_t M, bool gauss_newton, Stream s);
+template <class T> void activation_forward(const T* x, T* y, int64_t n, int act, Stream s);
+template <class T> void activation_backward(const T* gy, const T* y, T* gx, int64_t n, int act,
+    bool gauss_newton, Stream s);
+// Number of visible CUDA devices (0 when there is no driver or GPU); never throws.
+int device_count();
+}  // namespace cuda
+#endif
+
+}  // namespace lenet5

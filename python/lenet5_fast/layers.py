@@ -1,0 +1,232 @@
+"""Drop-in ``nn.Module`` layers on the native ops, initialised as in the paper.
+
+Every trainable weight starts uniform in ``[-2.4/F, 2.4/F]``, F the fan-in of the unit it
+feeds (LeCun et al. 1998, section II and appendix C). Each layer can ``describe()`` itself for
+a given input shape: maps, map size, trainable parameters and connections, as the paper
+counts them (a connection is one multiply-add into a unit, the bias counted as one).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+
+__all__ = [
+    "PAPER_C3_TABLE", "Convolution", "SparseConvolution", "Subsampling", "MaxPool", "ScaledTanh",
+    "FullConnection", "EuclideanRBF",
+]
+
+# Table I of the paper: PAPER_C3_TABLE[o] lists the S2 maps that C3 map o reads.
+PAPER_C3_TABLE: Tuple[Tuple[int, ...], ...] = tuple(
+    [tuple((i + k) % 6 for k in range(3)) for i in range(6)]         # maps 0-5: 3 neighbours
+    + [tuple((i + k) % 6 for k in range(4)) for i in range(6)]       # maps 6-11: 4 neighbours
+    + [(0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5)]                     # maps 12-14: 4, split
+    + [tuple(range(6))]                                              # map 15: all six
+)
+
+
+def _uniform_fan_in_(t: Tensor, fan_in: float) -> None:
+    bound = 2.4 / fan_in
+    with torch.no_grad():
+        t.uniform_(-bound, bound)
+
+
+class _Layer(nn.Module):
+    def describe(self, in_shape: Sequence[int]) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class Convolution(_Layer):
+    """Valid 5x5 convolution, ``in_maps -> out_maps``, with the squashing fused by default."""
+
+    def __init__(self, in_maps: int, out_maps: int, activation="scaled_tanh"):
+        super().__init__()
+        self.in_maps, self.out_maps = int(in_maps), int(out_maps)
+        self.act = ops.activation_code(activation)
+        self.weight = nn.Parameter(torch.empty(self.out_maps, self.in_maps, 5, 5))
+        self.bias = nn.Parameter(torch.empty(self.out_maps))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _uniform_fan_in_(self.weight, self.in_maps * 25)
+        _uniform_fan_in_(self.bias, self.in_maps * 25)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops._conv5x5(x, self.weight, self.bias, self.act)
+
+    def describe(self, in_shape):
+        _, h, w = in_shape
+        out = (self.out_maps, h - 4, w - 4)
+        units = out[0] * out[1] * out[2]
+        return dict(maps=out[0], size=f"{out[1]}x{out[2]}", parameters=self.trainable_parameters(),
+                    connections=units * (self.in_maps * 25 + 1), out_shape=out)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_maps}, {self.out_maps}, activation={self.act}"
+
+
+class SparseConvolution(_Layer):
+    """C3: 5x5 convolution where output map ``o`` reads only the maps ``table[o]`` lists.
+
+    Weights are stored compactly, one 5x5 kernel per connection (``weight[K,5,5]``), and the
+    kernels visit only connected pairs. The default table is the paper's Table I (60 kernels +
+    16 biases = 1,516 parameters). The table travels in the state_dict as two int32 buffers.
+    """
+
+    def __init__(self, in_maps: int = 6, table: Optional[Sequence[Sequence[int]]] = None,
+                 activation="scaled_tanh"):
+        super().__init__()
+        table = PAPER_C3_TABLE if table is None else table
+        self.in_maps = int(in_maps)
+        offsets, inputs = ops.connection_table_to_csr(table, self.in_maps)
+        self.out_maps = offsets.numel() - 1
+        self.act = ops.activation_code(activation)
+        self.register_buffer("table_offsets", offsets)
+        self.register_buffer("table_inputs", inputs)
+        self.weight = nn.Parameter(torch.empty(inputs.numel(), 5, 5))
+        self.bias = nn.Parameter(torch.empty(self.out_maps))
+        self.reset_parameters()
+
+    @property
+    def table(self) -> Tuple[Tuple[int, ...], ...]:
+        off, inp = self.table_offsets.tolist(), self.table_inputs.tolist()
+        return tuple(tuple(inp[off[o]:off[o + 1]]) for o in range(self.out_maps))
+
+    def reset_parameters(self) -> None:
+        off = self.table_offsets.tolist()
+        with torch.no_grad():
+            for o in range(self.out_maps):
+                fan_in = (off[o + 1] - off[o]) * 25
+                _uniform_fan_in_(self.weight[off[o]:off[o + 1]], fan_in)
+                _uniform_fan_in_(self.bias[o:o + 1], fan_in)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops._sparse_conv5x5(x, self.weight, self.bias, self.table_offsets, self.table_inputs, self.act)
+
+    def describe(self, in_shape):
+        _, h, w = in_shape
+        out = (self.out_maps, h - 4, w - 4)
+        per_map = out[1] * out[2]
+        return dict(maps=out[0], size=f"{out[1]}x{out[2]}", parameters=self.trainable_parameters(),
+                    connections=per_map * (self.table_inputs.numel() * 25 + self.out_maps), out_shape=out)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_maps}, {self.out_maps}, kernels={self.table_inputs.numel()}, activation={self.act}"
+
+
+class Subsampling(_Layer):
+    """S2/S4: each unit sums a 2x2 window, times a trainable coefficient, plus a trainable bias,
+    then the squashing (fused)."""
+
+    def __init__(self, maps: int, activation="scaled_tanh"):
+        super().__init__()
+        self.maps = int(maps)
+        self.act = ops.activation_code(activation)
+        self.coef = nn.Parameter(torch.empty(self.maps))
+        self.bias = nn.Parameter(torch.empty(self.maps))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _uniform_fan_in_(self.coef, 4)
+        _uniform_fan_in_(self.bias, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops._subsample2x2(x, self.coef, self.bias, self.act)
+
+    def describe(self, in_shape):
+        _, h, w = in_shape
+        out = (self.maps, h // 2, w // 2)
+        return dict(maps=out[0], size=f"{out[1]}x{out[2]}", parameters=self.trainable_parameters(),
+                    connections=out[0] * out[1] * out[2] * 5, out_shape=out)
+
+    def extra_repr(self) -> str:
+        return f"{self.maps}, activation={self.act}"
+
+
+class MaxPool(_Layer):
+    """2x2 max-pooling, stride 2 (modern variant)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops._maxpool2x2(x)
+
+    def describe(self, in_shape):
+        c, h, w = in_shape
+        out = (c, h // 2, w // 2)
+        return dict(maps=c, size=f"{out[1]}x{out[2]}", parameters=0,
+                    connections=out[0] * out[1] * out[2] * 4, out_shape=out)
+
+
+class ScaledTanh(_Layer):
+    """The paper's squashing f(a) = 1.7159 tanh(2a/3) as a stand-alone layer."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops._activation(x.contiguous(), 1)
+
+    def describe(self, in_shape):
+        return dict(maps=in_shape[0] if len(in_shape) > 1 else 1, size="", parameters=0,
+                    connections=0, out_shape=tuple(in_shape))
+
+
+class FullConnection(_Layer):
+    """Fully connected layer (F6: 120 -> 84), squashing fused by default. Flattens its input."""
+
+    def __init__(self, in_features: int, out_features: int, activation="scaled_tanh"):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.act = ops.activation_code(activation)
+        self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features))
+        self.bias = nn.Parameter(torch.empty(self.out_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _uniform_fan_in_(self.weight, self.in_features)
+        _uniform_fan_in_(self.bias, self.in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops._full(x.reshape(x.shape[0], -1), self.weight, self.bias, self.act)
+
+    def describe(self, in_shape):
+        return dict(maps=self.out_features, size="1x1", parameters=self.trainable_parameters(),
+                    connections=self.out_features * (self.in_features + 1), out_shape=(self.out_features,))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, activation={self.act}"
+
+
+class EuclideanRBF(_Layer):
+    """Output layer: y_i = sum_j (x_j - w_ij)^2. By default w is fixed (a buffer) and holds the
+    paper's +-1 stylized 7x12 digit bitmaps; ``trainable=True`` makes it a Parameter."""
+
+    def __init__(self, in_features: int = 84, out_features: int = 10, weight: Optional[Tensor] = None,
+                 trainable: bool = False):
+        super().__init__()
+        if weight is None:
+            if (in_features, out_features) != (84, 10):
+                raise ValueError("EuclideanRBF: give `weight` unless the layer is the paper's 84 -> 10")
+            from .codes import output_codes
+
+            weight = output_codes()
+        weight = torch.as_tensor(weight, dtype=torch.float32).detach().clone()
+        if weight.shape != (out_features, in_features):
+            raise ValueError(f"EuclideanRBF: weight must be ({out_features}, {in_features}), got {tuple(weight.shape)}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        if trainable:
+            self.weight = nn.Parameter(weight)
+        else:
+            self.register_buffer("weight", weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops._euclidean_rbf(x.reshape(x.shape[0], -1), self.weight)
+
+    def describe(self, in_shape):
+        return dict(maps=self.out_features, size="1x1", parameters=self.trainable_parameters(),
+                    connections=self.out_features * self.in_features, out_shape=(self.out_features,))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, trainable={isinstance(self.weight, nn.Parameter)}"

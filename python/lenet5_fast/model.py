@@ -1,0 +1,133 @@
+"""The LeNet-5 network, its loss, and its per-layer summary.
+
+``LeNet5()`` is the paper's network (variant "classic"): 32x32 input, C1 conv 6@28x28,
+S2 trainable subsampling, C3 sparse conv 16@10x10 through Table I, S4, C5 120 maps, F6 84
+units, every one followed by the squashing 1.7159 tanh(2a/3) (fused into the op), and an
+output layer of 10 Euclidean RBF units over fixed +-1 7x12 digit bitmaps. Its ``forward``
+returns the 10 RBF distances (smaller is better); ``loss`` is the paper's MAP criterion.
+
+``LeNet5(variant="modern")``: ReLU, 2x2 max-pool, full C3, linear 10-way output (logits) for
+cross-entropy, ``in_channels`` configurable. Never the default.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import (PAPER_C3_TABLE, Convolution, EuclideanRBF, FullConnection, MaxPool,
+                     SparseConvolution, Subsampling)
+
+__all__ = ["LeNet5", "map_loss", "DEFAULT_MAP_J", "summary", "LAYER_NAMES"]
+
+# j in the MAP criterion E = y_c + log(exp(-j) + sum_i exp(-y_i)). The paper gives no value;
+# with RBF outputs of order 1..300, j = 1 lets the competitive term vanish once every wrong
+# class is more than a few units away, while still pushing apart classes that are close.
+DEFAULT_MAP_J = 1.0
+LAYER_NAMES = ("c1", "s2", "c3", "s4", "c5", "f6", "output")
+VARIANTS = ("classic", "modern")
+
+
+def map_loss(y: Tensor, target: Tensor, j: float = DEFAULT_MAP_J, reduction: str = "mean") -> Tensor:
+    """The paper's MAP criterion (eq. 9) for RBF outputs y[N,10] (distances, smaller = better):
+    E = y_correct + log(exp(-j) + sum_i exp(-y_i))."""
+    if y.dim() != 2:
+        raise ValueError(f"map_loss: outputs must be [N, classes], got shape {tuple(y.shape)}")
+    target = target.to(device=y.device, dtype=torch.long)
+    correct = y.gather(1, target.view(-1, 1)).squeeze(1)
+    j_col = torch.full_like(y[:, :1], -float(j))
+    competitive = torch.logsumexp(torch.cat([j_col, -y], dim=1), dim=1)
+    e = correct + competitive
+    if reduction == "mean":
+        return e.mean()
+    if reduction == "sum":
+        return e.sum()
+    if reduction == "none":
+        return e
+    raise ValueError(f"map_loss: unknown reduction {reduction!r}")
+
+
+class LeNet5(nn.Module):
+    def __init__(self, variant: str = "classic", in_channels: int = 1, num_classes: int = 10,
+                 c3_table=None, map_j: float = DEFAULT_MAP_J):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"LeNet5: variant must be one of {VARIANTS}, got {variant!r}")
+        self.variant = variant
+        self.in_channels = int(in_channels)
+        self.num_classes = int(num_classes)
+        self.map_j = float(map_j)
+        if variant == "classic":
+            if num_classes != 10:
+                raise ValueError("LeNet5: the classic variant's RBF output codes are the 10 digits")
+            self.c1 = Convolution(in_channels, 6)
+            self.s2 = Subsampling(6)
+            self.c3 = SparseConvolution(6, PAPER_C3_TABLE if c3_table is None else c3_table)
+            self.s4 = Subsampling(self.c3.out_maps)
+            self.c5 = Convolution(self.c3.out_maps, 120)
+            self.f6 = FullConnection(120, 84)
+            self.output = EuclideanRBF(84, 10)
+        else:
+            self.c1 = Convolution(in_channels, 6, activation="relu")
+            self.s2 = MaxPool()
+            self.c3 = Convolution(6, 16, activation="relu")
+            self.s4 = MaxPool()
+            self.c5 = Convolution(16, 120, activation="relu")
+            self.f6 = FullConnection(120, 84, activation="relu")
+            self.output = FullConnection(84, num_classes, activation="identity")
+
+    def layers(self) -> List[nn.Module]:
+        return [getattr(self, n) for n in LAYER_NAMES]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers():
+            x = layer(x)
+        return x
+
+    def loss(self, out: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        """MAP loss on RBF distances (classic) or cross-entropy on logits (modern)."""
+        if self.variant == "classic":
+            return map_loss(out, target, self.map_j, reduction)
+        return F.cross_entropy(out, target.to(out.device), reduction=reduction)
+
+    def scores(self, out: Tensor) -> Tensor:
+        """Higher-is-better class scores from the raw output."""
+        return -out if self.variant == "classic" else out
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Class index per image."""
+        return self.scores(self(x)).argmax(dim=1)
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant!r}, in_channels={self.in_channels}"
+
+
+def summary(model: nn.Module, input_size: int = 32) -> dict:
+    """Per-layer maps, size, trainable parameters and connections, computed from the model."""
+    shape = (model.in_channels, input_size, input_size)
+    rows = []
+    for name in LAYER_NAMES:
+        layer = getattr(model, name)
+        d = layer.describe(shape)
+        shape = d.pop("out_shape")
+        rows.append(dict(name=name.upper() if name != "output" else "output", kind=type(layer).__name__, **d))
+    return dict(
+        variant=getattr(model, "variant", "?"),
+        input=f"{model.in_channels}x{input_size}x{input_size}",
+        layers=rows,
+        total_parameters=sum(r["parameters"] for r in rows),
+        total_connections=sum(r["connections"] for r in rows),
+    )
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"LeNet-5 ({s['variant']}), input {s['input']}",
+             f"{'layer':<8}{'kind':<19}{'maps':>6}{'size':>8}{'parameters':>13}{'connections':>14}"]
+    for r in s["layers"]:
+        lines.append(f"{r['name']:<8}{r['kind']:<19}{r['maps']:>6}{r['size']:>8}"
+                     f"{r['parameters']:>13,}{r['connections']:>14,}")
+    lines.append(f"{'total':<41}{s['total_parameters']:>13,}{s['total_connections']:>14,}")
+    return "\n".join(lines)
