@@ -1,0 +1,175 @@
+"""CUDA kernels: every op on the GPU against the float64 reference, gradcheck and opcheck on
+the GPU, the model on GPU equals the CPU model, no host synchronisation, CUDA-graph capture.
+Skipped (with the reason) on a machine without a GPU or on a build without CUDA kernels."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lenet5_fast import LeNet5, _C, ops, reference
+from lenet5_fast.layers import PAPER_C3_TABLE
+
+pytestmark = [
+    pytest.mark.skipif(not _C.with_cuda, reason="this build has no CUDA kernels"),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible"),
+]
+D64 = torch.float64
+
+
+def _cases():
+    off, inp = ops.connection_table_to_csr(PAPER_C3_TABLE, 6)
+    r = torch.randn
+    for N in (1, 7, 300):
+        for act in (0, 1, 2):
+            yield f"conv-c1-{N}-{act}", ops.conv5x5, reference.conv5x5, [r(N, 1, 32, 32), r(6, 1, 5, 5) * .3, r(6), act]
+            yield f"conv-c3full-{N}-{act}", ops.conv5x5, reference.conv5x5, [r(N, 6, 14, 14), r(16, 6, 5, 5) * .2, r(16), act]
+            yield f"conv-c5-{N}-{act}", ops.conv5x5, reference.conv5x5, [r(N, 16, 5, 5), r(120, 16, 5, 5) * .1, r(120), act]
+            yield f"sparse-{N}-{act}", (lambda x, w, b, a=act: ops.sparse_conv5x5(x, w, b, off.cuda(), inp.cuda(), a)), \
+                (lambda x, w, b, a=act: reference.sparse_conv5x5(x, w, b, off, inp, a)), [r(N, 6, 14, 14), r(60, 5, 5) * .3, r(16)]
+            yield f"subsample-{N}-{act}", ops.subsample2x2, reference.subsample2x2, [r(N, 6, 28, 28), r(6), r(6), act]
+            yield f"full-{N}-{act}", ops.full, reference.full, [r(N, 120), r(84, 120) * .1, r(84), act]
+        yield f"maxpool-{N}", ops.maxpool2x2, (lambda x: F.max_pool2d(x, 2)), [r(N, 6, 28, 28)]
+        yield f"rbf-{N}", ops.euclidean_rbf, reference.euclidean_rbf, [r(N, 84), r(10, 84)]
+        yield f"act-{N}", (lambda x: ops.activation(x, 1)), (lambda x: reference.act(x, 1)), [r(N, 6, 28, 28)]
+    yield "conv-odd", ops.conv5x5, reference.conv5x5, [r(3, 3, 9, 7), r(2, 3, 5, 5), r(2), 1]
+    yield "subsample-odd", ops.subsample2x2, reference.subsample2x2, [r(2, 2, 7, 5), r(2), r(2), 1]
+
+
+CASES = list(_cases())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,native,ref,inputs", CASES, ids=[c[0] for c in CASES])
+def test_op_on_gpu_matches_float64_reference(name, native, ref, inputs, dtype):
+    grad_idx = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)]
+    ref_in = [t.to(D64).requires_grad_() if i in grad_idx else t for i, t in enumerate(inputs)]
+    want = ref(*ref_in)
+    g = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, [ref_in[i] for i in grad_idx], g)
+    gpu_in = [t.to("cuda", dtype).requires_grad_() if i in grad_idx else t for i, t in enumerate(inputs)]
+    got = native(*gpu_in)
+    assert got.is_cuda and got.dtype == dtype
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == D64 else dict(rtol=1e-4, atol=1e-4)
+    scale = max(1.0, want.abs().max().item())
+    torch.testing.assert_close(got.cpu().to(D64), want.detach(), rtol=tol["rtol"], atol=tol["atol"] * scale)
+    got_grads = torch.autograd.grad(got, [gpu_in[i] for i in grad_idx], g.to("cuda", dtype))
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a.cpu().to(D64), b, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 * max(1.0, b.abs().max().item()))
+
+
+def test_gauss_newton_backward_gpu_equals_cpu():
+    off, inp = ops.connection_table_to_csr(PAPER_C3_TABLE, 6)
+    x, w, b = torch.randn(5, 6, 14, 14, dtype=D64), torch.randn(60, 5, 5, dtype=D64), torch.randn(16, dtype=D64)
+    y = ops.sparse_conv5x5(x, w, b, off, inp, 1)
+    h = torch.rand_like(y)
+    cpu = ops.sparse_conv5x5_backward(h, y, x, w, off, inp, 1, True, True)
+    gpu = ops.sparse_conv5x5_backward(h.cuda(), y.cuda(), x.cuda(), w.cuda(), off.cuda(), inp.cuda(), 1, True, True)
+    for a, b_ in zip(cpu, gpu):
+        torch.testing.assert_close(b_.cpu(), a)
+    xr, wr, hr = torch.randn(4, 84, dtype=D64), torch.randn(10, 84, dtype=D64), torch.rand(4, 10, dtype=D64)
+    for a, b_ in zip(ops.euclidean_rbf_backward(hr, xr, wr, True, True, True),
+                     ops.euclidean_rbf_backward(hr.cuda(), xr.cuda(), wr.cuda(), True, True, True)):
+        torch.testing.assert_close(b_.cpu(), a)
+
+
+def test_gradcheck_on_gpu():
+    off, inp = ops.connection_table_to_csr(((0,), (1, 2), (0, 1, 2)), 3)
+    off, inp = off.cuda(), inp.cuda()
+    dev = dict(device="cuda", dtype=D64, requires_grad=True)
+    checks = [
+        (lambda x, w, b: ops.conv5x5(x, w, b, 1), (torch.randn(2, 2, 7, 6, **dev), torch.randn(2, 2, 5, 5, **dev), torch.randn(2, **dev))),
+        (lambda x, w, b: ops.sparse_conv5x5(x, w, b, off, inp, 1), (torch.randn(2, 3, 6, 6, **dev), torch.randn(6, 5, 5, **dev), torch.randn(3, **dev))),
+        (lambda x, c, b: ops.subsample2x2(x, c, b, 1), (torch.randn(2, 2, 6, 5, **dev), torch.randn(2, **dev), torch.randn(2, **dev))),
+        (lambda x, w, b: ops.full(x, w, b, 1), (torch.randn(3, 7, **dev), torch.randn(4, 7, **dev), torch.randn(4, **dev))),
+        (ops.euclidean_rbf, (torch.randn(3, 6, **dev), torch.randn(4, 6, **dev))),
+        (ops.maxpool2x2, (torch.randn(2, 2, 6, 6, **dev),)),
+        (lambda x: ops.activation(x, 1), (torch.randn(3, 5, **dev),)),
+    ]
+    for fn, args in checks:
+        assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6)
+
+
+def test_opcheck_on_gpu():
+    off, inp = ops.connection_table_to_csr(PAPER_C3_TABLE, 6)
+    c = dict(device="cuda")
+    r = torch.randn
+    for op, args in [
+        (torch.ops.lenet5_fast.conv5x5, (r(2, 3, 9, 9, **c), r(4, 3, 5, 5, **c), r(4, **c), 1)),
+        (torch.ops.lenet5_fast.sparse_conv5x5, (r(2, 6, 10, 10, **c), r(60, 5, 5, **c), r(16, **c), off.cuda(), inp.cuda(), 1)),
+        (torch.ops.lenet5_fast.subsample2x2, (r(2, 3, 8, 8, **c), r(3, **c), r(3, **c), 1)),
+        (torch.ops.lenet5_fast.maxpool2x2, (r(2, 3, 8, 8, **c),)),
+        (torch.ops.lenet5_fast.full, (r(3, 12, **c), r(5, 12, **c), r(5, **c), 1)),
+        (torch.ops.lenet5_fast.euclidean_rbf, (r(3, 84, **c), r(10, 84, **c))),
+        (torch.ops.lenet5_fast.activation, (r(3, 5, **c), 1)),
+    ]:
+        args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("variant", ["classic", "modern"])
+def test_model_on_gpu_equals_cpu(variant):
+    cpu = LeNet5(variant=variant)
+    gpu = LeNet5(variant=variant).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(64, 1, 32, 32)
+    t = torch.randint(0, 10, (64,))
+    out_c, out_g = cpu(x), gpu(x.cuda())
+    torch.testing.assert_close(out_g.cpu(), out_c, rtol=1e-4, atol=1e-4)
+    cpu.loss(out_c, t).backward()
+    gpu.loss(out_g, t.cuda()).backward()
+    for (n, pc), (_, pg) in zip(cpu.named_parameters(), gpu.named_parameters()):
+        torch.testing.assert_close(pg.grad.cpu(), pc.grad, rtol=1e-3, atol=1e-4, msg=n)
+
+
+def test_no_host_sync_in_forward_backward():
+    model = LeNet5().cuda()
+    x = torch.randn(32, 1, 32, 32, device="cuda")
+    t = torch.randint(0, 10, (32,), device="cuda")
+    model(x)  # warm-up outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = model(x)
+        grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(g.is_cuda for g in grads)
+    del t
+
+
+def test_cuda_graph_capture_of_training_step():
+    torch.manual_seed(0)
+    model = LeNet5().cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(16, 1, 32, 32, device="cuda")
+    t = torch.randint(0, 10, (16,), device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=False)
+            model.loss(model(x), t).backward()
+            opt.step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=False)
+    with torch.cuda.graph(graph):
+        loss = model.loss(model(x), t)
+        loss.backward()
+        opt.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    graph.replay()
+    torch.cuda.synchronize()
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert torch.isfinite(loss).item()
+
+
+def test_mixed_devices_are_a_clear_error():
+    with pytest.raises(ValueError, match="is on cpu but the input is on cuda"):
+        ops.conv5x5(torch.randn(1, 1, 32, 32, device="cuda"), torch.randn(6, 1, 5, 5), torch.randn(6))
+
+
+def test_large_batch_grid_limits():
+    x = torch.randn(70000, 16, 5, 5, device="cuda")
+    w, b = torch.randn(120, 16, 5, 5, device="cuda") * .1, torch.randn(120, device="cuda")
+    y = ops.conv5x5(x, w, b, 1)
+    torch.testing.assert_close(y[-5:].cpu(), reference.conv5x5(x[-5:].cpu(), w.cpu(), b.cpu(), 1), rtol=1e-4, atol=1e-4)
