@@ -56,12 +56,12 @@ void parallel_range(int64_t n, int64_t grain, int nthreads, Body&& body) {
 // ---- activations, computed from the output y (see lenet5.h) ----
 template <class T> inline T act_forward(T a, int act) {
   if (act == kScaledTanh) return T(kTanhA) * std::tanh(T(kTanhS) * a);
-  if (act == kRelu) return a > T(0) ? a : T(0);
+  if (act == kRelu) return a <= T(0) ? T(0) : a;  // NaN stays NaN, like torch.relu
   return a;
 }
 template <class T> inline T act_derivative(T y, int act) {
   if (act == kScaledTanh) return T(kTanhS) * (T(kTanhA) - y * y / T(kTanhA));
-  if (act == kRelu) return y > T(0) ? T(1) : T(0);
+  if (act == kRelu) return y <= T(0) ? T(0) : T(1);  // like torch: a NaN passes the gradient
   return T(1);
 }
 template <class T> inline void act_forward_inplace(T* y, int64_t n, int act) {

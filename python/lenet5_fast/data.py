@@ -274,7 +274,10 @@ def _read_idx_stream(path: Path, f, md5, file_size: Optional[int]) -> np.ndarray
         )
     if md5 is not None:
         md5.update(buf)
-    arr = np.frombuffer(buf, dtype=dtype).reshape(dims)
+    try:
+        arr = np.frombuffer(buf, dtype=dtype).reshape(dims)
+    except ValueError as e:  # e.g. more than 64 dimensions, or 0 x 4G x 4G x 4G
+        raise DataError(f"{path}: header declares a {shape_txt} array, which numpy cannot hold ({e})") from e
     if dtype.itemsize > 1:
         arr = arr.astype(dtype.newbyteorder("="))
     else:

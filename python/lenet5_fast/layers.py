@@ -28,6 +28,15 @@ PAPER_C3_TABLE: Tuple[Tuple[int, ...], ...] = tuple(
 )
 
 
+def _input(layer: nn.Module, x, min_dim: int = 0) -> Tensor:
+    """The layer's input, contiguous (the ops need it; any strides are accepted here)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{type(layer).__name__}: input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{type(layer).__name__}: input must be a batch [N, ...], got shape {tuple(x.shape)}")
+    return x.contiguous()
+
+
 def _uniform_fan_in_(t: Tensor, fan_in: float) -> None:
     bound = 2.4 / fan_in
     with torch.no_grad():
@@ -58,7 +67,7 @@ class Convolution(_Layer):
         _uniform_fan_in_(self.bias, self.in_maps * 25)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops._conv5x5(x, self.weight, self.bias, self.act)
+        return ops._conv5x5(_input(self, x), self.weight, self.bias, self.act)
 
     def describe(self, in_shape):
         _, h, w = in_shape
@@ -107,7 +116,7 @@ class SparseConvolution(_Layer):
                 _uniform_fan_in_(self.bias[o:o + 1], fan_in)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops._sparse_conv5x5(x, self.weight, self.bias, self.table_offsets, self.table_inputs, self.act)
+        return ops._sparse_conv5x5(_input(self, x), self.weight, self.bias, self.table_offsets, self.table_inputs, self.act)
 
     def describe(self, in_shape):
         _, h, w = in_shape
@@ -137,7 +146,7 @@ class Subsampling(_Layer):
         _uniform_fan_in_(self.bias, 4)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops._subsample2x2(x, self.coef, self.bias, self.act)
+        return ops._subsample2x2(_input(self, x), self.coef, self.bias, self.act)
 
     def describe(self, in_shape):
         _, h, w = in_shape
@@ -153,7 +162,7 @@ class MaxPool(_Layer):
     """2x2 max-pooling, stride 2 (modern variant)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops._maxpool2x2(x)
+        return ops._maxpool2x2(_input(self, x))
 
     def describe(self, in_shape):
         c, h, w = in_shape
@@ -166,7 +175,7 @@ class ScaledTanh(_Layer):
     """The paper's squashing f(a) = 1.7159 tanh(2a/3) as a stand-alone layer."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops._activation(x.contiguous(), 1)
+        return ops._activation(_input(self, x), 1)
 
     def describe(self, in_shape):
         return dict(maps=in_shape[0] if len(in_shape) > 1 else 1, size="", parameters=0,
@@ -189,6 +198,7 @@ class FullConnection(_Layer):
         _uniform_fan_in_(self.bias, self.in_features)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = _input(self, x, 1)
         return ops._full(x.reshape(x.shape[0], -1), self.weight, self.bias, self.act)
 
     def describe(self, in_shape):
@@ -222,6 +232,7 @@ class EuclideanRBF(_Layer):
             self.register_buffer("weight", weight)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = _input(self, x, 1)
         return ops._euclidean_rbf(x.reshape(x.shape[0], -1), self.weight)
 
     def describe(self, in_shape):

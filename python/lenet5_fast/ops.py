@@ -76,6 +76,12 @@ def _check_shape(op: str, name: str, t: Tensor, shape: Sequence[int]) -> None:
         raise ValueError(f"lenet5_fast.{op}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
+def _check_out_maps(op: str, O: int) -> None:
+    # Zero outputs would hand the kernels null output pointers (undefined behaviour in memcpy).
+    if O == 0:
+        raise ValueError(f"lenet5_fast.{op}: weight has no outputs (its first dimension is 0)")
+
+
 def _check_input(op: str, x: Tensor, ndim: int, min_hw: int = 0) -> None:
     _check_tensor(op, "input", x, ndim)
     if x.shape[0] == 0:
@@ -86,12 +92,25 @@ def _check_input(op: str, x: Tensor, ndim: int, min_hw: int = 0) -> None:
         raise ValueError(f"lenet5_fast.{op}: input maps must be at least {min_hw}x{min_hw}, got shape {tuple(x.shape)}")
 
 
-def _check_table(op: str, offsets: Tensor, inputs: Tensor, in_maps: int, out_maps: int) -> None:
+def _check_grad_and_output(op: str, grad, y, x: Tensor, shape: Sequence[int]) -> None:
+    """A backward op's incoming gradient and the forward's output: like x, of the output's shape."""
+    for name, t in (("grad", grad), ("output", y)):
+        _check_tensor(op, name, t, len(shape), x.dtype, x.device)
+        _check_shape(op, name, t, shape)
+
+
+def _check_table_tensors(op: str, offsets, inputs) -> None:
     for name, t in (("table offsets", offsets), ("table inputs", inputs)):
         if not isinstance(t, Tensor) or t.dtype != torch.int32 or t.dim() != 1 or not t.is_contiguous():
             raise TypeError(f"lenet5_fast.{op}: {name} must be a contiguous 1-D int32 tensor")
+
+
+def _check_table(op: str, offsets: Tensor, inputs: Tensor, in_maps: int, out_maps: int) -> None:
+    _check_table_tensors(op, offsets, inputs)
     if offsets.shape[0] != out_maps + 1:
         raise ValueError(f"lenet5_fast.{op}: table offsets must have {out_maps + 1} entries, got {offsets.shape[0]}")
+    if inputs.shape[0] == 0:  # no kernels: the weight gradient would be a null pointer
+        raise ValueError(f"lenet5_fast.{op}: the table has no connections (table inputs is empty)")
     # Table contents are checked on the CPU only: reading a CUDA table here would synchronise
     # the stream. Tables on the GPU come from SparseConvolution, which checked them when built.
     if offsets.device.type != "cpu" or inputs.device.type != "cpu" or _is_fake(offsets) or _is_fake(inputs):
@@ -157,6 +176,7 @@ def _conv5x5_check(x, weight, bias, act):
     _check_tensor("conv5x5", "weight", weight, 4, x.dtype, x.device)
     O, C = weight.shape[0], x.shape[1]
     _check_shape("conv5x5", "weight", weight, (O, C, 5, 5))
+    _check_out_maps("conv5x5", O)
     _check_tensor("conv5x5", "bias", bias, 1, x.dtype, x.device)
     _check_shape("conv5x5", "bias", bias, (O,))
     activation_code(act)
@@ -179,13 +199,17 @@ def _(x, weight, bias, act):
     return x.new_empty((N, O, H - 4, W - 4))
 
 
+def _conv5x5_backward_check(grad, y, x, weight, act):
+    _check_tensor("conv5x5_backward", "weight", weight, 4)
+    N, C, H, W, O = _conv5x5_check(x, weight, weight.new_empty(weight.shape[0]), act)
+    _check_grad_and_output("conv5x5_backward", grad, y, x, (N, O, H - 4, W - 4))
+    return N, C, H, W, O
+
+
 @torch.library.custom_op("lenet5_fast::conv5x5_backward", mutates_args=())
 def _conv5x5_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, act: int,
                       gauss_newton: bool, input_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    N, C, H, W, O = _conv5x5_check(x, weight, weight.new_empty(weight.shape[0]), act)
-    _check_tensor("conv5x5_backward", "grad", grad, 4, x.dtype, x.device)
-    _check_shape("conv5x5_backward", "grad", grad, (N, O, H - 4, W - 4))
-    _check_shape("conv5x5_backward", "output", y, grad.shape)
+    N, C, H, W, O = _conv5x5_backward_check(grad, y, x, weight, act)
     gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
     gw, gb = torch.empty_like(weight), weight.new_empty((O,))
     with _on_device(x):
@@ -196,6 +220,7 @@ def _conv5x5_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, act: i
 
 @_conv5x5_backward.register_fake
 def _(grad, y, x, weight, act, gauss_newton, input_grad):
+    _conv5x5_backward_check(grad, y, x, weight, act)
     gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
     return gx, torch.empty_like(weight), weight.new_empty((weight.shape[0],))
 
@@ -257,15 +282,20 @@ def _(x, weight, bias, offsets, inputs, act):
     return x.new_empty((N, O, H - 4, W - 4))
 
 
+def _sparse_backward_check(grad, y, x, weight, offsets, inputs, act):
+    _check_tensor("sparse_conv5x5_backward", "weight", weight, 3)
+    _check_table_tensors("sparse_conv5x5_backward", offsets, inputs)
+    bias = weight.new_empty((max(offsets.shape[0] - 1, 0),))
+    N, C, H, W, O = _sparse_check(x, weight, bias, offsets, inputs, act)
+    _check_grad_and_output("sparse_conv5x5_backward", grad, y, x, (N, O, H - 4, W - 4))
+    return N, C, H, W, O
+
+
 @torch.library.custom_op("lenet5_fast::sparse_conv5x5_backward", mutates_args=())
 def _sparse_conv5x5_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, offsets: Tensor,
                              inputs: Tensor, act: int, gauss_newton: bool,
                              input_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    O = offsets.shape[0] - 1
-    N, C, H, W, O = _sparse_check(x, weight, weight.new_empty((O,)), offsets, inputs, act)
-    _check_tensor("sparse_conv5x5_backward", "grad", grad, 4, x.dtype, x.device)
-    _check_shape("sparse_conv5x5_backward", "grad", grad, (N, O, H - 4, W - 4))
-    _check_shape("sparse_conv5x5_backward", "output", y, grad.shape)
+    N, C, H, W, O = _sparse_backward_check(grad, y, x, weight, offsets, inputs, act)
     gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
     gw, gb = torch.empty_like(weight), weight.new_empty((O,))
     with _on_device(x):
@@ -277,6 +307,7 @@ def _sparse_conv5x5_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor,
 
 @_sparse_conv5x5_backward.register_fake
 def _(grad, y, x, weight, offsets, inputs, act, gauss_newton, input_grad):
+    _sparse_backward_check(grad, y, x, weight, offsets, inputs, act)
     gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
     return gx, torch.empty_like(weight), weight.new_empty((offsets.shape[0] - 1,))
 
@@ -349,13 +380,16 @@ def _(x, coef, bias, act):
     return x.new_empty((N, C, H // 2, W // 2))
 
 
+def _subsample_backward_check(grad, y, x, coef, act):
+    N, C, H, W = _subsample_check(x, coef, coef, act)
+    _check_grad_and_output("subsample2x2_backward", grad, y, x, (N, C, H // 2, W // 2))
+    return N, C, H, W
+
+
 @torch.library.custom_op("lenet5_fast::subsample2x2_backward", mutates_args=())
 def _subsample2x2_backward(grad: Tensor, y: Tensor, x: Tensor, coef: Tensor, act: int,
                            gauss_newton: bool, input_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    N, C, H, W = _subsample_check(x, coef, coef, act)
-    _check_tensor("subsample2x2_backward", "grad", grad, 4, x.dtype, x.device)
-    _check_shape("subsample2x2_backward", "grad", grad, (N, C, H // 2, W // 2))
-    _check_shape("subsample2x2_backward", "output", y, grad.shape)
+    N, C, H, W = _subsample_backward_check(grad, y, x, coef, act)
     gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
     gc, gb = torch.empty_like(coef), torch.empty_like(coef)
     with _on_device(x):
@@ -366,6 +400,7 @@ def _subsample2x2_backward(grad: Tensor, y: Tensor, x: Tensor, coef: Tensor, act
 
 @_subsample2x2_backward.register_fake
 def _(grad, y, x, coef, act, gauss_newton, input_grad):
+    _subsample_backward_check(grad, y, x, coef, act)
     gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
     return gx, torch.empty_like(coef), torch.empty_like(coef)
 
@@ -413,12 +448,15 @@ def _(x):
     return x.new_empty((N, C, H // 2, W // 2))
 
 
+def _maxpool_backward_check(grad, x, y):
+    N, C, H, W = _maxpool_check(x)
+    _check_grad_and_output("maxpool2x2_backward", grad, y, x, (N, C, H // 2, W // 2))
+    return N, C, H, W
+
+
 @torch.library.custom_op("lenet5_fast::maxpool2x2_backward", mutates_args=())
 def _maxpool2x2_backward(grad: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    N, C, H, W = _maxpool_check(x)
-    _check_tensor("maxpool2x2_backward", "grad", grad, 4, x.dtype, x.device)
-    _check_shape("maxpool2x2_backward", "grad", grad, (N, C, H // 2, W // 2))
-    _check_shape("maxpool2x2_backward", "output", y, grad.shape)
+    N, C, H, W = _maxpool_backward_check(grad, x, y)
     gx = torch.empty_like(x)
     with _on_device(x):
         _C.maxpool2x2_backward(*_launch(x), _ptr(grad), _ptr(x), _ptr(y), _ptr(gx), N, C, H, W)
@@ -427,6 +465,7 @@ def _maxpool2x2_backward(grad: Tensor, x: Tensor, y: Tensor) -> Tensor:
 
 @_maxpool2x2_backward.register_fake
 def _(grad, x, y):
+    _maxpool_backward_check(grad, x, y)
     return torch.empty_like(x)
 
 
@@ -455,6 +494,7 @@ def _full_check(x, weight, bias, act):
     _check_tensor("full", "weight", weight, 2, x.dtype, x.device)
     O, D = weight.shape[0], x.shape[1]
     _check_shape("full", "weight", weight, (O, D))
+    _check_out_maps("full", O)
     _check_tensor("full", "bias", bias, 1, x.dtype, x.device)
     _check_shape("full", "bias", bias, (O,))
     activation_code(act)
@@ -476,13 +516,17 @@ def _(x, weight, bias, act):
     return x.new_empty((N, O))
 
 
+def _full_backward_check(grad, y, x, weight, act):
+    _check_tensor("full_backward", "weight", weight, 2)
+    N, D, O = _full_check(x, weight, weight.new_empty((weight.shape[0],)), act)
+    _check_grad_and_output("full_backward", grad, y, x, (N, O))
+    return N, D, O
+
+
 @torch.library.custom_op("lenet5_fast::full_backward", mutates_args=())
 def _full_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, act: int,
                    gauss_newton: bool, input_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    N, D, O = _full_check(x, weight, weight.new_empty((weight.shape[0],)), act)
-    _check_tensor("full_backward", "grad", grad, 2, x.dtype, x.device)
-    _check_shape("full_backward", "grad", grad, (N, O))
-    _check_shape("full_backward", "output", y, grad.shape)
+    N, D, O = _full_backward_check(grad, y, x, weight, act)
     gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
     gw, gb = torch.empty_like(weight), weight.new_empty((O,))
     with _on_device(x):
@@ -493,6 +537,7 @@ def _full_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, act: int,
 
 @_full_backward.register_fake
 def _(grad, y, x, weight, act, gauss_newton, input_grad):
+    _full_backward_check(grad, y, x, weight, act)
     gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
     return gx, torch.empty_like(weight), weight.new_empty((weight.shape[0],))
 
@@ -544,12 +589,17 @@ def _(x, weight):
     return x.new_empty((N, M))
 
 
-@torch.library.custom_op("lenet5_fast::euclidean_rbf_backward", mutates_args=())
-def _euclidean_rbf_backward(grad: Tensor, x: Tensor, weight: Tensor, gauss_newton: bool,
-                            input_grad: bool, weight_grad: bool) -> Tuple[Tensor, Tensor]:
+def _rbf_backward_check(grad, x, weight):
     N, D, M = _rbf_check(x, weight)
     _check_tensor("euclidean_rbf_backward", "grad", grad, 2, x.dtype, x.device)
     _check_shape("euclidean_rbf_backward", "grad", grad, (N, M))
+    return N, D, M
+
+
+@torch.library.custom_op("lenet5_fast::euclidean_rbf_backward", mutates_args=())
+def _euclidean_rbf_backward(grad: Tensor, x: Tensor, weight: Tensor, gauss_newton: bool,
+                            input_grad: bool, weight_grad: bool) -> Tuple[Tensor, Tensor]:
+    N, D, M = _rbf_backward_check(grad, x, weight)
     gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
     gw = torch.empty_like(weight) if weight_grad else _empty_like_missing(x)
     with _on_device(x):
@@ -560,6 +610,7 @@ def _euclidean_rbf_backward(grad: Tensor, x: Tensor, weight: Tensor, gauss_newto
 
 @_euclidean_rbf_backward.register_fake
 def _(grad, x, weight, gauss_newton, input_grad, weight_grad):
+    _rbf_backward_check(grad, x, weight)
     gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
     gw = torch.empty_like(weight) if weight_grad else _empty_like_missing(x)
     return gx, gw
@@ -611,11 +662,15 @@ def _(x, act):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("lenet5_fast::activation_backward", mutates_args=())
-def _activation_backward(grad: Tensor, y: Tensor, act: int, gauss_newton: bool) -> Tensor:
+def _act_backward_check(grad, y, act):
     _act_check(y, act)
     _check_tensor("activation_backward", "grad", grad, y.dim(), y.dtype, y.device)
     _check_shape("activation_backward", "grad", grad, y.shape)
+
+
+@torch.library.custom_op("lenet5_fast::activation_backward", mutates_args=())
+def _activation_backward(grad: Tensor, y: Tensor, act: int, gauss_newton: bool) -> Tensor:
+    _act_backward_check(grad, y, act)
     gx = torch.empty_like(y)
     with _on_device(y):
         _C.activation_backward(*_launch(y), _ptr(grad), _ptr(y), _ptr(gx), y.numel(), act, gauss_newton)
@@ -624,6 +679,7 @@ def _activation_backward(grad: Tensor, y: Tensor, act: int, gauss_newton: bool) 
 
 @_activation_backward.register_fake
 def _(grad, y, act, gauss_newton):
+    _act_backward_check(grad, y, act)
     return torch.empty_like(y)
 
 
