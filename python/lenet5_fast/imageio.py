@@ -81,7 +81,7 @@ def normalize_digit(grey: np.ndarray) -> np.ndarray:
     mass = box.sum()
     cy = (box.sum(1) * np.arange(nh)).sum() / mass
     cx = (box.sum(0) * np.arange(nw)).sum() / mass
-    top, left = int(round(13.5 - cy)), int(round(13.5 - cx))
+    top, left = int(round(14.0 - cy)), int(round(14.0 - cx))  # MNIST: centre of mass at (14, 14)
     field = np.zeros((28, 28))
     y0, x0 = max(0, top), max(0, left)
     y1, x1 = min(28, top + nh), min(28, left + nw)
