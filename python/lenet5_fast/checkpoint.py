@@ -1,0 +1,109 @@
+"""Checkpoints: the model's weights, its configuration, the optimizer's state and the training
+history, in one file.
+
+The file is a ``torch.save`` of a dict holding only tensors and plain data (str, int, float,
+bool, None, lists, dicts), so it is read back with ``torch.load(weights_only=True)``: loading
+never executes code. It carries ``format`` and ``version``; anything else (a corrupt or
+truncated file, another program's checkpoint, a newer version) raises :class:`CheckpointError`.
+Writing goes to a temporary file in the same directory, then ``os.replace``: a crash never
+leaves a half-written checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from .model import LeNet5
+
+__all__ = ["CheckpointError", "FORMAT", "VERSION", "model_config", "save_checkpoint", "load_checkpoint",
+           "model_from_checkpoint", "atomic_write_bytes"]
+
+FORMAT = "lenet5_fast.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or not a lenet5_fast checkpoint of a known version."""
+
+
+def model_config(model: LeNet5) -> Dict[str, Any]:
+    """The constructor arguments that rebuild ``model``'s architecture."""
+    cfg = dict(variant=model.variant, in_channels=model.in_channels, num_classes=model.num_classes,
+               map_j=model.map_j)
+    if model.variant == "classic":
+        cfg["c3_table"] = [list(r) for r in model.c3.table]
+    return cfg
+
+
+def atomic_write_bytes(path, write) -> None:
+    """Calls ``write(file)`` on a temporary file next to ``path``, fsyncs, then renames it over
+    ``path``. On any error the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save_checkpoint(path, model: LeNet5, optimizer: Optional[torch.optim.Optimizer] = None,
+                    **meta: Any) -> None:
+    """Atomically writes a checkpoint. ``meta``: plain data (pass index, history, config...)."""
+    if not isinstance(model, LeNet5):
+        raise TypeError(f"save_checkpoint: model must be a lenet5_fast.LeNet5, got {type(model).__name__}")
+    state = dict(format=FORMAT, version=VERSION, model_config=model_config(model),
+                 model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 optimizer=optimizer.state_dict() if optimizer is not None else None,
+                 optimizer_name=type(optimizer).__name__ if optimizer is not None else None,
+                 meta=meta)
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path) -> Dict[str, Any]:
+    """Reads and validates a checkpoint (never executes code). Raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a bad file: report them as one
+        raise CheckpointError(f"{path} is not a readable lenet5_fast checkpoint (corrupt, truncated, or "
+                              f"another format): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a lenet5_fast checkpoint (no format marker {FORMAT!r})")
+    if not isinstance(ck.get("version"), int) or ck["version"] > VERSION or ck["version"] < 1:
+        raise CheckpointError(f"{path} is a lenet5_fast checkpoint of version {ck.get('version')!r}; "
+                              f"this lenet5_fast reads version {VERSION} (upgrade lenet5_fast?)")
+    if not isinstance(ck.get("model"), dict) or not isinstance(ck.get("model_config"), dict) \
+            or not all(isinstance(v, torch.Tensor) for v in ck["model"].values()):
+        raise CheckpointError(f"{path}: the checkpoint's model entry is damaged")
+    ck.setdefault("meta", {})
+    return ck
+
+
+def model_from_checkpoint(ck_or_path) -> LeNet5:
+    """A LeNet5 rebuilt from a checkpoint (or its path), weights loaded, in eval mode."""
+    ck = load_checkpoint(ck_or_path) if not isinstance(ck_or_path, dict) else ck_or_path
+    cfg = dict(ck["model_config"])
+    try:
+        model = LeNet5(**cfg)
+        model.load_state_dict(ck["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint does not fit a LeNet5 ({cfg}): {e}") from e
+    if any(not torch.isfinite(p).all() for p in model.parameters()):
+        raise CheckpointError("checkpoint holds non-finite weights")
+    return model.eval()
+

@@ -1,0 +1,210 @@
+"""Stochastic diagonal Levenberg-Marquardt (SDLM), the paper's optimizer (LeCun et al. 1998,
+appendix C).
+
+Each trainable parameter w_k gets its own step ``eta / (mu + h_kk)``, where ``h_kk`` is a
+diagonal Gauss-Newton estimate of the second derivative of the loss with respect to w_k,
+averaged over a few hundred samples (500 in the paper) and re-estimated before every pass.
+``eta`` follows the paper's schedule over passes (:func:`paper_eta`), ``mu = 0.02``.
+
+The Gauss-Newton terms are propagated backward through the network like a gradient, by the
+ops' own backward kernels in ``gauss_newton`` mode: the incoming tensor is d2E/dy2, every
+activation contributes f'(a)^2, weights and inputs enter squared (see ``csrc/lenet5.h``).
+
+Typical use, one pass::
+
+    opt = SDLM(model.parameters())
+    opt.set_lr(paper_eta(pass_index))
+    opt.update_hessian(model, x[subset500], y[subset500])
+    for each sample (or mini-batch):
+        opt.zero_grad(); model.loss(model(xb), yb).backward(); opt.step()
+"""
+from __future__ import annotations
+
+from typing import Iterable, List, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from . import ops
+from .layers import Convolution, EuclideanRBF, FullConnection, MaxPool, SparseConvolution, Subsampling
+
+__all__ = ["SDLM", "paper_eta", "gauss_newton_diagonal", "PAPER_MU", "PAPER_HESSIAN_SAMPLES"]
+
+PAPER_MU = 0.02
+PAPER_HESSIAN_SAMPLES = 500
+# (first pass where it no longer applies, eta): 0.0005 for 2 passes, 0.0002 for 3, 0.0001 for 3,
+# 0.00005 for 4, then 0.00001.
+_PAPER_SCHEDULE = ((2, 5e-4), (5, 2e-4), (8, 1e-4), (12, 5e-5))
+
+
+def paper_eta(pass_index: int) -> float:
+    """The paper's global learning rate for 0-based pass ``pass_index``."""
+    if isinstance(pass_index, bool) or not isinstance(pass_index, int) or pass_index < 0:
+        raise ValueError(f"paper_eta: pass index must be an int >= 0, got {pass_index!r}")
+    for end, eta in _PAPER_SCHEDULE:
+        if pass_index < end:
+            return eta
+    return 1e-5
+
+
+def _trainable(model: nn.Module) -> List[Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def gauss_newton_diagonal(model: nn.Module, x: Tensor, y: Tensor) -> List[Tensor]:
+    """The diagonal Gauss-Newton estimate h_kk of every trainable parameter of a
+    :class:`lenet5_fast.LeNet5`, averaged over the samples ``x[N,C,32,32]``, labels ``y[N]``.
+
+    Classic variant (MAP loss E = y_c + log(exp(-j) + sum_i exp(-y_i))): at the RBF outputs
+    h_y_i = q_i (1 - q_i), q the softmax over [-j, -y_0..-y_9]; through the RBF layer this gives
+    sum_i h_y_i 4 (x_j - w_ij)^2, plus 2 (the exact second derivative of the y_c term). Modern
+    variant (cross-entropy): h_z = p (1 - p) at the logits. Then every layer's backward kernel
+    in Gauss-Newton mode, down to C1. Returns tensors in ``[p for p in model.parameters() if
+    p.requires_grad]`` order, each shaped like its parameter.
+    """
+    layers = model.layers() if hasattr(model, "layers") else None
+    if not layers or not all(isinstance(m, (Convolution, SparseConvolution, Subsampling, MaxPool,
+                                            FullConnection, EuclideanRBF)) for m in layers):
+        raise TypeError("gauss_newton_diagonal: the model must be a lenet5_fast.LeNet5 "
+                        "(a .layers() list of lenet5_fast layers)")
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] == 0:
+        raise ValueError(f"gauss_newton_diagonal: x must be a non-empty [N, C, H, W] tensor, got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    if not isinstance(y, Tensor) or y.shape != (x.shape[0],):
+        raise ValueError(f"gauss_newton_diagonal: y must be a [{x.shape[0]}] tensor of labels")
+    n = x.shape[0]
+    y = y.to(device=x.device, dtype=torch.long)
+
+    inputs, outputs = [], []
+    h = x.contiguous()
+    for layer in layers:
+        inputs.append(h)
+        h = layer(h).contiguous()
+        outputs.append(h)
+
+    out = outputs[-1]
+    h_param = {}
+    last = layers[-1]
+    if isinstance(last, EuclideanRBF):
+        j = float(getattr(model, "map_j", 1.0))
+        logits = torch.cat([torch.full_like(out[:, :1], -j), -out], dim=1)
+        q = torch.softmax(logits, dim=1)[:, 1:]
+        h_out = (q * (1 - q)).contiguous()
+        x6 = inputs[-1].reshape(n, -1).contiguous()
+        trainable_w = isinstance(last.weight, nn.Parameter) and last.weight.requires_grad
+        g_in, g_w = ops.euclidean_rbf_backward(h_out, x6, last.weight, True, True, trainable_w)
+        g_in = g_in + 2.0  # d2(y_c)/dx_j^2 = 2 for the correct class's distance
+        if trainable_w:
+            counts = torch.bincount(y, minlength=last.weight.shape[0]).to(g_w.dtype)
+            h_param[id(last.weight)] = g_w + 2.0 * counts[:, None]
+        h = g_in.reshape(inputs[-1].shape)
+        rest = layers[:-1]
+    else:  # modern: the last layer is a linear FullConnection giving logits for cross-entropy
+        p = torch.softmax(out, dim=1)
+        h = (p * (1 - p)).contiguous()
+        rest = layers
+
+    for i in range(len(rest) - 1, -1, -1):
+        layer, xin, yout = rest[i], inputs[i], outputs[i]
+        need_in = i > 0
+        h = h.reshape(yout.shape).contiguous()
+        if isinstance(layer, MaxPool):
+            h = ops.maxpool2x2_backward(h, xin, yout)
+            continue
+        if isinstance(layer, Convolution):
+            g_in, *g = ops.conv5x5_backward(h, yout, xin, layer.weight, layer.act, True, need_in)
+            params = (layer.weight, layer.bias)
+        elif isinstance(layer, SparseConvolution):
+            g_in, *g = ops.sparse_conv5x5_backward(h, yout, xin, layer.weight, layer.table_offsets,
+                                                   layer.table_inputs, layer.act, True, need_in)
+            params = (layer.weight, layer.bias)
+        elif isinstance(layer, Subsampling):
+            g_in, *g = ops.subsample2x2_backward(h, yout, xin, layer.coef, layer.act, True, need_in)
+            params = (layer.coef, layer.bias)
+        elif isinstance(layer, FullConnection):
+            x2 = xin.reshape(xin.shape[0], -1).contiguous()
+            g_in, *g = ops.full_backward(h, yout, x2, layer.weight, layer.act, True, need_in)
+            params = (layer.weight, layer.bias)
+        else:
+            raise TypeError(f"gauss_newton_diagonal: unexpected layer {type(layer).__name__} inside the network")
+        for prm, gp in zip(params, g):
+            h_param[id(prm)] = gp
+        h = g_in.reshape(xin.shape) if need_in else None
+
+    return [h_param[id(p)] / n for p in _trainable(model)]
+
+
+class SDLM(Optimizer):
+    """Stochastic diagonal Levenberg-Marquardt: ``w_k -= lr / (mu + h_kk) * grad_k``.
+
+    ``lr`` is the paper's global eta (set it per pass with :meth:`set_lr` and
+    :func:`paper_eta`); ``h_kk`` comes from :meth:`set_hessian` or :meth:`update_hessian` and is
+    kept in the optimizer state (so it travels in ``state_dict()``). ``step()`` uses whatever
+    ``.grad`` holds: the gradient of one sample's loss (the paper), or of a mini-batch mean.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 5e-4, mu: float = PAPER_MU):
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise ValueError(f"SDLM: lr must be > 0, got {lr!r}")
+        if not (isinstance(mu, (int, float)) and mu > 0):
+            raise ValueError(f"SDLM: mu must be > 0, got {mu!r}")
+        super().__init__(params, dict(lr=float(lr), mu=float(mu)))
+
+    def _params(self) -> List[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def set_lr(self, lr: float) -> None:
+        """Sets the global eta of every parameter group."""
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise ValueError(f"SDLM: lr must be > 0, got {lr!r}")
+        for g in self.param_groups:
+            g["lr"] = float(lr)
+
+    @torch.no_grad()
+    def set_hessian(self, hessians: Sequence[Tensor]) -> None:
+        """Sets h_kk: one tensor per parameter, in parameter order, each shaped like it, >= 0."""
+        params = self._params()
+        hessians = list(hessians)
+        if len(hessians) != len(params):
+            raise ValueError(f"SDLM.set_hessian: got {len(hessians)} tensors for {len(params)} parameters")
+        for k, (p, h) in enumerate(zip(params, hessians)):
+            if not isinstance(h, Tensor) or h.shape != p.shape:
+                raise ValueError(f"SDLM.set_hessian: entry {k} must be a tensor of shape {tuple(p.shape)}, "
+                                 f"got {tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__}")
+            if not bool(torch.isfinite(h).all()) or bool((h < 0).any()):
+                raise ValueError(f"SDLM.set_hessian: entry {k} has negative or non-finite values")
+            self.state[p]["hessian"] = h.detach().to(dtype=p.dtype, device=p.device).clone()
+
+    def update_hessian(self, model: nn.Module, x: Tensor, y: Tensor) -> List[Tensor]:
+        """Re-estimates h_kk on samples (x, y) with :func:`gauss_newton_diagonal` and sets it."""
+        h = gauss_newton_diagonal(model, x, y)
+        self.set_hessian(h)
+        return h
+
+    def has_hessian(self) -> bool:
+        return all("hessian" in self.state[p] for p in self._params())
+
+    @torch.no_grad()
+    def step_sizes(self) -> List[Tensor]:
+        """Per-parameter step eta / (mu + h_kk), in parameter order."""
+        if not self.has_hessian():
+            raise RuntimeError("SDLM: no Gauss-Newton estimate yet; call set_hessian() or update_hessian() first")
+        return [g["lr"] / (g["mu"] + self.state[p]["hessian"]) for g in self.param_groups for p in g["params"]]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not self.has_hessian():
+            raise RuntimeError("SDLM: no Gauss-Newton estimate yet; call set_hessian() or update_hessian() first")
+        for g in self.param_groups:
+            lr, mu = g["lr"], g["mu"]
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                p.addcdiv_(p.grad, self.state[p]["hessian"] + mu, value=-lr)
+        return loss

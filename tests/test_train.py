@@ -1,0 +1,218 @@
+"""The trainer's parts: checkpoints (round trip, atomic writes, corrupt and foreign files),
+exact resume, distortions, the fused-engine dispatch, the digit normalisation."""
+import io
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import lenet5_fast as L
+from lenet5_fast import train as T
+from lenet5_fast.checkpoint import (CheckpointError, atomic_write_bytes, load_checkpoint, model_from_checkpoint,
+                                    save_checkpoint)
+from lenet5_fast.distort import distort
+from lenet5_fast.imageio import normalize_digit
+from lenet5_fast.optim import SDLM
+
+
+def _toy_data(n_train=48, n_test=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n_train + n_test, 1, 32, 32, generator=g) * 1.275 - 0.1
+    y = torch.randint(0, 10, (n_train + n_test,), generator=g)
+    return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
+
+
+def _quiet(cfg, out, **kw):
+    return T.train(cfg, None, out, data=kw.pop("data", _toy_data()), log=lambda s: None,
+                   progress_stream=io.StringIO(), **kw)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = L.LeNet5()
+    opt = SDLM(model.parameters())
+    opt.update_hessian(model, torch.randn(4, 1, 32, 32), torch.tensor([1, 2, 3, 4]))
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, model, opt, history=[{"pass": 1, "test_error": 1.5}], note="x")
+    ck = load_checkpoint(path)
+    assert ck["meta"]["history"][0]["test_error"] == 1.5 and ck["optimizer_name"] == "SDLM"
+    m2 = model_from_checkpoint(path)
+    for (k, a), (k2, b) in zip(model.state_dict().items(), m2.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    x = torch.randn(3, 1, 32, 32)
+    assert torch.equal(model(x), m2(x))
+    opt2 = SDLM(m2.parameters())
+    opt2.load_state_dict(ck["optimizer"])
+    for a, b in zip(opt.step_sizes(), opt2.step_sizes()):
+        assert torch.equal(a, b)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left
+
+
+def test_checkpoint_bad_files_are_clear_errors(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, L.LeNet5())
+    data = good.read_bytes()
+    cases = {
+        "truncated.pt": data[: len(data) // 2],
+        "garbage.pt": b"\x00not a checkpoint" * 10,
+        "foreign.pt": None,  # a torch file from elsewhere
+        "pickle.pt": pickle.dumps({"format": "lenet5_fast.checkpoint"}),
+    }
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
+    for name, content in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError):
+            load_checkpoint(tmp_path / name)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    ck = torch.load(good, weights_only=True)
+    ck["version"] = 99
+    torch.save(ck, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+def test_checkpoint_loading_never_runs_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("import sys; sys.modules['lenet5_fast'].PWNED = True",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "lenet5_fast.checkpoint", "version": 1, "x": Evil()}, path)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+    assert not hasattr(L, "PWNED")
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"old")
+
+    def failing(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write_bytes(path, failing)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+@pytest.mark.parametrize("optimizer,batch,distorted", [("sdlm", 1, True), ("adam", 8, False)])
+def test_resume_gives_the_same_weights(tmp_path, optimizer, batch, distorted):
+    cfg = dict(optimizer=optimizer, batch_size=batch, distort=distorted, hessian_samples=16, eta_scale=0.1, seed=3)
+    full = _quiet(T.TrainConfig(epochs=2, **cfg), tmp_path / "full")
+    _quiet(T.TrainConfig(epochs=1, **cfg), tmp_path / "split")
+    resumed = _quiet(T.TrainConfig(epochs=2), tmp_path / "split", resume=True)  # config comes from the checkpoint
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [h["test_error"] for h in full["history"]] == [h["test_error"] for h in resumed["history"]]
+    assert resumed["complete"] and resumed["passes"] == 2
+    # and the weights did move
+    first = load_checkpoint(tmp_path / "split" / "checkpoint-pass01.pt")
+    assert any(not torch.equal(a["model"][k], first["model"][k]) for k in a["model"])
+
+
+def test_train_refuses_to_overwrite_a_run(tmp_path):
+    _quiet(T.TrainConfig(epochs=1, optimizer="sgd", batch_size=32), tmp_path)
+    with pytest.raises(ValueError, match="--resume"):
+        _quiet(T.TrainConfig(epochs=1, optimizer="sgd", batch_size=32), tmp_path)
+    with pytest.raises(ValueError, match="batch_size"):
+        T.TrainConfig(batch_size=0).validate()
+    with pytest.raises(ValueError, match="optimizer"):
+        T.TrainConfig(optimizer="lbfgs").validate()
+
+
+def test_metrics_json_and_plot(tmp_path):
+    m = _quiet(T.TrainConfig(epochs=2, optimizer="adam", batch_size=16), tmp_path)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["complete"] and on_disk["passes"] == 2 and len(on_disk["history"]) == 2
+    for h in on_disk["history"]:
+        assert {"pass", "train_error", "test_error", "running_train_loss", "seconds", "lr"} <= set(h)
+        assert 0 <= h["test_error"] <= 100
+    assert on_disk["test_error"] == m["history"][-1]["test_error"]
+    assert (tmp_path / "errors.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "checkpoint-pass01.pt").exists() and (tmp_path / "checkpoint-pass02.pt").exists()
+
+
+def test_distort_is_seeded_and_preserves_the_background():
+    x = torch.full((50, 1, 32, 32), -0.1)
+    x[:, :, 10:22, 12:20] = 1.175
+    a = distort(x, torch.Generator().manual_seed(5), p_original=0.0)
+    b = distort(x, torch.Generator().manual_seed(5), p_original=0.0)
+    c = distort(x, torch.Generator().manual_seed(6), p_original=0.0)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape and a.min() >= -0.1 - 1e-6 and a.max() <= 1.175 + 1e-6
+    assert torch.allclose(a[:, :, :2], torch.full_like(a[:, :, :2], -0.1))  # borders stay background
+    assert (a - x).abs().amax(dim=(1, 2, 3)).min() > 0.1  # every image moved
+    ident = distort(x, torch.Generator().manual_seed(5), p_original=0.0, shift=0, scale=0, squeeze=0, shear=0)
+    torch.testing.assert_close(ident, x)
+    assert torch.equal(distort(x, torch.Generator().manual_seed(5), p_original=1.0), x)
+
+
+class _FakeFused:
+    """Stands in for lenet5_fast.fused to check that the trainer dispatches to it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def supports(self, model, x):
+        return True
+
+    def forward(self, model, x):
+        self.calls.append("forward")
+        return model(x)
+
+    def sdlm_hessian(self, model, x, y):
+        self.calls.append("hessian")
+        from lenet5_fast.optim import gauss_newton_diagonal
+        return gauss_newton_diagonal(model, x, y)
+
+    def sdlm_pass(self, model, x, y, order, steps):
+        self.calls.append(("pass", order.numel()))
+        return 1.0 * order.numel(), 0
+
+
+@pytest.mark.parametrize("batch,no_fused,expect", [(1, False, True), (1, True, False), (4, False, False)])
+def test_run_pass_uses_the_fused_engine_only_for_sdlm_batch_1(monkeypatch, batch, no_fused, expect):
+    fake = _FakeFused()
+    monkeypatch.setattr(T, "_fused", fake)
+    (x, y), _ = _toy_data(40, 1)
+    model = L.LeNet5()
+    cfg = T.TrainConfig(optimizer="sdlm", batch_size=batch, fused=not no_fused)
+    opt = T.make_optimizer(model, cfg)
+    loss, errors, used = T.run_pass(model, opt, x, y, torch.randperm(40), cfg, torch.arange(10))
+    assert used is expect
+    assert (("pass", 40) in fake.calls) is expect and ("hessian" in fake.calls) is expect
+    if not expect:
+        assert errors >= 0 and loss > 0
+
+
+def test_progress_line_shows_rate_eta_and_loss():
+    s = io.StringIO()
+    p = T.Progress(100, "pass 1/3", stream=s)
+    p.update(40, 0.5, 12.5, final=True)
+    line = s.getvalue()
+    assert "40/100" in line and "samples/s" in line and "<" in line and "loss 0.5000" in line and "12.50%" in line
+
+
+def test_normalize_digit_recovers_an_mnist_digit(mnist_dir):
+    from lenet5_fast.data import load_mnist
+
+    images, _ = load_mnist(mnist_dir, "test")
+    for k in range(5):
+        digit = images[k].astype(np.float64) / 255
+        # a "photo": 5x larger, dark ink on light grey paper, off-centre, with some noise
+        big = np.kron(digit, np.ones((5, 5)))
+        photo = np.full((200, 260), 0.85)
+        photo[30:170, 90:230] = 0.85 - 0.75 * big
+        photo += np.random.default_rng(k).normal(0, 0.02, photo.shape)
+        for img in (photo, 1.0 - photo):  # and white ink on black
+            out = normalize_digit(img).astype(np.float64)
+            corr = np.corrcoef(out.ravel(), images[k].astype(np.float64).ravel())[0, 1]
+            assert corr > 0.9, (k, corr)
+    with pytest.raises(ValueError, match="no digit"):
+        normalize_digit(np.full((30, 30), 0.7))
