@@ -134,6 +134,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("simd_supported", &cpu::simd_supported, "Best SIMD level this CPU and OS support: 0, 1 (AVX2+FMA) or 2 (AVX-512)");
   m.def("simd_isa", [] { return std::string(cpu::isa_name(cpu::current_isa())); },
         "Kernel family float32 CPU calls use now: portable, avx2, avx512 or avx2-wide16 (test mode)");
+  m.def("_fma_probe", [](int64_t iters, int nthreads) {
+    py::gil_scoped_release no_gil;
+    return cpu::fma_probe(iters, nthreads);
+  }, "Benchmarks only: FLOPs done by `iters` rounds of independent vector FMAs on each of nthreads threads");
   m.def("_set_simd_wide_emulation", &cpu::set_simd_wide_emulation,
         "Tests only: at level 1, run the 16-lane (AVX-512) kernels on pairs of AVX2 registers");
 #ifdef LENET5_WITH_CUDA

@@ -46,6 +46,25 @@ bool simd_backward(const float* gy, const float* y, float* gx, int64_t n, int ac
 }
 }  // namespace
 
+double fma_probe(int64_t iters, int nthreads) {
+  auto run = [&]() -> double {
+#if LENET5_X86_SIMD
+    switch (current_isa()) {
+      case Isa::kAvx512: return isa_avx512::fma_probe_simd<isa_avx512::Avx512>(iters);
+      case Isa::kAvx2Wide: return isa_avx2::fma_probe_simd<isa_avx2::Avx2x2>(iters);
+      case Isa::kAvx2: return isa_avx2::fma_probe_simd<isa_avx2::Avx2>(iters);
+      default: break;
+    }
+#endif
+    return 0.0;
+  };
+  std::vector<double> per(std::max(1, nthreads), 0.0);
+  parallel_tasks(int64_t(per.size()), nthreads, [&](int64_t t) { per[t] = run(); });
+  double flops = 0;
+  for (double f : per) flops += f;
+  return flops;
+}
+
 template <class T>
 void activation_forward(const T* x, T* y, int64_t n, int act, int nthreads) {
   if constexpr (std::is_same<T, float>::value)
@@ -132,6 +151,24 @@ void activation_backward_simd(const float* gy, const float* y, float* gx, int64_
   parallel_range(n, 1 << 14, nthreads, [&](int64_t begin, int64_t end) {
     v_act_back_array<V>(gy + begin, y ? y + begin : nullptr, gx + begin, end - begin, act, gn);
   });
+}
+
+// FMA throughput probe for benchmarks: min(2 kAcc, 16) independent FMA chains, iters rounds.
+template <class V>
+double fma_probe_simd(int64_t iters) {
+  constexpr int A = 2 * V::kAcc > 16 ? 16 : 2 * V::kAcc;
+  typename V::R acc[A];
+  for (int j = 0; j < A; ++j) acc[j] = V::set1(float(j));
+  const typename V::R m = V::set1(0.999999f), c = V::set1(1e-7f);
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < A; ++j) acc[j] = V::fmadd(acc[j], m, c);
+  }
+  float s = 0;
+  for (int j = 0; j < A; ++j) s += V::hsum(acc[j]);
+  volatile float sink = s;
+  (void)sink;
+  return double(iters) * A * V::L * 2.0;
 }
 
 #endif

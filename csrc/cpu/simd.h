@@ -40,6 +40,9 @@ Isa current_isa();           // what float32 kernels use now (honours set_simd_l
 int simd_supported();        // the best level this CPU and OS support: 0, 1 or 2
 const char* isa_name(Isa);   // "portable", "avx2", "avx512", "avx2-wide16"
 void set_simd_wide_emulation(bool on);  // tests only; effective while the level is 1
+// Benchmark helper: runs `iters` rounds of independent FMA chains with the current family on
+// nthreads threads at once; returns the floating-point operations done (0 if portable).
+double fma_probe(int64_t iters, int nthreads);
 
 }  // namespace cpu
 }  // namespace lenet5

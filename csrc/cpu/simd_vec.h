@@ -256,6 +256,14 @@ template <class V> inline void v_act_back_array(const float* gy, const float* y,
   }
 }
 
+// dst[i] = src[i]^2 over n values.
+template <class V> inline void copy_square(const float* src, float* dst, int64_t n) {
+  constexpr int L = V::L;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) { const auto v = V::load(src + i); V::store(dst + i, V::mul(v, v)); }
+  if (i < n) { const auto v = V::loadn(src + i, int(n - i)); V::storen(dst + i, int(n - i), V::mul(v, v)); }
+}
+
 // Sum of n values.
 template <class V> inline float v_sum(const float* x, int64_t n) {
   constexpr int L = V::L;
