@@ -36,6 +36,7 @@ struct Avx2 {
   static LENET5_AI R sub(R a, R b) { return _mm256_sub_ps(a, b); }
   static LENET5_AI R mul(R a, R b) { return _mm256_mul_ps(a, b); }
   static LENET5_AI R div(R a, R b) { return _mm256_div_ps(a, b); }
+  static LENET5_AI R rcp(R a) { return _mm256_rcp_ps(a); }  // ~12 bits
   static LENET5_AI R min(R a, R b) { return _mm256_min_ps(a, b); }  // b if either is NaN
   static LENET5_AI R max(R a, R b) { return _mm256_max_ps(a, b); }  // b if either is NaN
   static LENET5_AI R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
@@ -45,6 +46,9 @@ struct Avx2 {
   static LENET5_AI R pow2i(R k) {  // 2^k for integral k in [-126, 127]
     const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127));
     return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+  }
+  static LENET5_AI R pow2_bits(R kb) {  // 2^k from kb = k + 1.5 * 2^23 (k integral, |k| < 2^22)
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(kb), _mm256_set1_epi32(127 - 0x4B400000)), 23));
   }
   static LENET5_AI R xor_(R a, R b) { return _mm256_xor_ps(a, b); }
   static LENET5_AI R and_(R a, R b) { return _mm256_and_ps(a, b); }
@@ -100,7 +104,7 @@ struct Avx2x2 {
   LENET5_X2_BIN(min) LENET5_X2_BIN(max) LENET5_X2_BIN(xor_) LENET5_X2_BIN(and_)
   LENET5_X2_BIN(gt) LENET5_X2_BIN(eq) LENET5_X2_BIN(mor) LENET5_X2_BIN(mandnot)
   LENET5_X2_BIN(maskz)
-  LENET5_X2_UN(abs) LENET5_X2_UN(round) LENET5_X2_UN(pow2i) LENET5_X2_UN(isnan)
+  LENET5_X2_UN(abs) LENET5_X2_UN(rcp) LENET5_X2_UN(round) LENET5_X2_UN(pow2i) LENET5_X2_UN(pow2_bits) LENET5_X2_UN(isnan)
 #undef LENET5_X2_BIN
 #undef LENET5_X2_UN
   static LENET5_AI R fmadd(R x, R y, R z) { return {H::fmadd(x.a, y.a, z.a), H::fmadd(x.b, y.b, z.b)}; }
@@ -140,6 +144,7 @@ struct Avx512 {
   static LENET5_AI R sub(R a, R b) { return _mm512_sub_ps(a, b); }
   static LENET5_AI R mul(R a, R b) { return _mm512_mul_ps(a, b); }
   static LENET5_AI R div(R a, R b) { return _mm512_div_ps(a, b); }
+  static LENET5_AI R rcp(R a) { return _mm512_rcp14_ps(a); }  // ~14 bits
   static LENET5_AI R min(R a, R b) { return _mm512_min_ps(a, b); }
   static LENET5_AI R max(R a, R b) { return _mm512_max_ps(a, b); }
   static LENET5_AI R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
@@ -149,6 +154,9 @@ struct Avx512 {
   static LENET5_AI R pow2i(R k) {
     const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127));
     return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+  }
+  static LENET5_AI R pow2_bits(R kb) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_castps_si512(kb), _mm512_set1_epi32(127 - 0x4B400000)), 23));
   }
   static LENET5_AI R xor_(R a, R b) { return _mm512_xor_ps(a, b); }
   static LENET5_AI R and_(R a, R b) { return _mm512_and_ps(a, b); }
@@ -183,7 +191,7 @@ struct Avx512 {
 // ---- shared helpers, generic in V ----
 
 // tanh(x) in float32, from expm1: t = min(|x|, 9.1), e = expm1(-2t) (range reduction
-// -2t = k ln2 + r, |r| <= ln2/2, Cody-Waite split of ln2, degree-7 Taylor polynomial whose
+// -2t = k ln2 + r, |r| <= ln2/2, k rounded with the 1.5*2^23 trick (no round/convert), Cody-Waite split of ln2, degree-7 Taylor polynomial whose
 // truncation error is < 2e-8 relative, then 2^k p + (2^k - 1)), tanh(t) = -e / (2 + e)
 // with a true division, sign restored by xor. No cancellation near 0 (expm1 is used, not
 // exp), so the error is relative everywhere: measured max 2.4e-7 (about 4 ulp) against
@@ -194,7 +202,9 @@ template <class V> LENET5_AI typename V::R v_tanh(typename V::R x) {
   using R = typename V::R;
   const R t = V::min(V::set1(9.1f), V::abs(x));  // NaN stays NaN (min returns its 2nd arg)
   const R z = V::mul(t, V::set1(-2.0f));
-  const R k = V::round(V::mul(z, V::set1(1.44269504088896341f)));
+  // k = round(z / ln2) by the 1.5 * 2^23 trick: kb's low mantissa bits hold k as an integer.
+  const R kb = V::fmadd(z, V::set1(1.44269504088896341f), V::set1(12582912.0f));
+  const R k = V::sub(kb, V::set1(12582912.0f));
   R r = V::fnmadd(k, V::set1(0.693145751953125f), z);  // exact: ln2 hi has 16 bits, |k| <= 27
   r = V::fnmadd(k, V::set1(1.428606765330187045e-06f), r);
   R q = V::set1(1.0f / 5040.0f);
@@ -204,7 +214,7 @@ template <class V> LENET5_AI typename V::R v_tanh(typename V::R x) {
   q = V::fmadd(q, r, V::set1(1.0f / 6.0f));
   q = V::fmadd(q, r, V::set1(0.5f));
   const R p = V::fmadd(V::mul(r, r), q, r);  // expm1(r)
-  const R s = V::pow2i(k);
+  const R s = V::pow2_bits(kb);  // 2^k
   const R e = V::fmadd(s, p, V::sub(s, V::set1(1.0f)));  // expm1(-2t), in (-1, 0]
   const R th = V::div(V::sub(V::zero(), e), V::add(e, V::set1(2.0f)));
   return V::xor_(th, V::and_(x, V::set1(-0.0f)));
@@ -236,6 +246,15 @@ template <class V> LENET5_AI typename V::R v_act_back(typename V::R gy, typename
 template <class V> inline void v_act_array(const float* in, float* out, int64_t n, int act) {
   constexpr int L = V::L;
   int64_t i = 0;
+  if (act == kScaledTanh) {  // four independent vectors per step: tanh is a long dependency chain
+    for (; i + 4 * L <= n; i += 4 * L) {
+      typename V::R v[4];
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) v[j] = v_act<V>(V::load(in + i + j * L), kScaledTanh);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) V::store(out + i + j * L, v[j]);
+    }
+  }
   for (; i + L <= n; i += L) V::store(out + i, v_act<V>(V::load(in + i), act));
   if (i < n) V::storen(out + i, int(n - i), v_act<V>(V::loadn(in + i, int(n - i)), act));
 }
@@ -262,6 +281,12 @@ template <class V> inline void copy_square(const float* src, float* dst, int64_t
   int64_t i = 0;
   for (; i + L <= n; i += L) { const auto v = V::load(src + i); V::store(dst + i, V::mul(v, v)); }
   if (i < n) { const auto v = V::loadn(src + i, int(n - i)); V::storen(dst + i, int(n - i), V::mul(v, v)); }
+}
+
+// Copies n values, squared when gn.
+template <class V> inline void copy_maybe_square(const float* src, float* dst, int64_t n, bool gn) {
+  if (gn) copy_square<V>(src, dst, n);
+  else std::memcpy(dst, src, sizeof(float) * n);
 }
 
 // Sum of n values.

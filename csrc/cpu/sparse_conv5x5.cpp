@@ -140,66 +140,101 @@ LENET5_INSTANTIATE(double)
 
 #else  // ===== SIMD section (compiled once per ISA; V = Avx2, Avx2x2 or Avx512) =====
 
-// R output vectors from v0 on, over a list of nk (input plane, 5x5 kernel) pairs whose planes
-// have row stride Wx: out[p] = act(bias + sum_k sum_taps kern[k][tap] plane[k][p + ky*Wx + kx]).
-template <class V, int R>
-void conv_block(const float* const* planes, const float* const* kernels, int64_t nk, int64_t Wx,
-                int64_t v0, float bias, int act, float* out) {
+// Register blocking per vector type: forward tiles of RI output rows x RC vectors, the 5
+// weights of one kernel column kx in registers; weight-gradient tiles of GRI gradient rows in
+// registers and GKX kernel columns (5 accumulators each) at a time.
+template <class V> struct ConvShape {
+  static constexpr int RI = V::L == 8 ? 4 : (V::kAcc >= 24 ? 8 : 2);
+  static constexpr int RC = V::kAcc >= 24 ? 2 : (V::kAcc >= 12 ? 2 : 1);
+  static constexpr int GRI = V::kAcc >= 24 ? 8 : (V::kAcc >= 12 ? 4 : 2);
+  static constexpr int GKX = V::kAcc >= 24 ? 3 : (V::kAcc >= 12 ? 2 : 1);
+};
+
+inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
+
+// Output rows oy0 .. oy0+RI-1, columns c0 .. c0+RC*L-1 (clipped to Wo) of
+// act(bias + sum_k correlate(plane[k], kernel[k])), planes of row stride Wx, into y (row stride
+// Wo, Ho rows). Each input vector loaded (row j, column kx) feeds the up-to-5 output rows
+// i = j - ky it touches, with the 5 weights of column kx held in registers: about 0.5 loads
+// per FMA. A partial last vector is stored whole (its junk lanes spill into the start of the
+// next row, which is written later: see conv_plane's order) except on the plane's last row.
+template <class V, int RI, int RC>
+void conv_tile(const float* const* planes, const float* const* kernels, int64_t nk, int64_t Wx,
+               int64_t oy0, int64_t c0, float bias, int act, float* y, int64_t Ho, int64_t Wo) {
   constexpr int L = V::L;
-  typename V::R acc[R];
-#pragma GCC unroll 32
-  for (int r = 0; r < R; ++r) acc[r] = V::set1(bias);
+  using R = typename V::R;
+  R acc[RI][RC];
+#pragma GCC unroll 16
+  for (int i = 0; i < RI; ++i)
+#pragma GCC unroll 4
+    for (int r = 0; r < RC; ++r) acc[i][r] = V::set1(bias);
   for (int64_t k = 0; k < nk; ++k) {
-    const float* xk = planes[k] + v0 * L;
-    const float* wk = kernels[k];
-    for (int ky = 0; ky < 5; ++ky) {
-      const float* xr = xk + ky * Wx;
+    const float* x = planes[k] + oy0 * Wx + c0;
+    const float* w = kernels[k];
+#pragma GCC unroll 1
+    for (int kx = 0; kx < 5; ++kx) {
+      R wv[5];
 #pragma GCC unroll 5
-      for (int kx = 0; kx < 5; ++kx) {
-        const typename V::R wv = V::set1(wk[ky * 5 + kx]);
-#pragma GCC unroll 32
-        for (int r = 0; r < R; ++r) acc[r] = V::fmadd(wv, V::load(xr + kx + r * L), acc[r]);
+      for (int ky = 0; ky < 5; ++ky) wv[ky] = V::set1(w[ky * 5 + kx]);
+#pragma GCC unroll 4
+      for (int r = 0; r < RC; ++r) {
+#pragma GCC unroll 20
+        for (int j = 0; j < RI + 4; ++j) {
+          const R xv = V::load(x + j * Wx + r * L + kx);
+#pragma GCC unroll 5
+          for (int ky = 0; ky < 5; ++ky) {
+            const int i = j - ky;
+            if (i >= 0 && i < RI) acc[i][r] = V::fmadd(wv[ky], xv, acc[i][r]);
+          }
+        }
       }
     }
   }
-#pragma GCC unroll 32
-  for (int r = 0; r < R; ++r) V::store(out + (v0 + r) * L, v_act<V>(acc[r], act));
-}
-
-template <class V, int R = 1>
-void conv_block_n(int n, const float* const* planes, const float* const* kernels, int64_t nk,
-                  int64_t Wx, int64_t v0, float bias, int act, float* out) {
-  if constexpr (R <= V::kAcc) {
-    if (n == R) return conv_block<V, R>(planes, kernels, nk, Wx, v0, bias, act, out);
-    conv_block_n<V, R + 1>(n, planes, kernels, nk, Wx, v0, bias, act, out);
+#pragma GCC unroll 16
+  for (int i = 0; i < RI; ++i) {
+    float* row = y + (oy0 + i) * Wo + c0;
+    const bool last_row = oy0 + i == Ho - 1;
+#pragma GCC unroll 4
+    for (int r = 0; r < RC; ++r) {
+      const int64_t valid = Wo - c0 - r * L;
+      if (valid <= 0) break;
+      const R v = v_act<V>(acc[i][r], act);
+      if (valid >= L || !last_row) V::store(row + r * L, v);
+      else V::storen(row + r * L, int(valid), v);
+    }
   }
 }
 
-// nv output vectors (wide positions 0 .. nv*L-1) in blocks of at most kAcc, split evenly.
+template <class V, int RI, int RC>
+void conv_tile_c(int rc, const float* const* planes, const float* const* kernels, int64_t nk,
+                 int64_t Wx, int64_t oy0, int64_t c0, float bias, int act, float* y, int64_t Ho, int64_t Wo) {
+  if (rc == RC) return conv_tile<V, RI, RC>(planes, kernels, nk, Wx, oy0, c0, bias, act, y, Ho, Wo);
+  if constexpr (RC > 1) conv_tile_c<V, RI, RC - 1>(rc, planes, kernels, nk, Wx, oy0, c0, bias, act, y, Ho, Wo);
+}
+template <class V, int RI, int RC>
+void conv_tile_rc(int ri, int rc, const float* const* planes, const float* const* kernels, int64_t nk,
+                  int64_t Wx, int64_t oy0, int64_t c0, float bias, int act, float* y, int64_t Ho, int64_t Wo) {
+  if (ri == RI) return conv_tile_c<V, RI, RC>(rc, planes, kernels, nk, Wx, oy0, c0, bias, act, y, Ho, Wo);
+  if constexpr (RI > 1) conv_tile_rc<V, RI - 1, RC>(ri, rc, planes, kernels, nk, Wx, oy0, c0, bias, act, y, Ho, Wo);
+}
+
+// One output plane y[Ho, Wo] (compact) from planes of row stride Wx (each readable up to
+// (Ho+3)*Wx + RCt*L + 3 floats: callers pad). Row blocks top to bottom; within a block the
+// column groups from last to first, so a junk spill always lands on something written later.
 template <class V>
-void conv_wide(const float* const* planes, const float* const* kernels, int64_t nk, int64_t Wx,
-               int64_t nv, float bias, int act, float* out) {
-  const int64_t nb = (nv + V::kAcc - 1) / V::kAcc;
-  int64_t v0 = 0;
-  for (int64_t b = 0; b < nb; ++b) {
-    const int64_t rem = nv - v0, left = nb - b, R = (rem + left - 1) / left;
-    conv_block_n<V>(int(R), planes, kernels, nk, Wx, v0, bias, act, out);
-    v0 += R;
+void conv_plane(const float* const* planes, const float* const* kernels, int64_t nk, int64_t Wx,
+                float bias, int act, float* y, int64_t Ho, int64_t Wo) {
+  constexpr int L = V::L, RI = ConvShape<V>::RI, RC = ConvShape<V>::RC;
+  const int64_t nvec = (Wo + L - 1) / L, ngroups = (nvec + RC - 1) / RC;
+  for (int64_t oy0 = 0; oy0 < Ho; oy0 += RI) {
+    const int ri = int(std::min<int64_t>(RI, Ho - oy0));
+    for (int64_t g = ngroups - 1; g >= 0; --g) {
+      const int64_t v0 = g * RC;
+      const int rc = int(std::min<int64_t>(RC, nvec - v0));
+      conv_tile_rc<V, RI, RC>(ri, rc, planes, kernels, nk, Wx, oy0, v0 * L, bias, act, y, Ho, Wo);
+    }
   }
 }
-
-// Rows 0..rows-1 of width `width` from a wide buffer of row stride `stride` into dst.
-inline void compact_rows(const float* wide, int64_t stride, float* dst, int64_t rows, int64_t width) {
-  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * width, wide + r * stride, sizeof(float) * width);
-}
-
-// Copies n values, squared when gn.
-template <class V> inline void copy_maybe_square(const float* src, float* dst, int64_t n, bool gn) {
-  if (gn) copy_square<V>(src, dst, n);
-  else std::memcpy(dst, src, sizeof(float) * n);
-}
-
-inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 
 template <class V>
 void sparse_forward_simd(const float* x, const float* w, const float* b, const int32_t* offsets,
@@ -207,58 +242,75 @@ void sparse_forward_simd(const float* x, const float* w, const float* b, const i
                          int64_t O, int act, int nthreads) {
   constexpr int L = V::L;
   const int64_t Ho = H - 4, Wo = W - 4, HW = H * W;
-  const int64_t P = (Ho - 1) * W + Wo, nv = (P + L - 1) / L;
-  const int64_t HWp = round_up(HW + L, 16);  // zero pad: the last vector reads past the plane
+  const int64_t HWp = round_up(HW + 2 * L, 16);  // zero pad: junk lanes read past the plane
   const int64_t K = offsets[O];
   parallel_range(N, 1, nthreads, [&](int64_t begin, int64_t end) {
-    std::vector<float> xs(C * HWp, 0.0f), yw(nv * L);
+    std::vector<float> xs(C * HWp + 16, 0.0f);
+    float* xa = xs.data() + ((16 - (reinterpret_cast<uintptr_t>(xs.data()) / 4) % 16) % 16);  // 64-byte aligned
     std::vector<const float*> planes(K), kernels(K);
     for (int64_t k = 0; k < K; ++k) {
-      planes[k] = xs.data() + inputs[k] * HWp;
+      planes[k] = xa + inputs[k] * HWp;
       kernels[k] = w + k * 25;
     }
     for (int64_t n = begin; n < end; ++n) {
-      for (int64_t c = 0; c < C; ++c) std::memcpy(xs.data() + c * HWp, x + (n * C + c) * HW, sizeof(float) * HW);
-      for (int64_t o = 0; o < O; ++o) {
-        conv_wide<V>(planes.data() + offsets[o], kernels.data() + offsets[o], offsets[o + 1] - offsets[o],
-                     W, nv, b[o], act, yw.data());
-        compact_rows(yw.data(), W, y + (n * O + o) * Ho * Wo, Ho, Wo);
-      }
+      for (int64_t c = 0; c < C; ++c) std::memcpy(xa + c * HWp, x + (n * C + c) * HW, sizeof(float) * HW);
+      for (int64_t o = 0; o < O; ++o)
+        conv_plane<V>(planes.data() + offsets[o], kernels.data() + offsets[o], offsets[o + 1] - offsets[o],
+                      W, b[o], act, y + (n * O + o) * Ho * Wo, Ho, Wo);
     }
   });
 }
 
-// acc[tap] += sum over the chunk's images i and vectors v of g[i][v] * x[i][v + ky*W + kx] for
-// taps T0 .. T0+NT-1, held in NT vector accumulators; one horizontal sum per tap at the end.
-template <class V, int T0, int NT>
-void gw_taps(const float* const* g, const float* const* xs, int64_t nimg, int64_t nv, int64_t W, float* acc) {
+// acc[ky*5 + kx] += sum over the images, row blocks and column vectors of g[i][col] *
+// x[i+ky][col+kx] for kx in KX0 .. KX0+NKX-1: RI gradient vectors in registers, each loaded
+// input vector feeding the (i, ky) pairs with i + ky = j: about 0.5 loads per FMA, 5*NKX
+// accumulators, one horizontal sum each at the end.
+template <class V, int RI, int KX0, int NKX>
+void gw_tile(const float* const* g, const float* const* xs, int64_t nimg, int64_t rows, int64_t nvec,
+             int64_t gstride, int64_t W, float* acc) {
   constexpr int L = V::L;
-  typename V::R a[NT];
-#pragma GCC unroll 32
-  for (int j = 0; j < NT; ++j) a[j] = V::zero();
-  for (int64_t i = 0; i < nimg; ++i) {
-    const float* gi = g[i];
-    const float* xi = xs[i];
-    for (int64_t v = 0; v < nv; ++v) {
-      const typename V::R gv = V::load(gi + v * L);
-      const float* xv = xi + v * L;
-#pragma GCC unroll 32
-      for (int j = 0; j < NT; ++j) {
-        const int t = T0 + j;
-        a[j] = V::fmadd(gv, V::load(xv + (t / 5) * W + t % 5), a[j]);
+  using R = typename V::R;
+  R a[5][NKX];
+#pragma GCC unroll 5
+  for (int ky = 0; ky < 5; ++ky)
+#pragma GCC unroll 5
+    for (int q = 0; q < NKX; ++q) a[ky][q] = V::zero();
+  for (int64_t n = 0; n < nimg; ++n) {
+    for (int64_t i0 = 0; i0 < rows; i0 += RI) {
+      for (int64_t c = 0; c < nvec; ++c) {
+        const float* gp = g[n] + i0 * gstride + c * L;
+        const float* xp = xs[n] + i0 * W + c * L + KX0;
+        R gv[RI];
+#pragma GCC unroll 16
+        for (int i = 0; i < RI; ++i) gv[i] = V::load(gp + i * gstride);
+#pragma GCC unroll 20
+        for (int j = 0; j < RI + 4; ++j) {
+#pragma GCC unroll 5
+          for (int q = 0; q < NKX; ++q) {
+            const R xv = V::load(xp + j * W + q);
+#pragma GCC unroll 5
+            for (int ky = 0; ky < 5; ++ky) {
+              const int i = j - ky;
+              if (i >= 0 && i < RI) a[ky][q] = V::fmadd(gv[i], xv, a[ky][q]);
+            }
+          }
+        }
       }
     }
   }
-#pragma GCC unroll 32
-  for (int j = 0; j < NT; ++j) acc[T0 + j] += V::hsum(a[j]);
+#pragma GCC unroll 5
+  for (int ky = 0; ky < 5; ++ky)
+#pragma GCC unroll 5
+    for (int q = 0; q < NKX; ++q) acc[ky * 5 + KX0 + q] += V::hsum(a[ky][q]);
 }
 
-template <class V, int NG, int G = 0>
-void gw_groups(const float* const* g, const float* const* xs, int64_t nimg, int64_t nv, int64_t W, float* acc) {
-  if constexpr (G < NG) {
-    constexpr int T0 = 25 * G / NG, T1 = 25 * (G + 1) / NG;
-    gw_taps<V, T0, T1 - T0>(g, xs, nimg, nv, W, acc);
-    gw_groups<V, NG, G + 1>(g, xs, nimg, nv, W, acc);
+template <class V, int KX0 = 0>
+void gw_kernel(const float* const* g, const float* const* xs, int64_t nimg, int64_t rows, int64_t nvec,
+               int64_t gstride, int64_t W, float* acc) {
+  if constexpr (KX0 < 5) {
+    constexpr int G = ConvShape<V>::GKX, NKX = KX0 + G <= 5 ? G : 5 - KX0;
+    gw_tile<V, ConvShape<V>::GRI, KX0, NKX>(g, xs, nimg, rows, nvec, gstride, W, acc);
+    gw_kernel<V, KX0 + NKX>(g, xs, nimg, rows, nvec, gstride, W, acc);
   }
 }
 
@@ -267,16 +319,15 @@ void sparse_backward_simd(const float* gy, const float* y, const float* x, const
                           const int32_t* offsets, const int32_t* inputs, float* gx, float* gw,
                           float* gb, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act,
                           bool gn, int nthreads) {
-  constexpr int L = V::L;
+  constexpr int L = V::L, GRI = ConvShape<V>::GRI;
   constexpr int64_t kChunk = 8;
-  constexpr int NG = (25 + V::kAcc) / (V::kAcc + 1);  // tap groups of at most kAcc + 1
   const int64_t Ho = H - 4, Wo = W - 4, HW = H * W, plane = Ho * Wo, out = O * plane;
-  const int64_t P = (Ho - 1) * W + Wo, nv = (P + L - 1) / L;
-  const int64_t HWp = round_up(HW + L, 16);
-  const int64_t gaw_stride = round_up(nv * L, 16);
+  // gw operands: ga on rows of nvec vectors (junk lanes zero), Ho padded to a multiple of GRI
+  // with zero rows; x copies with 4 + the padding rows, plus a vector of slack.
+  const int64_t nvec = (Wo + L - 1) / L, gstride = nvec * L, rows = round_up(Ho, GRI);
+  const int64_t gplane = round_up(rows * gstride, 16), HWp = round_up((rows + 4) * W + 2 * L, 16);
   // gx: full correlation = valid correlation of ga padded to (H+4)x(W+4) with flipped kernels.
-  const int64_t Wg = W + 4, Hg = H + 4, HWg = round_up(Hg * Wg + L, 16);
-  const int64_t Pg = (H - 1) * Wg + W, nvg = (Pg + L - 1) / L;
+  const int64_t Wg = W + 4, HWg = round_up((H + 4) * Wg + 2 * L, 16);
   const int64_t K = offsets[O], nw = K * 25;
   std::vector<float> wk(w, w + nw);
   if (gn) for (auto& v : wk) v *= v;
@@ -296,8 +347,8 @@ void sparse_backward_simd(const float* gy, const float* y, const float* x, const
   std::vector<float> grads(nw + O);
   batch_slices<float>(N, nw + O, grads.data(), nthreads, [&](int64_t begin, int64_t end, float* acc) {
     const int64_t cn = std::min<int64_t>(kChunk, end - begin);
-    std::vector<float> ga(out), gaw(cn * O * gaw_stride, 0.0f), xs(cn * C * HWp, 0.0f);
-    std::vector<float> gap(gx ? O * HWg : 0, 0.0f), gxw(gx ? nvg * L : 0);
+    std::vector<float> ga(out), gar(cn * O * gplane, 0.0f), xs(cn * C * HWp, 0.0f);
+    std::vector<float> gap(gx ? O * HWg : 0, 0.0f);
     std::vector<const float*> gptr(cn), xptr(cn), planes(gx ? K : 0), kernels(gx ? K : 0);
     for (int64_t j = 0; j < (gx ? K : 0); ++j) {
       const int64_t k = t_k[j];
@@ -309,17 +360,16 @@ void sparse_backward_simd(const float* gy, const float* y, const float* x, const
       for (int64_t i = 0; i < m; ++i) {
         const int64_t n = n0 + i;
         v_act_back_array<V>(gy + n * out, y ? y + n * out : nullptr, ga.data(), out, act, gn);
-        float* gwi = gaw.data() + i * O * gaw_stride;
+        float* gri = gar.data() + i * O * gplane;
         for (int64_t o = 0; o < O; ++o) {
           const float* gao = ga.data() + o * plane;
           acc[nw + o] += v_sum<V>(gao, plane);
-          float* dst = gwi + o * gaw_stride;
-          for (int64_t r = 0; r < Ho; ++r) std::memcpy(dst + r * W, gao + r * Wo, sizeof(float) * Wo);
+          float* dst = gri + o * gplane;
+          for (int64_t r = 0; r < Ho; ++r) std::memcpy(dst + r * gstride, gao + r * Wo, sizeof(float) * Wo);
         }
         float* xsi = xs.data() + i * C * HWp;
         for (int64_t c = 0; c < C; ++c) copy_maybe_square<V>(x + (n * C + c) * HW, xsi + c * HWp, HW, gn);
         if (!gx) continue;
-        // gx for image n
         for (int64_t o = 0; o < O; ++o) {
           float* gp = gap.data() + o * HWg;
           const float* gao = ga.data() + o * plane;
@@ -328,18 +378,16 @@ void sparse_backward_simd(const float* gy, const float* y, const float* x, const
         for (int64_t c = 0; c < C; ++c) {
           float* gxc = gx + (n * C + c) * HW;
           const int64_t nk = t_off[c + 1] - t_off[c];
-          if (nk == 0) { std::fill(gxc, gxc + HW, 0.0f); continue; }
-          conv_wide<V>(planes.data() + t_off[c], kernels.data() + t_off[c], nk, Wg, nvg, 0.0f, kIdentity, gxw.data());
-          compact_rows(gxw.data(), Wg, gxc, H, W);
+          if (nk == 0) std::fill(gxc, gxc + HW, 0.0f);
+          else conv_plane<V>(planes.data() + t_off[c], kernels.data() + t_off[c], nk, Wg, 0.0f, kIdentity, gxc, H, W);
         }
       }
-      // gw over the chunk
       for (int64_t k = 0; k < K; ++k) {
         for (int64_t i = 0; i < m; ++i) {
-          gptr[i] = gaw.data() + (i * O + owner[k]) * gaw_stride;
+          gptr[i] = gar.data() + (i * O + owner[k]) * gplane;
           xptr[i] = xs.data() + (i * C + inputs[k]) * HWp;
         }
-        gw_groups<V, NG>(gptr.data(), xptr.data(), m, nv, W, acc + k * 25);
+        gw_kernel<V>(gptr.data(), xptr.data(), m, rows, nvec, gstride, W, acc + k * 25);
       }
     }
   });
