@@ -156,8 +156,8 @@ inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 // act(bias + sum_k correlate(plane[k], kernel[k])), planes of row stride Wx, into y (row stride
 // Wo, Ho rows). Each input vector loaded (row j, column kx) feeds the up-to-5 output rows
 // i = j - ky it touches, with the 5 weights of column kx held in registers: about 0.5 loads
-// per FMA. A partial last vector is stored whole (its junk lanes spill into the start of the
-// next row, which is written later: see conv_plane's order) except on the plane's last row.
+// per FMA. A partial last vector is stored whole (its junk lanes spill onto later rows, which
+// are written later: see conv_plane's order) unless it would cross the plane's end.
 template <class V, int RI, int RC>
 void conv_tile(const float* const* planes, const float* const* kernels, int64_t nk, int64_t Wx,
                int64_t oy0, int64_t c0, float bias, int act, float* y, int64_t Ho, int64_t Wo) {
@@ -190,17 +190,17 @@ void conv_tile(const float* const* planes, const float* const* kernels, int64_t 
       }
     }
   }
+  const int64_t plane_end = Ho * Wo;
 #pragma GCC unroll 16
   for (int i = 0; i < RI; ++i) {
-    float* row = y + (oy0 + i) * Wo + c0;
-    const bool last_row = oy0 + i == Ho - 1;
+    const int64_t row = (oy0 + i) * Wo + c0;
 #pragma GCC unroll 4
     for (int r = 0; r < RC; ++r) {
       const int64_t valid = Wo - c0 - r * L;
       if (valid <= 0) break;
       const R v = v_act<V>(acc[i][r], act);
-      if (valid >= L || !last_row) V::store(row + r * L, v);
-      else V::storen(row + r * L, int(valid), v);
+      if (row + r * L + L <= plane_end) V::store(y + row + r * L, v);  // junk lanes land on later rows
+      else V::storen(y + row + r * L, int(std::min<int64_t>(valid, L)), v);
     }
   }
 }
