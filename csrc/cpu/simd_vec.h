@@ -6,7 +6,7 @@
 // micro-kernel may keep as accumulators without spilling), and static always-inline
 // primitives: zero set1 load store loadn storen (first n lanes; masked, never touching memory
 // past them) add sub mul div min max fmadd(a,b,c)=a*b+c fnmadd(a,b,c)=c-a*b abs round pow2i
-// xor_ and_ gt eq isnan mor mandnot select(m,b,a)=m?b:a maskz(m,a)=m?a:0 hsum
+// xor_ and_ gt eq isnan mor mand mandnot select(m,b,a)=m?b:a maskz(m,a)=m?a:0 hsum
 // deinterleave(a,b -> even,odd) interleave(e,o -> lo,hi).
 //
 // Types: LENET5_SIMD_ISA 1 -> Avx2 (8 lanes) and Avx2x2 (16 lanes on two AVX2 registers, the
@@ -56,6 +56,7 @@ struct Avx2 {
   static LENET5_AI M eq(R a, R b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
   static LENET5_AI M isnan(R a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
   static LENET5_AI M mor(M a, M b) { return _mm256_or_ps(a, b); }
+  static LENET5_AI M mand(M a, M b) { return _mm256_and_ps(a, b); }
   static LENET5_AI M mandnot(M a, M b) { return _mm256_andnot_ps(a, b); }  // ~a & b
   static LENET5_AI R select(M m, R b, R a) { return _mm256_blendv_ps(a, b, m); }
   static LENET5_AI R maskz(M m, R a) { return _mm256_and_ps(m, a); }
@@ -102,7 +103,7 @@ struct Avx2x2 {
   static LENET5_AI R name(R x) { return {H::name(x.a), H::name(x.b)}; }
   LENET5_X2_BIN(add) LENET5_X2_BIN(sub) LENET5_X2_BIN(mul) LENET5_X2_BIN(div)
   LENET5_X2_BIN(min) LENET5_X2_BIN(max) LENET5_X2_BIN(xor_) LENET5_X2_BIN(and_)
-  LENET5_X2_BIN(gt) LENET5_X2_BIN(eq) LENET5_X2_BIN(mor) LENET5_X2_BIN(mandnot)
+  LENET5_X2_BIN(gt) LENET5_X2_BIN(eq) LENET5_X2_BIN(mor) LENET5_X2_BIN(mand) LENET5_X2_BIN(mandnot)
   LENET5_X2_BIN(maskz)
   LENET5_X2_UN(abs) LENET5_X2_UN(rcp) LENET5_X2_UN(round) LENET5_X2_UN(pow2i) LENET5_X2_UN(pow2_bits) LENET5_X2_UN(isnan)
 #undef LENET5_X2_BIN
@@ -164,6 +165,7 @@ struct Avx512 {
   static LENET5_AI M eq(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   static LENET5_AI M isnan(R a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
   static LENET5_AI M mor(M a, M b) { return static_cast<M>(a | b); }
+  static LENET5_AI M mand(M a, M b) { return static_cast<M>(a & b); }
   static LENET5_AI M mandnot(M a, M b) { return static_cast<M>(~a & b); }
   static LENET5_AI R select(M m, R b, R a) { return _mm512_mask_blend_ps(m, a, b); }
   static LENET5_AI R maskz(M m, R a) { return _mm512_maskz_mov_ps(m, a); }
