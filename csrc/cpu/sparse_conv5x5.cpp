@@ -7,23 +7,24 @@
 // Portable trick: only connected (output, input) pairs are visited — no masked dense
 // convolution — each image is one task, and the planes use the loops of conv5x5_plane.h.
 //
-// float32 SIMD trick, "wide rows": an output map is computed at the wide positions
-// p = oy*W + ox for p < (Ho-1)*W + Wo, i.e. on full input rows, so that output vector v
-// (positions vL..vL+L-1) needs, for tap (ky,kx), the contiguous input x[vL + ky*W + kx ...].
-// The W-Wo junk columns per row are computed and dropped (lane use Wo/W: 88% for C1, 73%
-// for C3's 10-wide rows) — no transposes, any H, W >= 5, batch 1 as fast per image as any.
-// Each image's input planes are first copied into a zero-padded scratch so the last vector
-// may read past the plane. Micro-kernel: R <= kAcc accumulator vectors (R*L consecutive
-// positions), one broadcast per tap, R FMAs with the input as memory operand; bias, the
-// activation (vector tanh) and the store happen once per block.
+// float32 SIMD trick: vectors along output rows (ceil(Wo/L) vectors per row: 28 = 3.5 AVX2
+// vectors for C1, 10 -> 2 for C3), no transposes, any H, W >= 5, batch 1 as fast per image as
+// any batch. Each image's input planes are first copied into a zero-padded scratch so junk
+// lanes may read past a row or plane. Forward tile: RI output rows x RC vectors of
+// accumulators; for each kernel column kx the 5 weights sit in registers and each input vector
+// loaded (row j) feeds every output row i = j - ky it touches: ~0.5 loads per FMA, which is
+// what lets Zen 3 / Intel cores approach 2 FMAs per cycle (one load per FMA caps at ~1). Bias,
+// activation (vector tanh) and the store happen once per tile; a partial last vector is stored
+// whole when its junk lanes land on rows written later (no masked stores in the steady state).
 // Backward, per batch slice, in chunks of up to 8 images:
 //  * ga = gy f'(y) (vector), gb += plane sums;
-//  * gw[k][tap] = sum_p gaw[o][p] x[c][p + ky*W + kx], gaw = ga on wide rows with zeroed junk
-//    columns: groups of up to kAcc+1 taps held as vector accumulators over all the chunk's
-//    images and positions, then one horizontal sum per tap and chunk into the slice's
-//    accumulator (fixed order: bitwise independent of the thread count);
-//  * gx = full correlation of ga with each kernel = the forward micro-kernel on ga padded by 4
-//    zeros all round ((H+4)x(W+4) planes), kernels flipped, through the transposed table.
+//  * gw[k][ky][kx] = sum ga[o][i][col] x[c][i+ky][col+kx]: ga on rows of whole vectors (junk
+//    lanes zero, rows padded to the tile height), GRI ga vectors in registers, 5 x GKX
+//    accumulators (kernel columns kx .. kx+GKX-1) over all the chunk's images, then one
+//    horizontal sum per tap and chunk into the slice's accumulator (fixed order: bitwise
+//    independent of the thread count);
+//  * gx = full correlation of ga with each kernel = the forward tile on ga padded by 4 zeros
+//    all round ((H+4)x(W+4) planes), kernels flipped, through the transposed table.
 // Gauss-Newton: squared weights, squared inputs (in the scratch copy), f'^2.
 #ifndef LENET5_SIMD_ISA
 #include "cpu/conv5x5_plane.h"
