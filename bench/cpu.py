@@ -142,12 +142,16 @@ class Timer:
         return {k: (min(v), statistics.median(v)) for k, v in self.samples.items()}
 
 
-def sdlm_like_pass(model, fwd, xs, ys, steps):
-    """Batch-1 passes: forward, MAP loss backward, p -= step_p * grad with per-parameter steps."""
+def sdlm_like_pass(model, fwd, xs, ys, budget_s=1e9):
+    """Batch-1 steps: forward, MAP loss backward, p -= step_p * grad with per-parameter steps,
+    over xs (or until budget_s seconds have passed). Returns (seconds, images done)."""
     params = [p for p in model.parameters() if p.requires_grad]
     steps_ = [torch.full_like(p, 1e-4) for p in params]
     s = time.perf_counter()
+    i = 0
     for i in range(xs.shape[0]):
+        if time.perf_counter() - s > budget_s:
+            break
         out = fwd(xs[i:i + 1])
         loss = model.loss(out, ys[i:i + 1])
         for p in params:
@@ -155,7 +159,9 @@ def sdlm_like_pass(model, fwd, xs, ys, steps):
         loss.backward()
         with torch.no_grad():
             torch._foreach_addcmul_(params, steps_, [p.grad for p in params], value=-1.0)
-    return time.perf_counter() - s
+    else:
+        i = xs.shape[0]
+    return time.perf_counter() - s, i
 
 
 def fmt(v, unit=""):
@@ -173,9 +179,14 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="batch sizes 1 and 256 only, fewer rounds")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile contender")
+    ap.add_argument("--compile-all", action="store_true",
+                    help="torch.compile at every batch size (default: 1 and 256 only; each size is a fresh compile)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cpu.md"))
     args = ap.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     batches = [1, 256] if args.quick else [1, 16, 64, 256, 1024]
     rounds = 3 if args.quick else 5
@@ -205,16 +216,17 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for n in batches:
         x, y = make_batch(n)
+        compile_here = args.compile_all or n in (1, 256)
         for kind in ("train", "infer"):
             fns = {}
             if kind == "train":
                 fns["ref"] = train_step_fn(ref, ref, x, y)
-                fns["ref_compile"] = train_step_fn(ref_c, ref_c_fwd, x, y) if ref_c is not None else None
+                fns["ref_compile"] = train_step_fn(ref_c, ref_c_fwd, x, y) if ref_c is not None and compile_here else None
                 fns["ours"] = train_step_fn(ours, ours, x, y)
                 fns["fused"] = None  # the fused path trains at batch 1 only (sdlm_pass), below
             else:
                 fns["ref"] = infer_fn(ref, x)
-                fns["ref_compile"] = infer_fn(ref_c_fwd, x) if ref_c is not None else None
+                fns["ref_compile"] = infer_fn(ref_c_fwd, x) if ref_c is not None and compile_here else None
                 fns["ours"] = infer_fn(ours, x)
                 if fused_ok and fused.supports(ours, x):
                     fns["fused"] = infer_fn(lambda t: fused.forward(ours, t), x)
@@ -238,15 +250,18 @@ def main(argv=None) -> int:
     # batch-1 SDLM-style pass over 60,000 images
     m = 500 if args.quick else 2000
     xs, ys = make_batch(m, seed=1)
-    sdlm = {"samples_timed": m}
+    sdlm = {"samples_timed": m, "budget_s": 10.0 if args.quick else 30.0}
     ours_s = lenet5_fast.LeNet5()
     ours_s.load_state_dict(ours.state_dict())
     ref_s = reference.LeNet5()
     ref_s.load_state_dict(ours.state_dict())
-    sdlm_like_pass(ours_s, ours_s, xs[:20], ys[:20], 20)  # warm up
-    sdlm_like_pass(ref_s, ref_s, xs[:20], ys[:20], 20)
-    sdlm["ours_s_per_60k"] = sdlm_like_pass(ours_s, ours_s, xs, ys, m) * 60000 / m
-    sdlm["ref_s_per_60k"] = sdlm_like_pass(ref_s, ref_s, xs, ys, m) * 60000 / m
+    budget = 10.0 if args.quick else 30.0
+    sdlm_like_pass(ours_s, ours_s, xs[:20], ys[:20])  # warm up
+    sdlm_like_pass(ref_s, ref_s, xs[:20], ys[:20])
+    sec, done = sdlm_like_pass(ours_s, ours_s, xs, ys, budget)
+    sdlm["ours_s_per_60k"], sdlm["ours_samples"] = sec * 60000 / done, done
+    sec, done = sdlm_like_pass(ref_s, ref_s, xs, ys, budget)
+    sdlm["ref_s_per_60k"], sdlm["ref_samples"] = sec * 60000 / done, done
     sdlm["fused_s_per_60k"] = None
     if fused_ok and hasattr(fused, "sdlm_pass"):
         try:
@@ -265,7 +280,9 @@ def main(argv=None) -> int:
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "python": platform.python_version(), "fused_module": fused_ok,
-        "compile": "torch.compile(dynamic=True), default inductor" if ref_c is not None else compile_note or "skipped",
+        "compile": ("torch.compile(dynamic=False), default inductor, "
+                    + ("every batch size" if args.compile_all else "batch 1 and 256 only (n/a elsewhere: --compile-all)"))
+        if ref_c is not None else compile_note or "skipped",
         "quick": args.quick,
     }
     out = {"machine": machine, "train": results["train"], "infer": results["infer"], "sdlm_batch1_pass": sdlm}
@@ -325,8 +342,9 @@ def render(out: dict, batches) -> str:
               f"| {fmt(s['ref_s_per_60k'])} (est.) | {fmt(s['ours_s_per_60k'])} (est.) | "
               f"{fmt(s['fused_s_per_60k']) if s['fused_s_per_60k'] else 'n/a'} | "
               f"{fmt(s['ref_s_per_60k'] / s['ours_s_per_60k'], 'x')} |", "",
-              f"ref and ours are estimated from a timed run of {s['samples_timed']:,} batch-1 steps, scaled to "
-              "60,000; fused (when present) from fused.sdlm_pass over the same number of images.", ""]
+              f"ref and ours are estimated from timed runs of batch-1 steps (ours: {s['ours_samples']:,} images, "
+              f"ref: {s['ref_samples']:,} images, each run capped at {s['budget_s']:.0f} s), scaled to 60,000; "
+              "fused (when present) from fused.sdlm_pass over the first images of the same set.", ""]
     return "\n".join(lines)
 
 
