@@ -8,8 +8,10 @@
 #include <pybind11/pybind11.h>
 
 #include <stdexcept>
+#include <string>
 
 #include "lenet5.h"
+#include "cpu/simd.h"
 
 namespace py = pybind11;
 using Addr = uintptr_t;
@@ -129,6 +131,15 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("simd_level", &cpu::simd_level, "SIMD level the float32 CPU kernels use: 0 portable, 1 AVX2, 2 AVX-512");
   m.def("set_simd_level", &cpu::set_simd_level, "Force a lower SIMD level (tests); -1 restores the best");
+  m.def("simd_supported", &cpu::simd_supported, "Best SIMD level this CPU and OS support: 0, 1 (AVX2+FMA) or 2 (AVX-512)");
+  m.def("simd_isa", [] { return std::string(cpu::isa_name(cpu::current_isa())); },
+        "Kernel family float32 CPU calls use now: portable, avx2, avx512 or avx2-wide16 (test mode)");
+  m.def("_fma_probe", [](int64_t iters, int nthreads) {
+    py::gil_scoped_release no_gil;
+    return cpu::fma_probe(iters, nthreads);
+  }, "Benchmarks only: FLOPs done by `iters` rounds of independent vector FMAs on each of nthreads threads");
+  m.def("_set_simd_wide_emulation", &cpu::set_simd_wide_emulation,
+        "Tests only: at level 1, run the 16-lane (AVX-512) kernels on pairs of AVX2 registers");
 #ifdef LENET5_WITH_CUDA
   m.attr("with_cuda") = true;
   m.def("cuda_device_count", &dev::device_count);

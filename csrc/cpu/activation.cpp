@@ -1,25 +1,83 @@
 // activation.cpp — stand-alone squashing (scaled tanh) and ReLU, forward and backward, plus the
-// run-time SIMD level switch shared by all float32 kernels.
+// run-time SIMD level shared by all float32 kernels.
 //
 // Layout: any contiguous array of n values. Backward uses the output y, never the input.
+// Trick (float32 SIMD): straight vector loops over contiguous ranges, the tail through masked
+// loads/stores; tanh is simd_vec.h's v_tanh (expm1 based, <= 1e-6 relative error), the
+// backward derivative S (A - y^2 / A) is two FMAs.
+#ifndef LENET5_SIMD_ISA
+#include <atomic>
+
 #include "cpu/parallel.h"
+#include "cpu/simd.h"
 
 namespace lenet5 {
 namespace cpu {
 
 template <class T>
-void activation_forward(const T* x, T* y, int64_t n, int act, int nthreads) {
+void portable_activation_forward(const T* x, T* y, int64_t n, int act, int nthreads) {
   parallel_range(n, 1 << 14, nthreads, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) y[i] = act_forward(x[i], act);
   });
 }
 
 template <class T>
-void activation_backward(const T* gy, const T* y, T* gx, int64_t n, int act, bool gauss_newton,
-                         int nthreads) {
+void portable_activation_backward(const T* gy, const T* y, T* gx, int64_t n, int act, bool gauss_newton,
+                                  int nthreads) {
   parallel_range(n, 1 << 14, nthreads, [&](int64_t begin, int64_t end) {
     act_backward(gy + begin, y ? y + begin : nullptr, gx + begin, end - begin, act, gauss_newton);
   });
+}
+
+}  // namespace cpu
+}  // namespace lenet5
+
+#define LENET5_SIMD_SELF "cpu/activation.cpp"
+#include "cpu/simd_pass.h"
+
+namespace lenet5 {
+namespace cpu {
+namespace {
+bool simd_forward(const float* x, float* y, int64_t n, int act, int nthreads) {
+  LENET5_SIMD_CALL(activation_forward_simd, x, y, n, act, nthreads);
+}
+bool simd_backward(const float* gy, const float* y, float* gx, int64_t n, int act, bool gn, int nthreads) {
+  LENET5_SIMD_CALL(activation_backward_simd, gy, y, gx, n, act, gn, nthreads);
+}
+}  // namespace
+
+double fma_probe(int64_t iters, int nthreads) {
+  auto run = [&]() -> double {
+#if LENET5_X86_SIMD
+    switch (current_isa()) {
+      case Isa::kAvx512: return isa_avx512::fma_probe_simd<isa_avx512::Avx512>(iters);
+      case Isa::kAvx2Wide: return isa_avx2::fma_probe_simd<isa_avx2::Avx2x2>(iters);
+      case Isa::kAvx2: return isa_avx2::fma_probe_simd<isa_avx2::Avx2>(iters);
+      default: break;
+    }
+#endif
+    return 0.0;
+  };
+  std::vector<double> per(std::max(1, nthreads), 0.0);
+  parallel_tasks(int64_t(per.size()), nthreads, [&](int64_t t) { per[t] = run(); });
+  double flops = 0;
+  for (double f : per) flops += f;
+  return flops;
+}
+
+template <class T>
+void activation_forward(const T* x, T* y, int64_t n, int act, int nthreads) {
+  if constexpr (std::is_same<T, float>::value)
+    if (simd_forward(x, y, n, act, nthreads)) return;
+  portable_activation_forward(x, y, n, act, nthreads);
+}
+
+template <class T>
+void activation_backward(const T* gy, const T* y, T* gx, int64_t n, int act, bool gauss_newton,
+                         int nthreads) {
+  if constexpr (std::is_same<T, float>::value)
+    if (simd_backward(gy, y, gx, n, act, gauss_newton, nthreads)) return;
+  portable_activation_backward(gy, y, gx, n, act, gauss_newton, nthreads);
 }
 
 #define LENET5_INSTANTIATE(T)                                                          \
@@ -29,23 +87,88 @@ LENET5_INSTANTIATE(float)
 LENET5_INSTANTIATE(double)
 #undef LENET5_INSTANTIATE
 
-// ---- SIMD level: the portable kernels are the only level so far ----
+// ---- SIMD level ----
+// simd_supported(): what the CPU and OS offer (GCC/Clang's __builtin_cpu_supports checks CPUID
+// and, for AVX and AVX-512, that the OS saves the YMM/ZMM state). simd_level(): what the
+// float32 kernels use now, after set_simd_level's cap.
 namespace {
-int g_forced_level = -1;
-int best_level() {
-#if defined(__x86_64__) || defined(__i386__)
+std::atomic<int> g_forced_level{-1};
+std::atomic<bool> g_wide_emulation{false};
+int detect_level() {
+#if LENET5_X86_SIMD
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return 2;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return 2;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
 #endif
   return 0;
 }
 }  // namespace
-int simd_level() {
-  const int best = best_level();
-  return g_forced_level < 0 ? best : std::min(best, g_forced_level);
+
+int simd_supported() {
+  static const int best = detect_level();
+  return best;
 }
-void set_simd_level(int level) { g_forced_level = level; }
+int simd_level() {
+  const int forced = g_forced_level.load(std::memory_order_relaxed);
+  return forced < 0 ? simd_supported() : std::min(simd_supported(), forced);
+}
+void set_simd_level(int level) { g_forced_level.store(level < 0 ? -1 : level, std::memory_order_relaxed); }
+void set_simd_wide_emulation(bool on) { g_wide_emulation.store(on, std::memory_order_relaxed); }
+Isa current_isa() {
+  switch (simd_level()) {
+    case 2: return Isa::kAvx512;
+    case 1: return g_wide_emulation.load(std::memory_order_relaxed) ? Isa::kAvx2Wide : Isa::kAvx2;
+    default: return Isa::kPortable;
+  }
+}
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx2Wide: return "avx2-wide16";
+    default: return "portable";
+  }
+}
 
 }  // namespace cpu
 }  // namespace lenet5
+
+#else  // ===== SIMD section (compiled once per ISA; V = Avx2, Avx2x2 or Avx512) =====
+
+template <class V>
+void activation_forward_simd(const float* x, float* y, int64_t n, int act, int nthreads) {
+  parallel_range(n, 1 << 14, nthreads, [&](int64_t begin, int64_t end) {
+    v_act_array<V>(x + begin, y + begin, end - begin, act);
+  });
+}
+
+template <class V>
+void activation_backward_simd(const float* gy, const float* y, float* gx, int64_t n, int act, bool gn,
+                              int nthreads) {
+  parallel_range(n, 1 << 14, nthreads, [&](int64_t begin, int64_t end) {
+    v_act_back_array<V>(gy + begin, y ? y + begin : nullptr, gx + begin, end - begin, act, gn);
+  });
+}
+
+// FMA throughput probe for benchmarks: kAcc independent FMA chains (all in registers), iters rounds.
+template <class V>
+double fma_probe_simd(int64_t iters) {
+  constexpr int A = V::kAcc;
+  typename V::R acc[A];
+  for (int j = 0; j < A; ++j) acc[j] = V::set1(float(j));
+  const typename V::R m = V::set1(0.999999f), c = V::set1(1e-7f);
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < A; ++j) acc[j] = V::fmadd(acc[j], m, c);
+  }
+  float s = 0;
+  for (int j = 0; j < A; ++j) s += V::hsum(acc[j]);
+  volatile float sink = s;
+  (void)sink;
+  return double(iters) * A * V::L * 2.0;
+}
+
+#endif

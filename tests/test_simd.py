@@ -1,0 +1,203 @@
+"""The SIMD kernel families: every op at every SIMD level the CPU has (plus level 0, and the
+16-lane kernels run on AVX2 register pairs), float32 against the float64 kernels, forward,
+backward and the Gauss-Newton backward, on awkward shapes (batch 1, odd sizes, batches that
+are not a multiple of the lane count, H or W = 5, arbitrary C3 tables); the fast tanh's error
+bound; and what simd_level reports."""
+import os
+
+import pytest
+import torch
+
+from lenet5_fast import _C, ops
+from lenet5_fast.layers import PAPER_C3_TABLE
+
+F32, F64 = torch.float32, torch.float64
+MODES = [("portable", 0, False), ("avx2", 1, False), ("avx2-wide16", 1, True), ("avx512", 2, False)]
+
+
+@pytest.fixture(params=MODES, ids=[m[0] for m in MODES])
+def mode(request):
+    name, level, wide = request.param
+    if _C.simd_supported() < level:
+        pytest.skip(f"this CPU does not support SIMD level {level}")
+    _C.set_simd_level(level)
+    _C._set_simd_wide_emulation(wide)
+    assert _C.simd_isa() == name
+    yield name
+    _C.set_simd_level(-1)
+    _C._set_simd_wide_emulation(False)
+
+
+def _close(got, want, what, tol=3e-5):
+    got = got.to(F64)
+    scale = max(1.0, want.abs().max().item())
+    err = (got - want).abs().max().item() if want.numel() else 0.0
+    assert torch.isfinite(got).all(), what
+    assert err <= tol * scale, f"{what}: max error {err:.3g} (scale {scale:.3g})"
+
+
+def _run(fwd, bwd, inputs, nout_grad, acts=(0, 1, 2)):
+    """fwd(*inputs, act) and bwd(g, y, *inputs, act, gn) -> grads, float32 vs float64."""
+    for act in acts:
+        x64 = [t.to(F64) if t.is_floating_point() else t for t in inputs]
+        x32 = [t.to(F32) if t.is_floating_point() else t for t in inputs]
+        y64, y32 = fwd(*x64, act), fwd(*x32, act)
+        _close(y32, y64, f"forward act={act}")
+        g = torch.randn_like(y64)
+        for gn in (False, True):
+            gg = g.abs() if gn else g
+            want = bwd(gg, y64, *x64, act, gn)
+            got = bwd(gg.to(F32), y32, *x32, act, gn)
+            for i, (a, b) in enumerate(zip(got[:nout_grad], want[:nout_grad])):
+                _close(a, b, f"backward act={act} gn={gn} output {i}", tol=1e-4)
+
+
+CONV = [(1, 1, 32, 32, 6), (3, 2, 9, 7, 3), (17, 1, 12, 5, 2), (5, 3, 5, 5, 4), (9, 6, 14, 14, 16),
+        (2, 1, 5, 13, 1), (1, 2, 6, 21, 2), (20, 1, 8, 40, 1)]
+
+
+@pytest.mark.parametrize("N,C,H,W,O", CONV)
+def test_conv5x5(mode, N, C, H, W, O):
+    x, w, b = torch.randn(N, C, H, W), torch.randn(O, C, 5, 5) * 0.2, torch.randn(O)
+    _run(lambda x, w, b, act: ops.conv5x5(x, w, b, act),
+         lambda g, y, x, w, b, act, gn: ops.conv5x5_backward(g, y, x, w, act, gn, True), [x, w, b], 3)
+
+
+TABLES = [(PAPER_C3_TABLE, 6), (((0,), (1, 2), (2, 0, 1)), 3), (((3,), (0, 3)), 4), (((1,),), 2)]
+
+
+@pytest.mark.parametrize("table,C", TABLES, ids=["tableI", "small", "unused_inputs", "one"])
+@pytest.mark.parametrize("N,H,W", [(1, 14, 14), (19, 10, 10), (3, 7, 9), (2, 5, 5), (4, 5, 12)])
+def test_sparse_conv5x5(mode, table, C, N, H, W):
+    off, inp = ops.connection_table_to_csr(table, C)
+    x, w, b = torch.randn(N, C, H, W), torch.randn(inp.numel(), 5, 5) * 0.3, torch.randn(off.numel() - 1)
+    _run(lambda x, w, b, act: ops.sparse_conv5x5(x, w, b, off, inp, act),
+         lambda g, y, x, w, b, act, gn: ops.sparse_conv5x5_backward(g, y, x, w, off, inp, act, gn, True),
+         [x, w, b], 3)
+
+
+@pytest.mark.parametrize("N,C,H,W", [(1, 6, 28, 28), (17, 3, 7, 5), (2, 1, 2, 2), (3, 2, 35, 3), (5, 16, 10, 10), (1, 1, 3, 41)])
+def test_subsample2x2(mode, N, C, H, W):
+    x, c, b = torch.randn(N, C, H, W), torch.randn(C), torch.randn(C)
+    _run(lambda x, c, b, act: ops.subsample2x2(x, c, b, act),
+         lambda g, y, x, c, b, act, gn: ops.subsample2x2_backward(g, y, x, c, act, gn, True), [x, c, b], 3)
+
+
+@pytest.mark.parametrize("N,C,H,W", [(1, 6, 28, 28), (17, 3, 7, 5), (2, 1, 2, 2), (3, 2, 35, 3), (1, 1, 3, 41)])
+def test_maxpool2x2(mode, N, C, H, W):
+    x = torch.randn(N, C, H, W)
+    x.view(-1)[::7] = x.view(-1)[1::7][: x.view(-1)[::7].numel()]  # plenty of ties
+    y64, y32 = ops.maxpool2x2(x.double()), ops.maxpool2x2(x)
+    assert torch.equal(y32.double(), y64)
+    g = torch.randn_like(y32)  # float32 values, exact in both precisions
+    assert torch.equal(ops.maxpool2x2_backward(g, x, y32).double(),
+                       ops.maxpool2x2_backward(g.double(), x.double(), y64))
+
+
+def test_maxpool2x2_ties_and_nan(mode):
+    x = torch.tensor([[[[1.0, 1.0, 2.0, float("nan"), 0.0], [1.0, 0.0, float("nan"), 5.0, 0.0]]]])
+    x = x.repeat(3, 1, 1, 9)  # rows of 45: full vectors and a tail
+    y = ops.maxpool2x2(x)
+    want = ops.maxpool2x2(x.double())
+    assert torch.equal(torch.isnan(y), torch.isnan(want))
+    assert torch.equal(y.nan_to_num(7.0).double(), want.nan_to_num(7.0))
+    g = torch.rand_like(y)
+    assert torch.equal(ops.maxpool2x2_backward(g, x, y).double(),
+                       ops.maxpool2x2_backward(g.double(), x.double(), want))
+
+
+@pytest.mark.parametrize("N,D,O", [(1, 120, 84), (17, 400, 120), (3, 5, 1), (33, 16, 5), (2, 1, 1), (7, 84, 10)])
+def test_full(mode, N, D, O):
+    x, w, b = torch.randn(N, D), torch.randn(O, D) * 0.1, torch.randn(O)
+    _run(lambda x, w, b, act: ops.full(x, w, b, act),
+         lambda g, y, x, w, b, act, gn: ops.full_backward(g, y, x, w, act, gn, True), [x, w, b], 3)
+
+
+@pytest.mark.parametrize("N,D,M", [(1, 84, 10), (17, 84, 10), (3, 7, 4), (40, 2, 3), (5, 33, 1)])
+def test_euclidean_rbf(mode, N, D, M):
+    x, w = torch.randn(N, D), torch.randn(M, D)
+    _run(lambda x, w, act: ops.euclidean_rbf(x, w),
+         lambda g, y, x, w, act, gn: ops.euclidean_rbf_backward(g, x, w, gn, True, True), [x, w], 2, acts=(0,))
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 17, 33, 1000])
+def test_activation(mode, n):
+    x = torch.randn(n) * 3
+    _run(lambda x, act: ops.activation(x, act) if act else x.clone(),
+         lambda g, y, x, act, gn: (ops.activation_backward(g, y, act, gn) if act else g.clone(),), [x], 1, acts=(1, 2))
+
+
+def test_tanh_error_bound(mode):
+    """The squashing 1.7159 tanh(2x/3) in float32 is within 1e-6 relative of float64 (the
+    measured maximum is about 3e-7), saturates at exactly +-1.7159f, and keeps NaN."""
+    x = torch.cat([torch.linspace(-20, 20, 400_001), torch.logspace(-30, 1.3, 20_000), -torch.logspace(-30, 1.3, 20_000)])
+    y = ops.activation(x, 1).double()
+    ref = 1.7159 * torch.tanh(x.double() * (2.0 / 3.0))
+    rel = ((y - ref).abs() / ref.abs().clamp_min(1e-300))[ref != 0]
+    assert rel.max().item() <= 1e-6
+    special = ops.activation(torch.tensor([float("inf"), -float("inf"), 100.0, -30.0, 0.0, float("nan")]), 1)
+    a = torch.tensor(1.7159, dtype=F32).item()
+    assert special[:4].tolist() == [a, -a, a, -a] and special[4].item() == 0.0 and torch.isnan(special[5])
+
+
+def test_weight_gradients_bitwise_independent_of_threads(mode):
+    off, inp = ops.connection_table_to_csr(PAPER_C3_TABLE, 6)
+    x3, w3 = torch.randn(37, 6, 14, 14), torch.randn(60, 5, 5)
+    y3 = ops.sparse_conv5x5(x3, w3, torch.randn(16), off, inp, 1)
+    xf, wf = torch.randn(37, 400), torch.randn(120, 400) * 0.05
+    yf = ops.full(xf, wf, torch.randn(120), 1)
+    xs = torch.randn(37, 6, 28, 28)
+    ys = ops.subsample2x2(xs, torch.randn(6), torch.randn(6), 1)
+    xr, wr = torch.randn(37, 84), torch.randn(10, 84)
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append([
+                *ops.sparse_conv5x5_backward(y3, y3, x3, w3, off, inp, 1, False, True),
+                *ops.full_backward(yf, yf, xf, wf, 1, True, True),
+                *ops.subsample2x2_backward(ys, ys, xs, torch.ones(6), 1, False, True),
+                *ops.euclidean_rbf_backward(torch.randn(37, 10, generator=torch.Generator().manual_seed(1)), xr, wr, False, True, True),
+            ])
+    finally:
+        torch.set_num_threads(old)
+    for r in results[1:]:
+        for a, b in zip(results[0], r):
+            assert torch.equal(a, b)
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def test_simd_level_reporting():
+    best = _C.simd_supported()
+    assert best in (0, 1, 2) and _C.simd_level() == best
+    flags = _cpu_flags()
+    if flags is not None and os.uname().machine in ("x86_64", "AMD64"):
+        has2 = {"avx2", "fma"} <= flags
+        has512 = has2 and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+        assert best == (2 if has512 else 1 if has2 else 0)
+    try:
+        _C.set_simd_level(0)
+        assert _C.simd_level() == 0 and _C.simd_isa() == "portable"
+        _C.set_simd_level(7)
+        assert _C.simd_level() == best
+        if best >= 1:
+            _C.set_simd_level(1)
+            assert _C.simd_level() == 1 and _C.simd_isa() == "avx2"
+            _C._set_simd_wide_emulation(True)
+            assert _C.simd_level() == 1 and _C.simd_isa() == "avx2-wide16"
+            _C._set_simd_wide_emulation(False)
+    finally:
+        _C.set_simd_level(-1)
+        _C._set_simd_wide_emulation(False)
+    assert _C.simd_isa() == {0: "portable", 1: "avx2", 2: "avx512"}[best]
