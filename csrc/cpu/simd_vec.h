@@ -226,7 +226,7 @@ template <class V> LENET5_AI typename V::R v_tanh(typename V::R x) {
 template <class V> LENET5_AI typename V::R v_act(typename V::R a, int act) {
   if (act == kScaledTanh)
     return V::mul(V::set1(float(kTanhA)), v_tanh<V>(V::mul(a, V::set1(float(kTanhS)))));
-  if (act == kRelu) return V::max(a, V::zero());  // NaN -> 0, like the portable a > 0 ? a : 0
+  if (act == kRelu) return V::max(V::zero(), a);  // max returns its 2nd operand on NaN: NaN stays NaN, like torch.relu
   return a;
 }
 
@@ -237,8 +237,8 @@ template <class V> LENET5_AI typename V::R v_act_back(typename V::R gy, typename
   if (act == kScaledTanh)
     d = V::mul(V::set1(float(kTanhS)),
                V::fnmadd(V::mul(y, y), V::set1(float(1.0 / kTanhA)), V::set1(float(kTanhA))));
-  else if (act == kRelu)
-    d = V::maskz(V::gt(y, V::zero()), V::set1(1.0f));
+  else if (act == kRelu)  // 1 where y > 0 or y is NaN (like the portable y <= 0 ? 0 : 1)
+    d = V::maskz(V::mor(V::gt(y, V::zero()), V::isnan(y)), V::set1(1.0f));
   else
     return gy;
   return V::mul(gy, gn ? V::mul(d, d) : d);
