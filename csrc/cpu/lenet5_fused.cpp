@@ -847,11 +847,18 @@ template <int L> LENET5_INLINE void pass_images(const ClassicNet& net, const Tab
   }                                                                                              \
   const Kernels NAME##_kernels = {NAME##_forward, NAME##_hessian, NAME##_pass};
 
-LENET5_FUSED_KERNELS(portable, 4, __attribute__((flatten)))
+// GCC's predictive commoning turns the overlapping tap loads of the unrolled convolution loops
+// into long chains of spilled registers; it is off for these functions.
+#if defined(__clang__)
+#define LENET5_FUSED_OPT
+#else
+#define LENET5_FUSED_OPT optimize("no-predictive-commoning"),
+#endif
+LENET5_FUSED_KERNELS(portable, 4, __attribute__((LENET5_FUSED_OPT flatten)))
 #if defined(__x86_64__) || defined(__i386__)
-LENET5_FUSED_KERNELS(avx2, 8, __attribute__((target("avx2,fma"), flatten)))
-LENET5_FUSED_KERNELS(avx2_wide, 16, __attribute__((target("avx2,fma"), flatten)))
-LENET5_FUSED_KERNELS(avx512, 16, __attribute__((target("avx512f,avx2,fma"), flatten)))
+LENET5_FUSED_KERNELS(avx2, 8, __attribute__((target("avx2,fma"), LENET5_FUSED_OPT flatten)))
+LENET5_FUSED_KERNELS(avx2_wide, 16, __attribute__((target("avx2,fma"), LENET5_FUSED_OPT flatten)))
+LENET5_FUSED_KERNELS(avx512, 16, __attribute__((target("avx512f,avx2,fma"), LENET5_FUSED_OPT flatten)))
 #endif
 #undef LENET5_FUSED_KERNELS
 
