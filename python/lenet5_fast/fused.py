@@ -15,17 +15,23 @@ with error about 1.5e-7 relative, see the C++ header comment).
 """
 from __future__ import annotations
 
+import weakref
 from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from . import _C
+from .model import LeNet5
 
 __all__ = ["supports", "forward", "sdlm_hessian", "sdlm_pass"]
 
 _PARAM_NAMES = ("c1.weight", "c1.bias", "s2.coef", "s2.bias", "c3.weight", "c3.bias", "s4.coef",
                 "s4.bias", "c5.weight", "c5.bias", "f6.weight", "f6.bias")
+_PARAM_SLOTS = tuple(tuple(n.split(".")) for n in _PARAM_NAMES)
+# model -> (fingerprint of its tensors, native arguments, the tensors): a model validated once
+# is re-validated by the identity and address of its 15 tensors only (see _net).
+_validated = weakref.WeakKeyDictionary()
 
 
 def _expected_shapes(kernels: int):
@@ -44,8 +50,6 @@ def _is_cpu_f32(t, shape=None) -> bool:
 
 def _model_problem(model) -> str:
     """Why the model cannot run fused ('' when it can)."""
-    from .model import LeNet5
-
     if not isinstance(model, LeNet5):
         return f"the model must be a lenet5_fast.LeNet5, got {type(model).__name__}"
     if model.variant != "classic" or model.in_channels != 1:
@@ -72,6 +76,8 @@ def _model_problem(model) -> str:
                     + ("" if p.is_contiguous() else " (not contiguous)"))
     if not _is_cpu_f32(model.output.weight, (10, 84)):
         return "the RBF codes (output.weight) must be a contiguous float32 CPU tensor of shape (10, 84)"
+    if _model_tensors(model) is None:
+        return "the layers must be the classic network's (RBF codes as a fixed buffer)"
     return ""
 
 
@@ -93,24 +99,55 @@ def supports(model, x=None) -> bool:
     """True when :func:`forward` (and the SDLM functions) can run ``model`` (and input ``x``):
     a classic :class:`lenet5_fast.LeNet5` with 1 input channel, float32 contiguous parameters on
     the CPU, fixed RBF codes, and ``x`` (if given) a float32 CPU tensor ``[N, 1, 32, 32]``, N > 0."""
-    return not _model_problem(model) and (x is None or not _input_problem(x))
+    if x is not None and _input_problem(x):
+        return False
+    try:
+        _net(model, "supports")
+    except TypeError:
+        return False
+    return True
 
 
-def _net(model, fn: str):
+def _model_tensors(model):
+    """The 12 trainable tensors, the RBF codes and the C3 table, read straight from the module
+    dictionaries (fast), or None when the model does not have them."""
+    try:
+        mods = model._modules
+        tensors = [mods[m]._parameters[n] for m, n in _PARAM_SLOTS]
+        c3 = mods["c3"]._buffers
+        tensors += [mods["output"]._buffers["weight"], c3["table_offsets"], c3["table_inputs"]]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return tensors if all(isinstance(t, Tensor) for t in tensors) else None
+
+
+def _net(model, fn: str, full: bool = False):
+    """Native arguments (param addresses, codes, table offsets, table inputs) for a supported
+    model; raises TypeError with the reason otherwise. Unless ``full``, a model validated before
+    whose 15 tensors are the same objects at the same addresses is not checked again (new
+    tensors, .data assignments, dtype or device moves all change one or the other)."""
+    tensors = _model_tensors(model) if isinstance(model, LeNet5) else None
+    if tensors is not None:
+        key = [(id(t), t.data_ptr()) for t in tensors]
+        hit = None if full else _validated.get(model)
+        if hit is not None and hit[0] == key:
+            return hit[1]
     problem = _model_problem(model)
     if problem:
         raise TypeError(f"lenet5_fast.fused.{fn}: {problem}")
-    c3 = model.c3
-    return ([p.data_ptr() for p in _trainable(model)], model.output.weight.data_ptr(),
-            c3.table_offsets.data_ptr(), c3.table_inputs.data_ptr())
+    args = ([t.data_ptr() for t in tensors[:12]], tensors[12].data_ptr(), tensors[13].data_ptr(),
+            tensors[14].data_ptr())
+    _validated[model] = (key, args, tensors)
+    return args
 
 
 def _images(x, fn: str) -> Tensor:
+    if (isinstance(x, Tensor) and x.is_cpu and x.dtype is torch.float32 and x.dim() == 4
+            and x.shape[0] > 0 and x.shape[1:] == (1, 32, 32)):
+        return x if x.is_contiguous() else x.contiguous()
     problem = _input_problem(x)
-    if problem:
-        raise (TypeError if "must be a torch.Tensor" in problem or "float32" in problem else ValueError)(
-            f"lenet5_fast.fused.{fn}: {problem}")
-    return x.contiguous()
+    raise (TypeError if "must be a torch.Tensor" in problem or "float32" in problem else ValueError)(
+        f"lenet5_fast.fused.{fn}: {problem}")
 
 
 def _labels(y, n: int, fn: str, what: str = "labels") -> Tensor:
@@ -143,7 +180,7 @@ def sdlm_hessian(model, x: Tensor, y: Tensor) -> List[Tensor]:
     """The SDLM Gauss-Newton diagonal ``h_kk`` averaged over the samples ``(x, y)``: one tensor
     per trainable parameter, in ``[p for p in model.parameters() if p.requires_grad]`` order,
     shaped like it. Same terms as the per-op backward kernels with ``gauss_newton=True``."""
-    net = _net(model, "sdlm_hessian")
+    net = _net(model, "sdlm_hessian", full=True)
     x = _images(x, "sdlm_hessian")
     y = _labels(y, x.shape[0], "sdlm_hessian")
     hessian = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in _trainable(model)]
@@ -167,7 +204,7 @@ def sdlm_pass(model, x: Tensor, y: Tensor, order: Tensor, steps: Sequence[Tensor
     parameter (in place). ``steps``: one tensor per trainable parameter, shaped like it
     (``eta / (mu + h)``). Returns ``(sum of the losses, training errors)``, each sample's loss
     and error taken before its update. Single-threaded: the updates are sequential."""
-    net = _net(model, "sdlm_pass")
+    net = _net(model, "sdlm_pass", full=True)
     x = _images(x, "sdlm_pass")
     y = _labels(y, x.shape[0], "sdlm_pass")
     order = _labels(order, -1, "sdlm_pass", "order")
