@@ -172,15 +172,45 @@ template <int L, int... I> LENET5_INLINE vf<L> dup_lo_(const vf<L>& a, std::inte
 template <int L> LENET5_INLINE vf<L> dup_lo(const vf<L>& a) {
   return dup_lo_<L>(a, std::make_integer_sequence<int, L>{});
 }
-// Lane j of the result = sum of the lanes of r[j] (a transpose-and-add tree).
+#if defined(__clang__)
+#define LENET5_SHUFFLE2(L, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define LENET5_SHUFFLE2(L, a, b, ...) __builtin_shuffle(a, b, vi<L>{__VA_ARGS__})
+#endif
+// Within each 128-bit block of 4 lanes: [a0+a1, a2+a3, b0+b1, b2+b3] (vshufps + add).
+template <int L, int... K>
+LENET5_INLINE vf<L> inlane_pairsum_(const vf<L>& a, const vf<L>& b, std::integer_sequence<int, K...>) {
+  return LENET5_SHUFFLE2(L, a, b, ((K % 4 < 2 ? 0 : L) + K / 4 * 4 + 2 * (K % 2))...) +
+         LENET5_SHUFFLE2(L, a, b, ((K % 4 < 2 ? 0 : L) + K / 4 * 4 + 2 * (K % 2) + 1)...);
+}
+// Across 128-bit blocks: block i of the result = sum of blocks 2i, 2i+1 of a (first half) or b.
+template <int L, int... K>
+LENET5_INLINE vf<L> block_pairsum_(const vf<L>& a, const vf<L>& b, std::integer_sequence<int, K...>) {
+  constexpr int H = L / 8;  // result blocks that come from a
+  return LENET5_SHUFFLE2(L, a, b, ((K / 4 < H ? 0 : L) + 4 * (2 * ((K / 4) % H)) + K % 4)...) +
+         LENET5_SHUFFLE2(L, a, b, ((K / 4 < H ? 0 : L) + 4 * (2 * ((K / 4) % H) + 1) + K % 4)...);
+}
+// Lane j of the result = sum of the lanes of r[j]: two in-block pairing levels, then pairing
+// of 128-bit blocks (a transpose-and-add tree of L - 1 shuffle pairs, none crossing lanes
+// until the last log2(L/4) levels).
 template <int L> LENET5_INLINE vf<L> hsum_rows(const vf<L>* r) {
   vf<L> t[L];
 #pragma GCC unroll 16
   for (int i = 0; i < L; ++i) t[i] = r[i];
-#pragma GCC unroll 5
-  for (int n = L; n > 1; n /= 2) {
+  int n = L;
+#pragma GCC unroll 2
+  for (int level = 0; level < 2; ++level, n /= 2) {
 #pragma GCC unroll 8
-    for (int i = 0; i < n / 2; ++i) t[i] = pairsum<L>(t[2 * i], t[2 * i + 1]);
+    for (int i = 0; i < n / 2; ++i)
+      t[i] = inlane_pairsum_<L>(t[2 * i], t[2 * i + 1], std::make_integer_sequence<int, L>{});
+  }
+  if constexpr (L >= 8) {
+#pragma GCC unroll 2
+    for (; n > 1; n /= 2) {
+#pragma GCC unroll 2
+      for (int i = 0; i < n / 2; ++i)
+        t[i] = block_pairsum_<L>(t[2 * i], t[2 * i + 1], std::make_integer_sequence<int, L>{});
+    }
   }
   return t[0];
 }
