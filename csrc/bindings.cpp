@@ -6,9 +6,11 @@
 // float64; `extra` is the thread count on CPU and the cudaStream_t on CUDA. The GIL is released
 // while a kernel runs.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "lenet5.h"
 #include "cpu/simd.h"
@@ -46,6 +48,23 @@ namespace dev = lenet5::cuda;
 #define LENET5_CUDA_CALL(expr) (void)0
 #endif
 namespace cpu = lenet5::cpu;
+
+std::vector<float*> float_ptrs(const std::vector<Addr>& a, const char* what) {
+  if (a.size() != static_cast<size_t>(cpu::kClassicParams))
+    throw std::invalid_argument(std::string(what) + ": expected 12 addresses, got " + std::to_string(a.size()));
+  std::vector<float*> p(a.size());
+  for (size_t i = 0; i < a.size(); ++i) p[i] = P<float>(a[i]);
+  return p;
+}
+cpu::ClassicNet classic_net(const std::vector<Addr>& params, Addr codes, Addr offsets, Addr inputs) {
+  cpu::ClassicNet net{};
+  const std::vector<float*> p = float_ptrs(params, "params");
+  for (int i = 0; i < cpu::kClassicParams; ++i) net.param[i] = p[i];
+  net.codes = P<const float>(codes);
+  net.c3_offsets = I(offsets);
+  net.c3_inputs = I(inputs);
+  return net;
+}
 
 // One binding per op: the same argument list runs the CPU or the CUDA kernel.
 #define LENET5_UNPACK(...) __VA_ARGS__
@@ -128,6 +147,41 @@ PYBIND11_MODULE(_C, m) {
   LENET5_BIND(activation_backward,
       (int device, bool f64, uint64_t extra, Addr gy, Addr y, Addr gx, int64_t n, int act, bool gn),
       (P<const T>(gy), P<const T>(y), P<T>(gx), n, act, gn));
+
+  // The fused classic network (float32 CPU only). params: the 12 trainable tensors' addresses
+  // in model.parameters() order; steps / hessian: 12 addresses in the same order.
+  m.def("lenet5_forward", [](const std::vector<Addr>& params, Addr codes, Addr offsets, Addr inputs,
+                             Addr x, Addr out, int64_t N, int nthreads) {
+    const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
+    py::gil_scoped_release no_gil;
+    cpu::lenet5_forward(net, P<const float>(x), P<float>(out), N, nthreads);
+  });
+  m.def("lenet5_sdlm_hessian", [](const std::vector<Addr>& params, Addr codes, Addr offsets,
+                                  Addr inputs, Addr x, Addr labels, int64_t N, double map_j,
+                                  const std::vector<Addr>& hessian, int nthreads) {
+    const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
+    const std::vector<float*> h = float_ptrs(hessian, "hessian");
+    py::gil_scoped_release no_gil;
+    cpu::lenet5_sdlm_hessian(net, P<const float>(x), P<const int64_t>(labels), N, map_j, h.data(), nthreads);
+  });
+  m.def("lenet5_sdlm_pass", [](const std::vector<Addr>& params, Addr codes, Addr offsets,
+                               Addr inputs, Addr x, Addr labels, int64_t N, Addr order, int64_t n,
+                               double map_j, const std::vector<Addr>& steps) {
+    const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
+    const std::vector<float*> s = float_ptrs(steps, "steps");
+    std::vector<const float*> cs(s.begin(), s.end());
+    double loss = 0;
+    int64_t errors = 0;
+    {
+      py::gil_scoped_release no_gil;
+      cpu::lenet5_sdlm_pass(net, P<const float>(x), P<const int64_t>(labels), N,
+                            P<const int64_t>(order), n, map_j, cs.data(), &loss, &errors);
+    }
+    return py::make_tuple(loss, errors);
+  });
+  m.def("classic_param_size", &cpu::classic_param_size);
+  m.def("set_fused_wide_emulation", &cpu::set_fused_wide_emulation,
+        "Test hook: run the fused 16-lane (AVX-512) code compiled for AVX2");
 
   m.def("simd_level", &cpu::simd_level, "SIMD level the float32 CPU kernels use: 0 portable, 1 AVX2, 2 AVX-512");
   m.def("set_simd_level", &cpu::set_simd_level, "Force a lower SIMD level (tests); -1 restores the best");

@@ -70,6 +70,40 @@ template <class T> void activation_forward(const T* x, T* y, int64_t n, int act,
 template <class T> void activation_backward(const T* gy, const T* y, T* gx, int64_t n, int act,
     bool gauss_newton, int nthreads);
 
+// ---- The fused classic network (lenet5_fused.cpp): whole-network kernels, float32 only ----
+// The paper's LeNet-5: C1 1->6 on 32x32, S2, C3 through a CSR table with 16 output maps and at
+// most 96 kernels (inputs in [0, 6)), S4, C5 400->120, F6 120->84, all squashed, then the
+// Euclidean RBF over fixed codes [10, 84]. Images x[N, 1, 32, 32]; every tensor contiguous.
+enum ClassicParam : int {  // trainable tensors, in model.parameters() order
+  kC1Weight, kC1Bias, kS2Coef, kS2Bias, kC3Weight, kC3Bias, kS4Coef, kS4Bias,
+  kC5Weight, kC5Bias, kF6Weight, kF6Bias, kClassicParams
+};
+struct ClassicNet {
+  float* param[kClassicParams];  // [6,1,5,5] [6] [6] [6] [K,5,5] [16] [16] [16] [120,16,5,5] [120] [84,120] [84]
+  const float* codes;            // RBF weights [10, 84]
+  const int32_t* c3_offsets;     // [17], rising from 0 to K
+  const int32_t* c3_inputs;      // [K]
+};
+// Number of floats in trainable tensor `param` when C3 has c3_kernels kernels.
+int64_t classic_param_size(int param, int64_t c3_kernels);
+// out[N, 10] = RBF distances. Threaded over the batch; writes nothing else.
+void lenet5_forward(const ClassicNet& net, const float* x, float* out, int64_t N, int nthreads);
+// hessian[p] = mean over the N samples of the SDLM Gauss-Newton diagonal of parameter p
+// (MAP loss with constant j), as the per-op kernels compute it with gauss_newton = true.
+// Bitwise independent of nthreads. Throws std::invalid_argument on a label outside [0, 10).
+void lenet5_sdlm_hessian(const ClassicNet& net, const float* x, const int64_t* labels, int64_t N,
+                         double map_j, float* const* hessian, int nthreads);
+// One pass of per-sample SDLM: for i in [0, n), sample k = order[i]: forward, MAP loss,
+// backward, then every parameter p: param[p] -= steps[p] * dE/dparam[p] (in place).
+// *sum_loss = sum of the losses, *errors = samples whose argmin output != label, both taken
+// before that sample's update. Single-threaded (the updates are sequential).
+void lenet5_sdlm_pass(const ClassicNet& net, const float* x, const int64_t* labels, int64_t N,
+                      const int64_t* order, int64_t n, double map_j, const float* const* steps,
+                      double* sum_loss, int64_t* errors);
+// Test hook: run the 16-lane (AVX-512 path) fused code compiled for AVX2 on CPUs without
+// AVX-512, so its logic is tested everywhere. No effect below simd level 1.
+void set_fused_wide_emulation(bool on);
+
 // Which SIMD level the float32 kernels use: 0 portable, 1 AVX2, 2 AVX-512.
 int simd_level();
 // Force a lower level (for tests), or -1 to go back to the best the CPU has.
