@@ -1,0 +1,106 @@
+// maxpool2x2.cu — the modern variant's 2x2 max-pooling, forward and backward, on the GPU.
+//
+// Layout: x[N,C,H,W] -> y[N,C,H/2,W/2]; a trailing odd row/column is ignored (gradient 0).
+// Trick: no index tensor is stored. Forward scans each window in row-major order keeping the
+// first maximum (NaN propagates, like torch and the CPU kernel); backward has one thread per
+// window that finds the first element equal to y again (a NaN y matches the first NaN), writes
+// gy there and 0 to the other three, and the windows on the last row/column also zero the
+// ignored odd row/column, so gx is fully written without a memset. The Gauss-Newton pass routes
+// the same way, so the same kernel serves both.
+#include "cuda/common.cuh"
+
+namespace lenet5 {
+namespace cuda {
+namespace detail {
+namespace {
+
+constexpr int kPoolBS = 256;
+
+template <class T>
+__global__ void __launch_bounds__(kPoolBS)
+maxpool_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t total, int64_t H, int64_t W) {
+  const int64_t Ho = H / 2, Wo = W / 2, P = Ho * Wo;
+  for (int64_t q = blockIdx.x * int64_t(kPoolBS) + threadIdx.x; q < total; q += int64_t(gridDim.x) * kPoolBS) {
+    const int64_t plane = q / P, p = q - plane * P;
+    const int64_t i = p / Wo, j = p - i * Wo;
+    const T* r = x + plane * H * W + 2 * i * W + 2 * j;
+    const T v[3] = {__ldg(r + 1), __ldg(r + W), __ldg(r + W + 1)};
+    T m = __ldg(r);
+#pragma unroll
+    for (int t = 0; t < 3; ++t)
+      if (v[t] > m || v[t] != v[t]) m = v[t];
+    y[q] = m;
+  }
+}
+
+// One thread per window.
+template <class T>
+__global__ void __launch_bounds__(kPoolBS)
+maxpool_backward_kernel(const T* __restrict__ gy, const T* __restrict__ x, const T* __restrict__ y,
+                        T* __restrict__ gx, int64_t total, int64_t H, int64_t W) {
+  const int64_t Ho = H / 2, Wo = W / 2, P = Ho * Wo;
+  const bool odd_h = H & 1, odd_w = W & 1;
+  for (int64_t q = blockIdx.x * int64_t(kPoolBS) + threadIdx.x; q < total; q += int64_t(gridDim.x) * kPoolBS) {
+    const int64_t plane = q / P, p = q - plane * P;
+    const int64_t i = p / Wo, j = p - i * Wo;
+    const int64_t off = plane * H * W + 2 * i * W + 2 * j;
+    const T* r = x + off;
+    const T v[4] = {__ldg(r), __ldg(r + 1), __ldg(r + W), __ldg(r + W + 1)};
+    const T m = __ldg(y + q);
+    const bool m_nan = m != m;
+    int hit = 0;
+#pragma unroll
+    for (int t = 3; t >= 0; --t)  // backwards, so the first match in row-major order wins
+      if (v[t] == m || (m_nan && v[t] != v[t])) hit = t;
+    const T g = __ldg(gy + q);
+    T* o = gx + off;
+    o[0] = hit == 0 ? g : T(0);
+    o[1] = hit == 1 ? g : T(0);
+    o[W] = hit == 2 ? g : T(0);
+    o[W + 1] = hit == 3 ? g : T(0);
+    const bool last_col = odd_w && j == Wo - 1, last_row = odd_h && i == Ho - 1;
+    if (last_col) {
+      o[2] = T(0);
+      o[W + 2] = T(0);
+    }
+    if (last_row) {
+      o[2 * W] = T(0);
+      o[2 * W + 1] = T(0);
+      if (last_col) o[2 * W + 2] = T(0);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace detail
+
+template <class T>
+void maxpool2x2_forward(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W, Stream s) {
+  using namespace detail;
+  const int64_t total = N * C * (H / 2) * (W / 2);
+  if (total <= 0) return;
+  maxpool_forward_kernel<T><<<grid_blocks(total, kPoolBS), kPoolBS, 0, as_stream(s)>>>(x, y, total, H, W);
+  LENET5_CHECK_LAUNCH("maxpool2x2 forward");
+}
+
+template <class T>
+void maxpool2x2_backward(const T* gy, const T* x, const T* y, T* gx, int64_t N, int64_t C, int64_t H, int64_t W,
+                         Stream s) {
+  using namespace detail;
+  const cudaStream_t st = as_stream(s);
+  const int64_t total = N * C * (H / 2) * (W / 2);
+  if (total <= 0) return zero_async(gx, N * C * H * W, st, "maxpool2x2 backward");
+  maxpool_backward_kernel<T><<<grid_blocks(total, kPoolBS), kPoolBS, 0, st>>>(gy, x, y, gx, total, H, W);
+  LENET5_CHECK_LAUNCH("maxpool2x2 backward");
+}
+
+#define LENET5_INSTANTIATE(T)                                                                      \
+  template void maxpool2x2_forward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, Stream);   \
+  template void maxpool2x2_backward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, \
+                                       int64_t, Stream);
+LENET5_INSTANTIATE(float)
+LENET5_INSTANTIATE(double)
+#undef LENET5_INSTANTIATE
+
+}  // namespace cuda
+}  // namespace lenet5

@@ -1,0 +1,50 @@
+// sparse_conv5x5.cu — C3: 5x5 convolution through a connection table, forward and backward, on
+// the GPU.
+//
+// Layout: x[N,C,H,W], y[N,O,H-4,W-4]; the table is CSR on the device: output map o sums kernels
+// k in [offsets[o], offsets[o+1]), kernel k reads input map inputs[k]; w[K,5,5], b[O].
+// Trick: the kernels live in conv5x5_core.cuh (shared with the dense convolution). Each block
+// reads the table itself (no host copy, so no synchronisation) and scatters its kernels into a
+// dense weight tile in shared memory with a block-uniform connection mask: forward loads each
+// input patch once per group of 8 output maps and skips absent connections; the weight gradient
+// has one block per (output map, kernel slot, 5x5 row), blocks with no kernel exit at once.
+// K is only known on the device, so the weight gradient is reduced in a single pass over the
+// batch (no chunk partials, whose layout would need K on the host).
+#include "cuda/conv5x5_core.cuh"
+
+namespace lenet5 {
+namespace cuda {
+
+template <class T>
+void sparse_conv5x5_forward(const T* x, const T* w, const T* b, const int32_t* offsets, const int32_t* inputs,
+                            T* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, Stream s) {
+  detail::conv5_forward<T>(x, w, b, y, detail::CsrConn{offsets, inputs}, N, C, H, W, O, act,
+                           detail::as_stream(s));
+}
+
+template <class T>
+void sparse_conv5x5_backward(const T* gy, const T* y, const T* x, const T* w, const int32_t* offsets,
+                             const int32_t* inputs, T* gx, T* gw, T* gb, int64_t N, int64_t C, int64_t H,
+                             int64_t W, int64_t O, int act, bool gauss_newton, Stream s) {
+  const cudaStream_t st = detail::as_stream(s);
+  const detail::CsrConn conn{offsets, inputs};
+  // Kernel slots per output map: the fan-in without duplicate connections is at most C; maps
+  // with more kernels than slots loop over them.
+  const int64_t slots = detail::min64(detail::max64(C, 1), 64);
+  detail::conv5_backward_filter<T>(gy, y, x, gw, gb, conn, slots, 0, N, C, H, W, O, act, gauss_newton,
+                                   static_cast<T*>(nullptr), 0, st);
+  if (gx) detail::conv5_backward_data<T>(gy, y, w, gx, conn, N, C, H, W, O, act, gauss_newton, st);
+}
+
+#define LENET5_INSTANTIATE(T)                                                                           \
+  template void sparse_conv5x5_forward<T>(const T*, const T*, const T*, const int32_t*, const int32_t*, T*, \
+                                          int64_t, int64_t, int64_t, int64_t, int64_t, int, Stream);       \
+  template void sparse_conv5x5_backward<T>(const T*, const T*, const T*, const T*, const int32_t*,         \
+                                           const int32_t*, T*, T*, T*, int64_t, int64_t, int64_t, int64_t, \
+                                           int64_t, int, bool, Stream);
+LENET5_INSTANTIATE(float)
+LENET5_INSTANTIATE(double)
+#undef LENET5_INSTANTIATE
+
+}  // namespace cuda
+}  // namespace lenet5
