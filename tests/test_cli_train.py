@@ -115,3 +115,14 @@ def test_predict_bad_image_is_a_clear_error(run, tmp_path, capsys):
     Image.new("L", (50, 40), 230).save(blank)
     assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), str(blank)]) == 2
     assert "no digit" in capsys.readouterr().err
+
+
+def test_predict_without_pillow_says_so(run, tmp_path, capsys, monkeypatch):
+    from lenet5_fast import imageio
+
+    def missing():
+        raise T.MissingExtra("pillow is not installed; install it with `pip install 'lenet5_fast[plot]'`")
+
+    monkeypatch.setattr(imageio, "_pil", missing)
+    assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), str(tmp_path / "x.png")]) == 2
+    assert "pillow is not installed" in capsys.readouterr().err

@@ -216,3 +216,15 @@ def test_normalize_digit_recovers_an_mnist_digit(mnist_dir):
             assert corr > 0.9, (k, corr)
     with pytest.raises(ValueError, match="no digit"):
         normalize_digit(np.full((30, 30), 0.7))
+
+
+def test_training_without_matplotlib_says_so_and_finishes(tmp_path, monkeypatch):
+    def missing():
+        raise T.MissingExtra("matplotlib is not installed; install it with `pip install 'lenet5_fast[plot]'`")
+
+    monkeypatch.setattr(T, "_pyplot", missing)
+    logs = []
+    m = T.train(T.TrainConfig(epochs=1, optimizer="sgd", batch_size=16), None, tmp_path, data=_toy_data(),
+                log=logs.append, progress_stream=io.StringIO())
+    assert m["complete"] and not (tmp_path / "errors.png").exists()
+    assert any("errors.png not written" in s and "matplotlib is not installed" in s for s in logs)

@@ -32,7 +32,8 @@ def _cmd_train(args) -> int:
                       eta_scale=args.eta_scale, mu=args.mu, hessian_samples=args.hessian_samples,
                       momentum=args.momentum, distort=args.distort, variant=args.variant, seed=args.seed,
                       train_limit=args.train_limit, test_limit=args.test_limit, fused=not args.no_fused)
-    m = train(cfg, args.data, args.out, resume=args.resume, log=lambda s: print(s, flush=True))
+    m = train(cfg, args.data, args.out, resume=args.resume, log=lambda s: print(s, flush=True),
+              command="lenet5-fast " + " ".join(args.argv))
     print(f"done: {m['passes']} passes, test error {m['test_error']:.2f}%, "
           f"{m['wall_seconds'] / 60:.1f} min; {args.out}/metrics.json")
     return 0
@@ -156,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as e:

@@ -258,7 +258,8 @@ def _write_json(path, obj) -> None:
 
 
 def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False,
-          log: Callable[[str], None] = print, progress_stream=None, data=None) -> dict:
+          log: Callable[[str], None] = print, progress_stream=None, data=None,
+          command: Optional[str] = None) -> dict:
     """Trains, writing to ``out_dir``: ``checkpoint.pt`` (latest) and ``checkpoint-passNN.pt``
     after every pass, ``metrics.json`` (updated every pass; ``"complete": true`` at the end) and
     ``errors.png``. ``resume=True`` continues from ``out_dir/checkpoint.pt`` with the config
@@ -341,7 +342,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False,
         save_checkpoint(ck_path, model, optimizer, **meta)
         metrics = dict(config=asdict(cfg), machine=machine_info(), passes=p + 1, history=history,
                        test_error=rec["test_error"], train_error=rec["train_error"], wall_seconds=wall,
-                       complete=p + 1 == cfg.epochs, command=" ".join(sys.argv))
+                       complete=p + 1 == cfg.epochs, command=command or " ".join(sys.argv))
         _write_json(out / "metrics.json", metrics)
         if plot_note is None:
             try:
