@@ -1,6 +1,8 @@
 """Determinism on the CPU: the same seed trains to bitwise-identical parameters whatever the
 thread count (1, 2 or 3 threads; batches larger than the 16 fixed reduction slices, batch 1),
-at every SIMD level the CPU has. See README, "Determinism"."""
+at every SIMD level the CPU has, and through the trainer itself. See README, "Determinism"."""
+import io
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -63,3 +65,28 @@ def test_training_is_bitwise_identical_for_any_thread_count(simd_level, variant,
     init = LeNet5(variant).state_dict()
     assert not torch.equal(init["c1.weight"], runs[1]["c1.weight"])
     assert not torch.equal(train(2, 99, variant, batch_size, steps)["c1.weight"], runs[1]["c1.weight"])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "op-by-op"])
+def test_the_trainer_is_bitwise_identical_for_any_thread_count(tmp_path, fused):
+    """lenet5_fast.train as the CLI runs it: SDLM with its Gauss-Newton estimate, batch 1,
+    distortions, 2 passes -- on the fused engine and op by op."""
+    trainer = pytest.importorskip("lenet5_fast.train")
+    from lenet5_fast.checkpoint import load_checkpoint, model_from_checkpoint
+
+    data = (synthetic_digits(150 if fused else 50, 5), synthetic_digits(20, 6))
+    runs = {}
+    for threads in (1, 2, 3):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            cfg = trainer.TrainConfig(epochs=2, seed=7, distort=True, hessian_samples=20, fused=fused)
+            trainer.train(cfg, None, tmp_path / f"t{threads}", log=lambda line: None,
+                          progress_stream=io.StringIO(), data=data)
+        finally:
+            torch.set_num_threads(old)
+        ck = load_checkpoint(tmp_path / f"t{threads}" / "checkpoint.pt")
+        assert all(rec["fused"] == fused for rec in ck["meta"]["history"])
+        runs[threads] = model_from_checkpoint(ck).state_dict()
+    assert_bitwise_equal(runs[1], runs[2])
+    assert_bitwise_equal(runs[1], runs[3])
