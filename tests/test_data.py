@@ -516,6 +516,31 @@ def test_load_mnist_download_true(tmp_path, serve, mirror_dir, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(GZ_NAMES.values())
 
 
+@needs_mnist
+def test_cli_download_flag(tmp_path, serve, mirror_dir, monkeypatch, capsys):
+    """`lenet5-fast eval --data DIR --download` fetches MNIST into DIR; without --download a
+    missing DIR is a clear error that names the flag."""
+    import json
+
+    import torch
+
+    from lenet5_fast.checkpoint import save_checkpoint
+    from lenet5_fast.cli import main
+    from lenet5_fast.model import LeNet5
+
+    monkeypatch.setattr(data, "MNIST_MIRRORS", (refused_url(), serve(mirror_dir)))
+    torch.manual_seed(0)
+    ck = tmp_path / "ck.pt"
+    save_checkpoint(ck, LeNet5(), None)
+    dest = tmp_path / "fresh"
+    assert main(["eval", "--checkpoint", str(ck), "--data", str(dest), "--limit", "100", "--no-gallery"]) == 2
+    assert "--download" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(ck), "--data", str(dest), "--download", "--limit", "100",
+                 "--no-gallery", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 100
+    assert sorted(p.name for p in dest.iterdir()) == sorted(GZ_NAMES.values())
+
+
 # ----------------------------------------------------------------------------- Fashion-MNIST
 
 

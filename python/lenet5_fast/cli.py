@@ -29,11 +29,12 @@ def _cmd_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(epochs=args.epochs, optimizer=args.optimizer, batch_size=args.batch_size, lr=args.lr,
-                      eta_scale=args.eta_scale, mu=args.mu, hessian_samples=args.hessian_samples,
+                      eta_scale=args.eta_scale, hessian_samples=args.hessian_samples,
                       momentum=args.momentum, distort=args.distort, variant=args.variant, seed=args.seed,
-                      train_limit=args.train_limit, test_limit=args.test_limit, fused=not args.no_fused)
+                      train_limit=args.train_limit, test_limit=args.test_limit, fused=not args.no_fused,
+                      **({} if args.mu is None else {"mu": args.mu}))
     m = train(cfg, args.data, args.out, resume=args.resume, log=lambda s: print(s, flush=True),
-              command="lenet5-fast " + " ".join(args.argv))
+              command="lenet5-fast " + " ".join(args.argv), download=args.download)
     print(f"done: {m['passes']} passes, test error {m['test_error']:.2f}%, "
           f"{m['wall_seconds'] / 60:.1f} min; {args.out}/metrics.json")
     return 0
@@ -51,7 +52,7 @@ def _cmd_eval(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = model_from_checkpoint(args.checkpoint)
-    x, y = load_tensors(args.data, "test", limit=args.limit)
+    x, y = load_tensors(args.data, "test", download=args.download, limit=args.limit)
     errors, loss, pred = evaluate(model, x, y, return_predictions=True)
     res = dict(checkpoint=str(args.checkpoint), samples=int(x.shape[0]), errors=errors,
                test_error=100.0 * errors / x.shape[0], test_loss=loss, gallery=None)
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train LeNet-5 on MNIST as in the paper")
     t.add_argument("--data", default=None, help="directory with the four MNIST .gz files")
+    t.add_argument("--download", action="store_true", help="download MNIST into --data when missing (md5-checked)")
     t.add_argument("--out", required=True, help="run directory: checkpoints, metrics.json, errors.png")
     t.add_argument("--epochs", type=int, default=20, help="passes over the training set (default 20)")
     t.add_argument("--optimizer", default="sdlm", choices=["sdlm", "sgd", "adam"])
@@ -124,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None,
                    help="learning rate (sgd 0.01, adam 0.001); for sdlm a constant eta instead of the paper's schedule")
     t.add_argument("--eta-scale", type=float, default=1.0, help="sdlm: multiply the paper's eta schedule")
-    t.add_argument("--mu", type=float, default=0.02, help="sdlm: mu (default 0.02)")
+    t.add_argument("--mu", type=float, default=None,
+                   help="sdlm: mu (default 1.0, optim.TRAINING_MU; the paper's 0.02 diverges, see the README)")
     t.add_argument("--hessian-samples", type=int, default=500, help="sdlm: samples for h_kk (default 500)")
     t.add_argument("--momentum", type=float, default=0.9, help="sgd momentum")
     t.add_argument("--distort", action="store_true", help="random affine distortions on the fly")
@@ -140,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="test error of a checkpoint, and a gallery of its mistakes")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", default=None, help="directory with the MNIST test files")
+    e.add_argument("--download", action="store_true", help="download MNIST into --data when missing (md5-checked)")
     e.add_argument("--json", action="store_true", help="print JSON (test_error in percent)")
     e.add_argument("--gallery", default=None, help="PNG path (default: misclassified.png next to the checkpoint)")
     e.add_argument("--gallery-max", type=int, default=100, help="at most this many digits in the gallery")
