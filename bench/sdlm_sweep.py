@@ -1,4 +1,4 @@
-"""SDLM settings on a validation split: how the README's mu = 1.0 was chosen.
+"""SDLM settings on a validation split: how the trainer's SDLM damping was chosen.
 
 Trains the classic LeNet-5 with per-sample SDLM (the fused native pass) on the first 50,000
 MNIST training digits and reports the error on the last 10,000 after every pass; the test set
@@ -6,6 +6,7 @@ is never read. Each setting is ``mu[:eta_scale[:j]]``; every setting runs for ev
 
     python bench/sdlm_sweep.py --data ../shared/data/mnist --settings 1 0.5 0.02:0.1 --seeds 0 1 2
     python bench/sdlm_sweep.py --data DIR --settings 1 --mu-after-first 0.02 --passes 2
+    python bench/sdlm_sweep.py --data DIR --settings 0.02 --max-step 5e-4 --seeds 0 1 2   # the trainer's default
 
 ``--mu-after-first M`` runs the first pass with the setting's mu and every later pass with M
 (does mu = 0.02 diverge only from the initial weights?). Results: one JSON line per run on
@@ -30,7 +31,7 @@ from lenet5_fast.optim import paper_eta  # noqa: E402
 from lenet5_fast.train import evaluate, pass_generator  # noqa: E402
 
 
-def run(x, y, xv, yv, mu, eta_scale, j, seed, passes, mu_after_first=None, hessian_samples=500):
+def run(x, y, xv, yv, mu, eta_scale, j, seed, passes, mu_after_first=None, max_step=None, hessian_samples=500):
     torch.manual_seed(seed)
     model = LeNet5(map_j=j)
     n = x.shape[0]
@@ -42,6 +43,8 @@ def run(x, y, xv, yv, mu, eta_scale, j, seed, passes, mu_after_first=None, hessi
         h = fused.sdlm_hessian(model, x[hidx], y[hidx])
         m = mu if (p == 0 or mu_after_first is None) else mu_after_first
         eta = paper_eta(p) * eta_scale
+        if max_step is not None:
+            m = max(m, eta / max_step)
         steps = [(eta / (m + t)).contiguous() for t in h]
         t0 = time.perf_counter()
         loss, _ = fused.sdlm_pass(model, x, y, order, steps)
@@ -62,6 +65,8 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--passes", type=int, default=20)
     ap.add_argument("--mu-after-first", type=float, default=None)
+    ap.add_argument("--max-step", type=float, default=None,
+                    help="raise mu to eta/max_step when larger (the trainer's default: 0.0005)")
     ap.add_argument("--json", default=None, help="also write all runs to this file")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -72,13 +77,13 @@ def main() -> int:
         parts = [float(v) for v in setting.split(":")]
         mu, scale, j = (parts + [1.0, 1.0])[:3]
         for seed in a.seeds:
-            hist = run(x, y, xv, yv, mu, scale, j, seed, a.passes, a.mu_after_first)
+            hist = run(x, y, xv, yv, mu, scale, j, seed, a.passes, a.mu_after_first, a.max_step)
             for h in hist:
                 h["pass"] = h.pop("pass_")
-            rec = dict(mu=mu, eta_scale=scale, j=j, seed=seed, mu_after_first=a.mu_after_first,
+            rec = dict(mu=mu, eta_scale=scale, j=j, seed=seed, mu_after_first=a.mu_after_first, max_step=a.max_step,
                        final_val_error=hist[-1]["val_error"], history=hist)
             runs.append(rec)
-            print(json.dumps(dict(mu=mu, eta_scale=scale, j=j, seed=seed,
+            print(json.dumps(dict(mu=mu, eta_scale=scale, j=j, seed=seed, max_step=a.max_step,
                                   val_error=[round(h["val_error"], 2) for h in hist])), flush=True)
     if a.json:
         with open(a.json, "w") as f:

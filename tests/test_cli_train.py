@@ -13,7 +13,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, mnist_dir):
-    """One short run of the default recipe (SDLM, per-sample updates, the paper's eta schedule):
+    """One short run of the default recipe (SDLM, per-sample updates, the paper's eta and mu,
+    every step bounded by 0.0005):
     3 passes over 2,000 training samples."""
     out = tmp_path_factory.mktemp("run")
     rc = main(["train", "--data", str(mnist_dir), "--out", str(out), "--epochs", "3", "--optimizer", "sdlm",
@@ -25,7 +26,8 @@ def run(tmp_path_factory, mnist_dir):
 def test_short_training_run_learns(run):
     m = json.loads((run / "metrics.json").read_text())
     assert m["complete"] and m["passes"] == 3 and m["config"]["optimizer"] == "sdlm"
-    assert m["config"]["batch_size"] == 1 and m["config"]["mu"] == 1.0
+    assert m["config"]["batch_size"] == 1 and m["config"]["mu"] == 0.02 and m["config"]["max_step"] == 5e-4
+    assert [h["mu"] for h in m["history"]] == pytest.approx([1.0, 1.0, 0.4])  # max(0.02, eta / max_step)
     assert m["test_error"] < 25.0  # chance is 90%
     assert m["history"][-1]["train_error"] < 20.0
     assert m["history"][-1]["test_error"] < m["history"][0]["test_error"]

@@ -121,6 +121,35 @@ def test_sdlm_step_is_eta_over_mu_plus_h_times_grad():
         torch.testing.assert_close(a, b)
 
 
+def test_sdlm_max_step_raises_the_damping_only_when_needed():
+    model = L.LeNet5()
+    x, y = torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
+    opt = SDLM(model.parameters(), lr=5e-4, max_step=5e-4)
+    h = opt.update_hessian(model, x, y)
+    assert SDLM.damping(opt.param_groups[0]) == pytest.approx(1.0)       # max(0.02, 5e-4 / 5e-4)
+    for s, hk in zip(opt.step_sizes(), h):
+        torch.testing.assert_close(s, 5e-4 / (1.0 + hk))
+        assert float(s.max()) <= 5e-4 * (1 + 1e-6)
+    opt.set_lr(1e-5)                                                      # the paper's last eta: mu as published
+    assert SDLM.damping(opt.param_groups[0]) == pytest.approx(0.02)
+    for s, hk in zip(opt.step_sizes(), h):
+        torch.testing.assert_close(s, 1e-5 / (0.02 + hk))
+    # one step moves every weight by exactly -step * grad, and the cap travels in the state_dict
+    opt.set_lr(2e-4)
+    opt.zero_grad()
+    model.loss(model(x[:1]), y[:1]).backward()
+    before = [(p.detach().clone(), p.grad.clone()) for p in model.parameters()]
+    opt.step()
+    for (b, g), s, p in zip(before, opt.step_sizes(), model.parameters()):
+        torch.testing.assert_close(s, 2e-4 / (0.4 + opt.state[p]["hessian"]))
+        torch.testing.assert_close(p.detach(), b - s * g)
+    opt2 = SDLM(L.LeNet5().parameters())
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.param_groups[0]["max_step"] == 5e-4
+    with pytest.raises(ValueError, match="max_step"):
+        SDLM(model.parameters(), max_step=0)
+
+
 def test_paper_eta_schedule():
     assert [paper_eta(p) for p in range(14)] == [5e-4] * 2 + [2e-4] * 3 + [1e-4] * 3 + [5e-5] * 4 + [1e-5] * 2
     with pytest.raises(ValueError):

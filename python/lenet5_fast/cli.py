@@ -32,7 +32,7 @@ def _cmd_train(args) -> int:
                       eta_scale=args.eta_scale, hessian_samples=args.hessian_samples,
                       momentum=args.momentum, distort=args.distort, variant=args.variant, seed=args.seed,
                       train_limit=args.train_limit, test_limit=args.test_limit, fused=not args.no_fused,
-                      **({} if args.mu is None else {"mu": args.mu}))
+                      mu=args.mu, **({"max_step": args.max_step} if hasattr(args, "max_step") else {}))
     m = train(cfg, args.data, args.out, resume=args.resume, log=lambda s: print(s, flush=True),
               command="lenet5-fast " + " ".join(args.argv), download=args.download)
     print(f"done: {m['passes']} passes, test error {m['test_error']:.2f}%, "
@@ -103,6 +103,15 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _float_or_none(text: str):
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lenet5-fast", description="LeNet-5 (LeCun et al. 1998) on native kernels")
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None,
                    help="learning rate (sgd 0.01, adam 0.001); for sdlm a constant eta instead of the paper's schedule")
     t.add_argument("--eta-scale", type=float, default=1.0, help="sdlm: multiply the paper's eta schedule")
-    t.add_argument("--mu", type=float, default=None,
-                   help="sdlm: mu (default 1.0, optim.TRAINING_MU; the paper's 0.02 diverges, see the README)")
+    t.add_argument("--mu", type=float, default=0.02, help="sdlm: mu (default 0.02, the paper's)")
+    t.add_argument("--max-step", type=_float_or_none, default=argparse.SUPPRESS,
+                   help="sdlm: bound on every step eta/(mu+h), by raising mu to eta/max-step when needed "
+                        "(default 0.0005, the paper's last eta/mu; 'none': the paper's exact steps, which diverge)")
     t.add_argument("--hessian-samples", type=int, default=500, help="sdlm: samples for h_kk (default 500)")
     t.add_argument("--momentum", type=float, default=0.9, help="sgd momentum")
     t.add_argument("--distort", action="store_true", help="random affine distortions on the fly")

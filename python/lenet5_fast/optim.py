@@ -4,12 +4,15 @@ appendix C).
 Each trainable parameter w_k gets its own step ``eta / (mu + h_kk)``, where ``h_kk`` is a
 diagonal Gauss-Newton estimate of the second derivative of the loss with respect to w_k,
 averaged over a few hundred samples (500 in the paper) and re-estimated before every pass.
-``eta`` follows the paper's schedule over passes (:func:`paper_eta`), ``mu = 0.02`` in the paper
-(the default here). With h_kk computed as specified, mu = 0.02 makes the per-sample updates
-diverge (measured; see the README's "Reproducing the paper"): the estimates for C1..C5 are
-1e-5 (at the initial weights) to 3e-2 (trained), so their steps are ~eta/mu = 0.025 times a
-gradient summed over hundreds of shared connections. :data:`TRAINING_MU` = 1.0, the trainer's
-default, keeps the paper's eta schedule and is stable.
+``eta`` follows the paper's schedule over passes (:func:`paper_eta`), ``mu = 0.02``.
+
+With h_kk computed as specified, the paper's first eta values make the per-sample updates
+diverge (measured; see the README's "SDLM as implemented"): the estimates for C1..C5 are 1e-5
+(at the initial weights) to 3e-2 (trained), below mu, so their steps are ~eta/mu = 0.025 times
+a gradient summed over hundreds of shared connections. ``max_step`` bounds every step:
+the damping becomes ``max(mu, eta / max_step)``. The trainer uses :data:`TRAINING_MAX_STEP` =
+0.0005, the largest step of the paper's own last passes (eta/mu = 0.00001/0.02), so those
+passes run exactly as published and the earlier ones are damped just enough.
 
 The Gauss-Newton terms are propagated backward through the network like a gradient, by the
 ops' own backward kernels in ``gauss_newton`` mode: the incoming tensor is d2E/dy2, every
@@ -25,7 +28,7 @@ Typical use, one pass::
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,11 +37,12 @@ from torch.optim import Optimizer
 from . import ops
 from .layers import Convolution, EuclideanRBF, FullConnection, MaxPool, SparseConvolution, Subsampling
 
-__all__ = ["SDLM", "paper_eta", "gauss_newton_diagonal", "PAPER_MU", "TRAINING_MU", "PAPER_HESSIAN_SAMPLES"]
+__all__ = ["SDLM", "paper_eta", "gauss_newton_diagonal", "PAPER_MU", "TRAINING_MAX_STEP",
+           "PAPER_HESSIAN_SAMPLES"]
 
 PAPER_MU = 0.02
-# The trainer's default mu: with the paper's 0.02 the per-sample updates diverge (see above).
-TRAINING_MU = 1.0
+# The trainer's bound on every SDLM step: the paper's last eta over its mu (see above).
+TRAINING_MAX_STEP = 5e-4  # = 0.00001 / 0.02
 PAPER_HESSIAN_SAMPLES = 500
 # (first pass where it no longer applies, eta): 0.0005 for 2 passes, 0.0002 for 3, 0.0001 for 3,
 # 0.00005 for 4, then 0.00001.
@@ -152,12 +156,23 @@ class SDLM(Optimizer):
     ``.grad`` holds: the gradient of one sample's loss (the paper), or of a mini-batch mean.
     """
 
-    def __init__(self, params: Iterable, lr: float = 5e-4, mu: float = PAPER_MU):
+    def __init__(self, params: Iterable, lr: float = 5e-4, mu: float = PAPER_MU,
+                 max_step: Optional[float] = None):
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"SDLM: lr must be > 0, got {lr!r}")
         if not (isinstance(mu, (int, float)) and mu > 0):
             raise ValueError(f"SDLM: mu must be > 0, got {mu!r}")
-        super().__init__(params, dict(lr=float(lr), mu=float(mu)))
+        if max_step is not None and not (isinstance(max_step, (int, float)) and max_step > 0):
+            raise ValueError(f"SDLM: max_step must be > 0 or None, got {max_step!r}")
+        super().__init__(params, dict(lr=float(lr), mu=float(mu),
+                                      max_step=None if max_step is None else float(max_step)))
+
+    @staticmethod
+    def damping(group: dict) -> float:
+        """The mu used for a parameter group: ``mu``, raised to ``lr / max_step`` when that is
+        larger, so that no step ``lr / (mu + h_kk)`` exceeds ``max_step``."""
+        cap = group.get("max_step")
+        return group["mu"] if cap is None else max(group["mu"], group["lr"] / cap)
 
     def _params(self) -> List[Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
@@ -195,10 +210,11 @@ class SDLM(Optimizer):
 
     @torch.no_grad()
     def step_sizes(self) -> List[Tensor]:
-        """Per-parameter step eta / (mu + h_kk), in parameter order."""
+        """Per-parameter step eta / (mu + h_kk), in parameter order (mu as :meth:`damping`)."""
         if not self.has_hessian():
             raise RuntimeError("SDLM: no Gauss-Newton estimate yet; call set_hessian() or update_hessian() first")
-        return [g["lr"] / (g["mu"] + self.state[p]["hessian"]) for g in self.param_groups for p in g["params"]]
+        return [g["lr"] / (self.damping(g) + self.state[p]["hessian"]) for g in self.param_groups
+                for p in g["params"]]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -209,7 +225,7 @@ class SDLM(Optimizer):
         if not self.has_hessian():
             raise RuntimeError("SDLM: no Gauss-Newton estimate yet; call set_hessian() or update_hessian() first")
         for g in self.param_groups:
-            lr, mu = g["lr"], g["mu"]
+            lr, mu = g["lr"], self.damping(g)
             for p in g["params"]:
                 if p.grad is None:
                     continue

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .checkpoint import atomic_write_bytes, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .model import LeNet5
-from .optim import PAPER_HESSIAN_SAMPLES, SDLM, TRAINING_MU, gauss_newton_diagonal, paper_eta
+from .optim import PAPER_HESSIAN_SAMPLES, PAPER_MU, SDLM, TRAINING_MAX_STEP, gauss_newton_diagonal, paper_eta
 
 try:  # the native fused engine lands separately; everything works without it
     from . import fused as _fused
@@ -51,7 +51,8 @@ class TrainConfig:
     batch_size: int = 1              # 1 = per-sample updates, as in the paper
     lr: Optional[float] = None       # sgd/adam learning rate; for sdlm a constant eta instead of the schedule
     eta_scale: float = 1.0           # sdlm: multiplies the paper's eta schedule
-    mu: float = TRAINING_MU          # sdlm (the paper: 0.02, which diverges here; see optim.py)
+    mu: float = PAPER_MU             # sdlm
+    max_step: Optional[float] = TRAINING_MAX_STEP  # sdlm: bound on every step (None: the paper's, diverges)
     hessian_samples: int = PAPER_HESSIAN_SAMPLES
     momentum: float = 0.9            # sgd
     distort: bool = False
@@ -68,7 +69,7 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        for name in ("lr", "eta_scale", "mu"):
+        for name in ("lr", "eta_scale", "mu", "max_step"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
@@ -82,7 +83,7 @@ class TrainConfig:
 def make_optimizer(model: LeNet5, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sdlm":
-        return SDLM(params, lr=_eta(cfg, 0), mu=cfg.mu)
+        return SDLM(params, lr=_eta(cfg, 0), mu=cfg.mu, max_step=cfg.max_step)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr or 0.01, momentum=cfg.momentum)
     return torch.optim.Adam(params, lr=cfg.lr or 1e-3)
@@ -328,14 +329,16 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False,
         tr_err, tr_loss = evaluate(model, x_train, y_train)
         te_err, te_loss = evaluate(model, x_test, y_test)
         rec = dict(pass_=p + 1, lr=optimizer.param_groups[0]["lr"], fused=fused,
+                   mu=SDLM.damping(optimizer.param_groups[0]) if isinstance(optimizer, SDLM) else None,
                    running_train_loss=loss_sum / n, running_train_error=100.0 * run_err / n,
                    train_error=100.0 * tr_err / n, train_loss=tr_loss,
                    test_error=100.0 * te_err / x_test.shape[0], test_loss=te_loss,
                    train_seconds=t_train, seconds=time.perf_counter() - t0, samples_per_s=n / t_train)
         rec["pass"] = rec.pop("pass_")
+        mu_text = "" if rec["mu"] is None else f", mu {rec['mu']:g}"
         history.append(rec)
         log(f"pass {p + 1}/{cfg.epochs}: train error {rec['train_error']:.2f}% test error "
-            f"{rec['test_error']:.2f}% (running loss {rec['running_train_loss']:.4f}, lr {rec['lr']:g}, "
+            f"{rec['test_error']:.2f}% (running loss {rec['running_train_loss']:.4f}, lr {rec['lr']:g}{mu_text}, "
             f"{t_train:.1f}s training, {rec['samples_per_s']:.0f} samples/s{', fused' if fused else ''})")
         wall = wall_before + time.perf_counter() - t_run
         meta = dict(config=asdict(cfg), history=history, wall_seconds=wall, pass_index=p + 1)
