@@ -15,26 +15,6 @@ namespace {
 
 constexpr int kRbfBS = 256;
 
-// A(m = image, k = j) = x[m, k]
-template <class T> struct LoadX {
-  static constexpr bool kKContig = true;
-  const T* x;
-  int64_t D;
-  __device__ __forceinline__ T operator()(int64_t m, int64_t k) const { return __ldg(x + m * D + k); }
-};
-// B(k = j, n = i) = w[n, k]
-template <class T> struct LoadWT {
-  static constexpr bool kKContig = true;
-  const T* w;
-  int64_t D;
-  __device__ __forceinline__ T operator()(int64_t k, int64_t n) const { return __ldg(w + n * D + k); }
-};
-template <class T> struct EpiStore {
-  T* out;
-  int64_t ld;
-  __device__ __forceinline__ void operator()(int64_t m, int64_t n, int64_t, T acc) const { out[m * ld + n] = acc; }
-};
-
 // gx[n,j] = sum_i gy[n,i] d (Gauss-Newton: gy d^2), d = 2 (x[n,j] - w[i,j]).
 template <class T>
 __global__ void __launch_bounds__(kRbfBS)
@@ -88,7 +68,7 @@ template <class T>
 void euclidean_rbf_forward(const T* x, const T* w, T* y, int64_t N, int64_t D, int64_t M, Stream s) {
   using namespace detail;
   if (N <= 0 || M <= 0) return;
-  gemm_tile<T, OpSqDiff>(N, M, D, 1, D, LoadX<T>{x, D}, LoadWT<T>{w, D}, EpiStore<T>{y, M}, as_stream(s),
+  gemm_tile<T, OpSqDiff>(N, M, D, 1, D, RowLoad<T>{x, D}, RowLoadT<T>{w, D}, RowStore<T>{y, M}, as_stream(s),
                          "euclidean_rbf forward");
 }
 

@@ -16,20 +16,8 @@ namespace cuda {
 namespace detail {
 namespace {
 
-// forward: A(m = image, k = d) = x[m, k]
-template <class T> struct LoadX {
-  static constexpr bool kKContig = true;
-  const T* x;
-  int64_t D;
-  __device__ __forceinline__ T operator()(int64_t m, int64_t k) const { return __ldg(x + m * D + k); }
-};
-// forward: B(k = d, n = o) = w[n, k]
-template <class T> struct LoadWT {
-  static constexpr bool kKContig = true;
-  const T* w;
-  int64_t D;
-  __device__ __forceinline__ T operator()(int64_t k, int64_t n) const { return __ldg(w + n * D + k); }
-};
+// forward: A(m = image, k = d) = x[m, k] (RowLoad), B(k = d, n = o) = w[n, k] (RowLoadT), then
+// bias + activation:
 template <class T> struct EpiForward {
   T* y;
   const T* b;
@@ -58,12 +46,6 @@ template <class T> struct LoadW {
   bool gn;
   __device__ __forceinline__ T operator()(int64_t k, int64_t n) const { return sq_if(__ldg(w + k * D + n), gn); }
 };
-template <class T> struct EpiStore {
-  T* out;
-  int64_t ld;
-  __device__ __forceinline__ void operator()(int64_t m, int64_t n, int64_t, T acc) const { out[m * ld + n] = acc; }
-};
-
 // weight gradient: A(m = o, k = image) = ga[k, m]
 template <class T> struct LoadGaCols {
   static constexpr bool kKContig = false;
@@ -104,7 +86,7 @@ template <class T>
 void full_forward(const T* x, const T* w, const T* b, T* y, int64_t N, int64_t D, int64_t O, int act, Stream s) {
   using namespace detail;
   if (N <= 0 || O <= 0) return;
-  gemm_tile<T, OpMul>(N, O, D, 1, D, LoadX<T>{x, D}, LoadWT<T>{w, D}, EpiForward<T>{y, b, O, act},
+  gemm_tile<T, OpMul>(N, O, D, 1, D, RowLoad<T>{x, D}, RowLoadT<T>{w, D}, EpiForward<T>{y, b, O, act},
                       as_stream(s), "full forward");
 }
 
@@ -135,7 +117,7 @@ void full_backward(const T* gy, const T* y, const T* x, const T* w, T* gx, T* gw
   // 2) gx = ga w (overwrites the partials).
   if (gx && N > 0 && D > 0)
     gemm_tile<T, OpMul>(N, D, O, 1, O, LoadGaRows<T>{gy, y, O, act, gn}, LoadW<T>{w, D, gn},
-                        EpiStore<T>{gx, D}, st, "full backward (input gradient)");
+                        RowStore<T>{gx, D}, st, "full backward (input gradient)");
 }
 
 #define LENET5_INSTANTIATE(T)                                                                        \

@@ -29,6 +29,27 @@ struct OpSqDiff {
   }
 };
 
+// Plain row-major operands and result, for the products that need no transform:
+// RowLoad: A(m, k) = p[m * ld + k]; RowLoadT: B(k, n) = p[n * ld + k] (a row-major matrix read
+// transposed); RowStore: out[m * ld + n] = acc.
+template <class T> struct RowLoad {
+  static constexpr bool kKContig = true;
+  const T* p;
+  int64_t ld;
+  __device__ __forceinline__ T operator()(int64_t m, int64_t k) const { return __ldg(p + m * ld + k); }
+};
+template <class T> struct RowLoadT {
+  static constexpr bool kKContig = true;
+  const T* p;
+  int64_t ld;
+  __device__ __forceinline__ T operator()(int64_t k, int64_t n) const { return __ldg(p + n * ld + k); }
+};
+template <class T> struct RowStore {
+  T* out;
+  int64_t ld;
+  __device__ __forceinline__ void operator()(int64_t m, int64_t n, int64_t, T acc) const { out[m * ld + n] = acc; }
+};
+
 // grid: x over n tiles, y over m tiles (grid-stride on both), z = batch chunk of the k range:
 // chunk z covers k in [z*kper, min(K, (z+1)*kper)).
 template <class T, class Op, class A, class B, class Epi>
