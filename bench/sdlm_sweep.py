@@ -25,36 +25,43 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 
-from lenet5_fast import LeNet5, fused  # noqa: E402
+from lenet5_fast import LeNet5  # noqa: E402
 from lenet5_fast.data import load_tensors  # noqa: E402
-from lenet5_fast.optim import paper_eta  # noqa: E402
-from lenet5_fast.train import evaluate, pass_generator  # noqa: E402
+from lenet5_fast.optim import SDLM, paper_eta  # noqa: E402
+from lenet5_fast.train import TrainConfig, evaluate, pass_generator, run_pass  # noqa: E402
 
 
 def run(x, y, xv, yv, mu, eta_scale, j, seed, passes, mu_after_first=None, max_step=None, hessian_samples=500):
+    """One run: the trainer's passes (:func:`lenet5_fast.train.run_pass`, same seeding as
+    ``lenet5-fast train``) with the SDLM optimizer, evaluated on (xv, yv) after each pass."""
     torch.manual_seed(seed)
     model = LeNet5(map_j=j)
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = SDLM(params, mu=mu, max_step=max_step)
+    cfg = TrainConfig(hessian_samples=hessian_samples)  # SDLM, batch 1: the fused pass
     n = x.shape[0]
     hist = []
     for p in range(passes):
         g = pass_generator(seed, p)
         order = torch.randperm(n, generator=g)
         hidx = torch.randperm(n, generator=g)[:hessian_samples]
-        h = fused.sdlm_hessian(model, x[hidx], y[hidx])
-        m = mu if (p == 0 or mu_after_first is None) else mu_after_first
-        eta = paper_eta(p) * eta_scale
-        if max_step is not None:
-            m = max(m, eta / max_step)
-        steps = [(eta / (m + t)).contiguous() for t in h]
+        if p > 0 and mu_after_first is not None:
+            for group in opt.param_groups:
+                group["mu"] = mu_after_first
+        opt.set_lr(paper_eta(p) * eta_scale)
         t0 = time.perf_counter()
-        loss, _ = fused.sdlm_pass(model, x, y, order, steps)
+        loss, _, fused_ran = run_pass(model, opt, x, y, order, cfg, hidx)
         secs = time.perf_counter() - t0
+        if not fused_ran:
+            raise RuntimeError("the fused engine did not run the pass (lenet5_fast.fused missing?)")
         ve, _ = evaluate(model, xv, yv)
         te, _ = evaluate(model, x, y)
-        hist.append(dict(pass_=p + 1, mu=m, eta=eta, running_loss=loss / n, val_error=100.0 * ve / xv.shape[0],
-                         train_error=100.0 * te / n, seconds=secs,
-                         h_mean={k: float(v.mean()) for k, v in zip(("c1", "c1b", "s2", "s2b", "c3", "c3b", "s4", "s4b",
-                                                                    "c5", "c5b", "f6", "f6b"), h)}))
+        hist.append(dict(pass_=p + 1, mu=SDLM.damping(opt.param_groups[0]), eta=opt.param_groups[0]["lr"],
+                         running_loss=loss / n, val_error=100.0 * ve / xv.shape[0], train_error=100.0 * te / n,
+                         seconds=secs,
+                         h_mean={k: float(opt.state[q]["hessian"].mean()) for k, q in
+                                 zip(("c1", "c1b", "s2", "s2b", "c3", "c3b", "s4", "s4b", "c5", "c5b", "f6", "f6b"),
+                                     params)}))
     return hist
 
 
