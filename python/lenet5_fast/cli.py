@@ -5,6 +5,9 @@ import argparse
 import json
 import sys
 
+# the datasets of lenet5_fast.train.DATASETS, here so that `--help` imports no torch
+DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10")
+
 
 def _cmd_summary(args) -> int:
     from .model import LeNet5, format_summary, summary
@@ -30,7 +33,8 @@ def _cmd_train(args) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(epochs=args.epochs, optimizer=args.optimizer, batch_size=args.batch_size, lr=args.lr,
                       eta_scale=args.eta_scale, hessian_samples=args.hessian_samples,
-                      momentum=args.momentum, distort=args.distort, variant=args.variant, seed=args.seed,
+                      momentum=args.momentum, nesterov=args.nesterov, dataset=args.dataset,
+                      distort=args.distort, variant=args.variant, seed=args.seed,
                       train_limit=args.train_limit, test_limit=args.test_limit, fused=not args.no_fused,
                       mu=args.mu, **({"max_step": args.max_step} if hasattr(args, "max_step") else {}))
     m = train(cfg, args.data, args.out, resume=args.resume, log=lambda s: print(s, flush=True),
@@ -45,19 +49,22 @@ def _cmd_eval(args) -> int:
 
     import torch
 
-    from .checkpoint import model_from_checkpoint
-    from .data import load_tensors
-    from .train import MissingExtra, evaluate
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .train import MissingExtra, evaluate, load_dataset
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = model_from_checkpoint(args.checkpoint)
-    x, y = load_tensors(args.data, "test", download=args.download, limit=args.limit)
+    ck = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ck)
+    dataset = args.dataset or _checkpoint_dataset(ck)
+    x, y = load_dataset(dataset, args.data, "test", download=args.download, limit=args.limit)
     errors, loss, pred = evaluate(model, x, y, return_predictions=True)
-    res = dict(checkpoint=str(args.checkpoint), samples=int(x.shape[0]), errors=errors,
+    res = dict(checkpoint=str(args.checkpoint), dataset=dataset, samples=int(x.shape[0]), errors=errors,
                test_error=100.0 * errors / x.shape[0], test_loss=loss, gallery=None)
     gallery_note = None
-    if not args.no_gallery:
+    if not args.no_gallery and x.shape[1] != 1:
+        gallery_note = "gallery not written: it draws 1-channel digits only"
+    elif not args.no_gallery:
         path = Path(args.gallery) if args.gallery else Path(args.checkpoint).parent / "misclassified.png"
         wrong = (pred != y).nonzero().flatten()[:args.gallery_max]
         try:
@@ -103,6 +110,38 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _checkpoint_dataset(ck) -> str:
+    """The dataset a checkpoint was trained on (its saved training config), else MNIST."""
+    cfg = ck["meta"].get("config")
+    dataset = cfg.get("dataset") if isinstance(cfg, dict) else None
+    return dataset if isinstance(dataset, str) else "mnist"
+
+
+def _cmd_show(args) -> int:
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .show import class_names, load_input, render_feature_maps
+
+    if (args.checkpoint is None) == (args.weights is None):
+        raise ValueError("give exactly one of --checkpoint PATH and --weights NAME")
+    if args.checkpoint is not None:
+        ck = load_checkpoint(args.checkpoint)
+        model, dataset = model_from_checkpoint(ck), args.dataset or _checkpoint_dataset(ck)
+    else:
+        try:
+            import lenet5_fast.weights  # noqa: F401  (shipped pretrained weights, where installed)
+        except ImportError:
+            raise ValueError("--weights needs the shipped pretrained weights (lenet5_fast.weights), which this "
+                             "install does not have; use --checkpoint PATH") from None
+        from .model import LeNet5
+
+        model, dataset = LeNet5.from_pretrained(args.weights).eval(), args.dataset or "mnist"
+    x, label, source = load_input(args.image, model, dataset, args.data)
+    names = class_names(dataset)
+    pred = render_feature_maps(model, x, args.out, title=source, label=label, names=names)
+    print(f"{source}: predicted {names[pred]}; feature maps in {args.out}")
+    return 0
+
+
 def _float_or_none(text: str):
     if text.strip().lower() == "none":
         return None
@@ -141,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0.0005, the paper's last eta/mu; 'none': the paper's exact steps, which diverge)")
     t.add_argument("--hessian-samples", type=int, default=500, help="sdlm: samples for h_kk (default 500)")
     t.add_argument("--momentum", type=float, default=0.9, help="sgd momentum")
+    t.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
+    t.add_argument("--dataset", default="mnist", choices=DATASET_CHOICES,
+                   help="mnist (default), fashion-mnist (default --data: the directory of Debian's "
+                        "dataset-fashion-mnist), cifar10 (3 channels; --download fetches it)")
     t.add_argument("--distort", action="store_true", help="random affine distortions on the fly")
     t.add_argument("--variant", default="classic", choices=["classic", "modern"])
     t.add_argument("--seed", type=int, default=0)
@@ -160,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gallery-max", type=int, default=100, help="at most this many digits in the gallery")
     e.add_argument("--no-gallery", action="store_true")
     e.add_argument("--limit", type=int, default=None, help="use only the first N test samples")
+    e.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
+                   help="test set to use (default: the one the checkpoint was trained on)")
     e.add_argument("--threads", type=int, default=None)
     e.set_defaults(func=_cmd_eval)
 
@@ -168,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint", required=True)
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_predict)
+
+    w = sub.add_parser("show", help="draw what each layer computes for one image (the paper's Fig. 13)")
+    w.add_argument("image", help="an image file, or the index of a test-set image")
+    w.add_argument("--checkpoint", default=None, help="checkpoint to show")
+    w.add_argument("--weights", default=None, help="name of shipped pretrained weights (where installed)")
+    w.add_argument("--out", required=True, help="PNG to write")
+    w.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
+                   help="test set an index refers to (default: the checkpoint's)")
+    w.add_argument("--data", default=None, help="directory of that dataset")
+    w.set_defaults(func=_cmd_show)
     return p
 
 

@@ -503,7 +503,8 @@ def _existing_dataset(target: Path, want_md5: str) -> Optional[str]:
         return None
 
 
-def _download_one(url: str, target: Path, want_md5: str, timeout: float) -> Optional[str]:
+def _download_one(url: str, target: Path, want_md5: str, timeout: float,
+                  max_bytes: int = _MAX_DOWNLOAD_BYTES) -> Optional[str]:
     """Fetch ``url`` into ``target`` atomically; return None on success or an error string."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
@@ -519,8 +520,8 @@ def _download_one(url: str, target: Path, want_md5: str, timeout: float) -> Opti
                     if not chunk:
                         break
                     size += len(chunk)
-                    if size > _MAX_DOWNLOAD_BYTES:
-                        return f"response larger than {_MAX_DOWNLOAD_BYTES} bytes, not an MNIST file"
+                    if size > max_bytes:
+                        return f"response larger than {max_bytes} bytes, not the expected file"
                     h.update(chunk)
                     out.write(chunk)
         except urllib.error.HTTPError as e:
@@ -556,6 +557,7 @@ def load_mnist(
     split: str = "train",
     download: bool = False,
     verify: bool = True,
+    dataset: Optional[str] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Load one split of MNIST (or Fashion-MNIST: same names and format).
 
@@ -565,6 +567,7 @@ def load_mnist(
         download: if the split's files are missing, download MNIST into the directory.
         verify: check md5s (known datasets, and the directory's ``MD5SUMS``), and that images
             and labels come from the same dataset. Structural checks always run.
+        dataset: ``"mnist"`` or ``"fashion-mnist"``: with ``verify``, the files must be that one.
 
     Returns:
         ``(images, labels)``: uint8 array [N, 28, 28] and int64 array [N].
@@ -613,6 +616,9 @@ def load_mnist(
                 f"{img_path} is {_DATASET_TITLES[ds_img]} but {lbl_path} is {_DATASET_TITLES[ds_lbl]}; "
                 f"images and labels must come from the same dataset"
             )
+        if dataset is not None and ds_img != dataset:
+            raise DataError(f"{img_path} is {_DATASET_TITLES.get(ds_img, 'not a known dataset')}, not "
+                            f"{_DATASET_TITLES.get(dataset, dataset)}; point to a directory that holds it")
 
     return images, labels.astype(np.int64)
 
@@ -670,12 +676,14 @@ def load_tensors(
     split: str = "train",
     download: bool = False,
     limit: Optional[int] = None,
+    dataset: Optional[str] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Load a split and preprocess it: ``(x float32 [N, 1, 32, 32], y int64 [N])``.
 
-    ``limit`` keeps only the first ``limit`` examples (``None``: all of them).
+    ``limit`` keeps only the first ``limit`` examples (``None``: all of them); ``dataset``
+    (``"mnist"`` or ``"fashion-mnist"``) requires the files to be that dataset.
     """
-    images, labels = load_mnist(root, split=split, download=download)
+    images, labels = load_mnist(root, split=split, download=download, dataset=dataset)
     if limit is not None:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")

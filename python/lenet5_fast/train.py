@@ -35,9 +35,12 @@ except ImportError:  # pragma: no cover - depends on the build
     _fused = None
 
 __all__ = ["TrainConfig", "train", "run_pass", "evaluate", "make_optimizer", "pass_generator",
-           "plot_errors", "OPTIMIZERS", "MissingExtra"]
+           "plot_errors", "OPTIMIZERS", "MissingExtra", "DATASETS", "load_dataset", "dataset_channels"]
 
 OPTIMIZERS = ("sdlm", "sgd", "adam")
+DATASETS = ("mnist", "fashion-mnist", "cifar10")
+#: Where Debian's dataset-fashion-mnist package puts the four .gz files.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 class MissingExtra(RuntimeError):
@@ -55,16 +58,23 @@ class TrainConfig:
     max_step: Optional[float] = TRAINING_MAX_STEP  # sdlm: bound on every step (None: the paper's, diverges)
     hessian_samples: int = PAPER_HESSIAN_SAMPLES
     momentum: float = 0.9            # sgd
+    nesterov: bool = False           # sgd: Nesterov momentum
     distort: bool = False
     variant: str = "classic"
     seed: int = 0
     train_limit: Optional[int] = None   # use only the first N training / test samples
     test_limit: Optional[int] = None
     fused: bool = True               # use lenet5_fast.fused when it supports the case
+    dataset: str = "mnist"           # mnist | fashion-mnist | cifar10
 
     def validate(self) -> "TrainConfig":
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.nesterov and (self.optimizer != "sgd" or not self.momentum > 0):
+            raise ValueError(f"nesterov needs the sgd optimizer with a momentum > 0, got {self.optimizer} "
+                             f"with momentum {self.momentum}")
         for name in ("epochs", "batch_size", "hessian_samples"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -85,12 +95,36 @@ def make_optimizer(model: LeNet5, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sdlm":
         return SDLM(params, lr=_eta(cfg, 0), mu=cfg.mu, max_step=cfg.max_step)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr or 0.01, momentum=cfg.momentum)
+        return torch.optim.SGD(params, lr=cfg.lr or 0.01, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.Adam(params, lr=cfg.lr or 1e-3)
 
 
 def _eta(cfg: TrainConfig, p: int) -> float:
     return cfg.lr if cfg.lr is not None else paper_eta(p) * cfg.eta_scale
+
+
+def dataset_channels(dataset: str) -> int:
+    return 3 if dataset == "cifar10" else 1
+
+
+def load_dataset(dataset: str, data_dir, split: str, download: bool = False,
+                 limit: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """One split as (x float32 [N, C, 32, 32], y int64 [N]): MNIST and Fashion-MNIST as the paper's
+    padded input (``data.preprocess``), CIFAR-10 as pixels / 255 (``cifar``). Fashion-MNIST is
+    read from Debian's directory unless ``data_dir`` is given."""
+    if dataset == "cifar10":
+        from .cifar import load_cifar10_tensors
+        return load_cifar10_tensors(data_dir, split, download=download, limit=limit)
+    if dataset == "fashion-mnist":
+        if download:
+            raise ValueError("--download fetches MNIST and CIFAR-10 only; for Fashion-MNIST run "
+                             "`apt-get install dataset-fashion-mnist` (it reads " + FASHION_MNIST_DIR +
+                             ") or copy its four .gz files into a directory given with --data")
+        data_dir = data_dir or FASHION_MNIST_DIR
+    elif dataset != "mnist":
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    from .data import load_tensors
+    return load_tensors(data_dir, split, download=download, limit=limit, dataset=dataset)
 
 
 def pass_generator(seed: int, pass_index: int) -> torch.Generator:
@@ -294,17 +328,19 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False,
             raise ValueError(f"{out} already holds a run (checkpoint.pt); use --resume to continue it, "
                              f"or choose another --out")
         torch.manual_seed(cfg.seed)  # the initial weights
-        model = LeNet5(variant=cfg.variant)
+        model = LeNet5(variant=cfg.variant, in_channels=dataset_channels(cfg.dataset))
         optimizer = make_optimizer(model, cfg)
     cfg.validate()
 
     if data is None:
-        from .data import load_tensors
-        data = (load_tensors(data_dir, "train", download=download, limit=cfg.train_limit),
-                load_tensors(data_dir, "test", download=download, limit=cfg.test_limit))
+        data = (load_dataset(cfg.dataset, data_dir, "train", download=download, limit=cfg.train_limit),
+                load_dataset(cfg.dataset, data_dir, "test", download=download, limit=cfg.test_limit))
     (x_train, y_train), (x_test, y_test) = data
+    if x_train.dim() != 4 or x_train.shape[1] != model.in_channels:
+        raise ValueError(f"the {cfg.variant} model takes {model.in_channels}-channel images, got training "
+                         f"data of shape {tuple(x_train.shape)}")
     n = x_train.shape[0]
-    log(f"training LeNet-5 ({cfg.variant}) with {cfg.optimizer}, batch {cfg.batch_size}"
+    log(f"training LeNet-5 ({cfg.variant}) on {cfg.dataset} with {cfg.optimizer}, batch {cfg.batch_size}"
         f"{', distortions' if cfg.distort else ''}: {n} training and {x_test.shape[0]} test samples, "
         f"{cfg.epochs} passes, {torch.get_num_threads()} threads")
     plot_note = None
