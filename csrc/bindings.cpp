@@ -51,7 +51,8 @@ namespace cpu = lenet5::cpu;
 
 std::vector<float*> float_ptrs(const std::vector<Addr>& a, const char* what) {
   if (a.size() != static_cast<size_t>(cpu::kClassicParams))
-    throw std::invalid_argument(std::string(what) + ": expected 12 addresses, got " + std::to_string(a.size()));
+    throw std::invalid_argument(std::string(what) + ": expected " + std::to_string(cpu::kClassicParams) +
+                                " addresses, got " + std::to_string(a.size()));
   std::vector<float*> p(a.size());
   for (size_t i = 0; i < a.size(); ++i) p[i] = P<float>(a[i]);
   return p;
@@ -180,8 +181,25 @@ PYBIND11_MODULE(_C, m) {
     return py::make_tuple(loss, errors);
   });
   m.def("classic_param_size", &cpu::classic_param_size);
-  m.def("set_fused_wide_emulation", &cpu::set_fused_wide_emulation,
-        "Test hook: run the fused 16-lane (AVX-512) code compiled for AVX2");
+  {
+    namespace g = lenet5::geometry;
+    py::dict geo;
+    geo["input"] = g::kInput;
+    geo["kernel"] = g::kKernel;
+    geo["pool"] = g::kPool;
+    geo["c1_maps"] = g::kC1Maps;
+    geo["c1_size"] = g::kC1Size;
+    geo["s2_size"] = g::kS2Size;
+    geo["c3_maps"] = g::kC3Maps;
+    geo["c3_size"] = g::kC3Size;
+    geo["c3_max_kernels"] = g::kC3MaxKernels;
+    geo["s4_size"] = g::kS4Size;
+    geo["c5_units"] = g::kC5Units;
+    geo["c5_inputs"] = g::kC5Inputs;
+    geo["f6_units"] = g::kF6Units;
+    geo["classes"] = g::kClasses;
+    m.attr("geometry") = geo;
+  }
 
   m.def("simd_level", &cpu::simd_level, "SIMD level the float32 CPU kernels use: 0 portable, 1 AVX2, 2 AVX-512");
   m.def("set_simd_level", &cpu::set_simd_level, "Force a lower SIMD level (tests); -1 restores the best");
@@ -192,8 +210,8 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release no_gil;
     return cpu::fma_probe(iters, nthreads);
   }, "Benchmarks only: FLOPs done by `iters` rounds of independent vector FMAs on each of nthreads threads");
-  m.def("_set_simd_wide_emulation", &cpu::set_simd_wide_emulation,
-        "Tests only: at level 1, run the 16-lane (AVX-512) kernels on pairs of AVX2 registers");
+  m.def("_set_wide_emulation", &cpu::set_wide_emulation,
+        "Tests only: at level 1, run the 16-lane (AVX-512) kernels, per-op and fused, on pairs of AVX2 registers");
 #ifdef LENET5_WITH_CUDA
   m.attr("with_cuda") = true;
   m.def("cuda_device_count", &dev::device_count);

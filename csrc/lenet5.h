@@ -4,9 +4,9 @@
 //  * Tensors are dense, contiguous, row-major (NCHW for maps). Python checks dtype, device,
 //    shape and contiguity before a pointer gets here; kernels trust their arguments.
 //  * T is float or double (double exists so every op can be gradchecked in float64).
-//  * `act` fuses an activation into the op's output: y = act(a), a the op's pre-activation.
-//    Backward needs only y: scaled tanh f(a) = A tanh(S a) has f'(a) = S (A - y^2 / A),
-//    ReLU has f'(a) = [y > 0]. So no pre-activation is ever stored.
+//  * `act` fuses an activation into the op's output: y = act(a), a the op's pre-activation
+//    (codes and formulas in activations.h). Backward needs only y (f'(a) is a function of
+//    y for every activation), so no pre-activation is ever stored.
 //  * Backward with gauss_newton = true propagates the diagonal Gauss-Newton terms of SDLM
 //    instead of gradients (LeCun et al. 1998, appendix C): the incoming "gradient" is
 //    d2E/dy2, activations contribute f'(a)^2, and every weight and input enters squared.
@@ -16,11 +16,26 @@
 #pragma once
 #include <cstdint>
 
+#include "activations.h"  // the activation codes (Act) and every per-element formula
+
 namespace lenet5 {
 
-enum Act : int { kIdentity = 0, kScaledTanh = 1, kRelu = 2 };
-constexpr double kTanhA = 1.7159;       // squashing amplitude A
-constexpr double kTanhS = 2.0 / 3.0;    // squashing slope S
+// ---- The paper's network, declared once: every layer's size (Python reads these as
+// lenet5_fast._C.geometry; the model, the fused engine and its callers use nothing else) ----
+namespace geometry {
+constexpr int kInput = 32;       // input maps 32x32 (MNIST's 28x28 padded by 2)
+constexpr int kKernel = 5;       // every convolution is 5x5, valid
+constexpr int kPool = 2;         // every subsampling is 2x2, stride 2
+constexpr int kC1Maps = 6, kC1Size = kInput - kKernel + 1;    // 6 @ 28x28
+constexpr int kS2Size = kC1Size / kPool;                      // 6 @ 14x14
+constexpr int kC3Maps = 16, kC3Size = kS2Size - kKernel + 1;  // 16 @ 10x10
+constexpr int kC3MaxKernels = kC1Maps * kC3Maps;              // a table lists each (out, in) pair once
+constexpr int kS4Size = kC3Size / kPool;                      // 16 @ 5x5
+constexpr int kC5Units = 120, kC5Inputs = kC3Maps * kS4Size * kS4Size;  // 400 -> 120
+constexpr int kF6Units = 84;                                  // 120 -> 84 (the 7x12 code size)
+constexpr int kClasses = 10;                                  // RBF units (digits)
+static_assert(kS4Size == kKernel, "C5 sees 5x5 maps: it is a fully connected layer");
+}  // namespace geometry
 
 namespace cpu {
 
@@ -100,14 +115,7 @@ void lenet5_sdlm_hessian(const ClassicNet& net, const float* x, const int64_t* l
 void lenet5_sdlm_pass(const ClassicNet& net, const float* x, const int64_t* labels, int64_t N,
                       const int64_t* order, int64_t n, double map_j, const float* const* steps,
                       double* sum_loss, int64_t* errors);
-// Test hook: run the 16-lane (AVX-512 path) fused code compiled for AVX2 on CPUs without
-// AVX-512, so its logic is tested everywhere. No effect below simd level 1.
-void set_fused_wide_emulation(bool on);
-
-// Which SIMD level the float32 kernels use: 0 portable, 1 AVX2, 2 AVX-512.
-int simd_level();
-// Force a lower level (for tests), or -1 to go back to the best the CPU has.
-void set_simd_level(int level);
+// The kernel family (portable, AVX2, AVX-512) is chosen at run time for all CPU code: cpu/simd.h.
 
 }  // namespace cpu
 

@@ -19,7 +19,7 @@ def _cases():
     off, inp = ops.connection_table_to_csr(PAPER_C3_TABLE, 6)
     r = torch.randn
     for N in (1, 7, 300):
-        for act in (0, 1, 2):
+        for act in (0, 1, 2, 3):
             yield f"conv-c1-{N}-{act}", ops.conv5x5, reference.conv5x5, [r(N, 1, 32, 32), r(6, 1, 5, 5) * .3, r(6), act]
             yield f"conv-c3full-{N}-{act}", ops.conv5x5, reference.conv5x5, [r(N, 6, 14, 14), r(16, 6, 5, 5) * .2, r(16), act]
             yield f"conv-c5-{N}-{act}", ops.conv5x5, reference.conv5x5, [r(N, 16, 5, 5), r(120, 16, 5, 5) * .1, r(120), act]
@@ -173,3 +173,17 @@ def test_large_batch_grid_limits():
     w, b = torch.randn(120, 16, 5, 5, device="cuda") * .1, torch.randn(120, device="cuda")
     y = ops.conv5x5(x, w, b, 1)
     torch.testing.assert_close(y[-5:].cpu(), reference.conv5x5(x[-5:].cpu(), w.cpu(), b.cpu(), 1), rtol=1e-4, atol=1e-4)
+
+
+def test_relu_nan_rule_on_gpu_is_torchs():
+    """ReLU on the GPU follows the same NaN rule as the CPU kernels and torch (activations.h)."""
+    nan = float("nan")
+    x = torch.tensor([nan, -1.0, 0.0, 2.0] * 5, device="cuda")
+    ref = x.clone().requires_grad_()
+    torch.relu(ref).backward(torch.ones_like(x))
+    y = ops.activation(x, 2)
+    torch.testing.assert_close(y, torch.relu(x), equal_nan=True)
+    torch.testing.assert_close(ops.activation_backward(torch.ones_like(x), y, 2, False), ref.grad)
+    cpu = ops.full(x.cpu().view(4, 5), torch.eye(5), torch.zeros(5), 2)
+    torch.testing.assert_close(ops.full(x.view(4, 5), torch.eye(5, device="cuda"), torch.zeros(5, device="cuda"), 2).cpu(),
+                               cpu, equal_nan=True)

@@ -25,10 +25,10 @@ def level(request):
     if lvl > BEST_LEVEL:
         pytest.skip(f"this CPU has SIMD level {BEST_LEVEL} < {lvl}")
     _C.set_simd_level(lvl)
-    _C.set_fused_wide_emulation(wide)
+    _C._set_wide_emulation(wide)
     yield lvl
     _C.set_simd_level(-1)
-    _C.set_fused_wide_emulation(False)
+    _C._set_wide_emulation(False)
 
 
 def _model(table=None, seed=0):

@@ -102,11 +102,11 @@ def maps_ok(x: Tensor, min_hw: int) -> bool:
 
 
 def act_ok(act, names=True) -> bool:
-    """The Python wrappers take 0/1/2 or a name; the ops themselves take an int (torch's
+    """The Python wrappers take a code 0-3 or a name; the ops themselves take an int (torch's
     dispatcher turns a bool into one, as it does for its own ops)."""
     if isinstance(act, str):
         return names and act in ops.ACTIVATIONS
-    return (type(act) is int or not names and isinstance(act, int)) and act in (0, 1, 2)
+    return (type(act) is int or not names and isinstance(act, int)) and act in (0, 1, 2, 3)
 
 
 def code(act) -> int:
@@ -157,7 +157,7 @@ def case(draw, name, dtype, seed):
     A forward op's reference reads the activation from its arguments (a corrupted call may
     still name a valid one); a backward op's is only compared on the uncorrupted call."""
     N, C = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    act = draw(st.sampled_from([0, 1, 2]))
+    act = draw(st.sampled_from([0, 1, 2, 3]))
     gn, ig = draw(st.booleans()), draw(st.booleans())
     r = lambda *s, k=0: randn(seed + k, *s, dtype=dtype, scale=0.5)  # noqa: E731
     if name in ("conv5x5", "conv5x5_backward", "sparse_conv5x5", "sparse_conv5x5_backward"):
@@ -323,7 +323,7 @@ def test_ops_valid_calls_match_reference(name, dtype, seed, specials, meta, data
 def mutate(draw, a, seed):
     """A random corruption of one argument."""
     if not isinstance(a, Tensor):  # the activation code
-        return draw(st.sampled_from([-1, 3, 7, True, 1.5, None, "relu", "sigmoid", "", 2]))
+        return draw(st.sampled_from([-1, 4, 7, True, 1.5, None, "relu", "sigmoid", "", 2]))
     kind = draw(st.sampled_from(["dtype", "meta", "strided", "dim", "ndim", "zero", "values", "scalar", "python"]))
     if kind == "dtype":
         return a.to(draw(st.sampled_from(BAD_DTYPES + [F32, F64, torch.int32])))

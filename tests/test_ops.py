@@ -10,7 +10,7 @@ from lenet5_fast import _C, ops, reference
 from lenet5_fast.layers import PAPER_C3_TABLE
 
 D64 = torch.float64
-ACTS = [0, 1, 2]
+ACTS = [0, 1, 2, 3]
 
 
 def _act_deriv(y, act):
@@ -18,6 +18,8 @@ def _act_deriv(y, act):
         return (2.0 / 3.0) * (1.7159 - y * y / 1.7159)
     if act == 2:
         return (y > 0).to(y.dtype)
+    if act == 3:
+        return 1 - y * y
     return torch.ones_like(y)
 
 
@@ -143,7 +145,7 @@ def test_euclidean_rbf_fixed_weights_get_no_grad():
 
 
 @pytest.mark.parametrize("shape", [(1,), (3, 5), (2, 6, 7, 9)])
-@pytest.mark.parametrize("act", [1, 2])
+@pytest.mark.parametrize("act", [1, 2, 3])
 def test_activation(shape, act):
     x = torch.randn(shape)
     _check_op(lambda x: ops.activation(x, act), lambda x: reference.act(x, act), [x], [0])

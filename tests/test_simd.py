@@ -21,11 +21,11 @@ def mode(request):
     if _C.simd_supported() < level:
         pytest.skip(f"this CPU does not support SIMD level {level}")
     _C.set_simd_level(level)
-    _C._set_simd_wide_emulation(wide)
+    _C._set_wide_emulation(wide)
     assert _C.simd_isa() == name
     yield name
     _C.set_simd_level(-1)
-    _C._set_simd_wide_emulation(False)
+    _C._set_wide_emulation(False)
 
 
 def _close(got, want, what, tol=3e-5):
@@ -36,7 +36,7 @@ def _close(got, want, what, tol=3e-5):
     assert err <= tol * scale, f"{what}: max error {err:.3g} (scale {scale:.3g})"
 
 
-def _run(fwd, bwd, inputs, nout_grad, acts=(0, 1, 2)):
+def _run(fwd, bwd, inputs, nout_grad, acts=(0, 1, 2, 3)):
     """fwd(*inputs, act) and bwd(g, y, *inputs, act, gn) -> grads, float32 vs float64."""
     for act in acts:
         x64 = [t.to(F64) if t.is_floating_point() else t for t in inputs]
@@ -124,7 +124,7 @@ def test_euclidean_rbf(mode, N, D, M):
 def test_activation(mode, n):
     x = torch.randn(n) * 3
     _run(lambda x, act: ops.activation(x, act) if act else x.clone(),
-         lambda g, y, x, act, gn: (ops.activation_backward(g, y, act, gn) if act else g.clone(),), [x], 1, acts=(1, 2))
+         lambda g, y, x, act, gn: (ops.activation_backward(g, y, act, gn) if act else g.clone(),), [x], 1, acts=(1, 2, 3))
 
 
 def test_tanh_error_bound(mode):
@@ -194,10 +194,27 @@ def test_simd_level_reporting():
         if best >= 1:
             _C.set_simd_level(1)
             assert _C.simd_level() == 1 and _C.simd_isa() == "avx2"
-            _C._set_simd_wide_emulation(True)
+            _C._set_wide_emulation(True)
             assert _C.simd_level() == 1 and _C.simd_isa() == "avx2-wide16"
-            _C._set_simd_wide_emulation(False)
+            _C._set_wide_emulation(False)
     finally:
         _C.set_simd_level(-1)
-        _C._set_simd_wide_emulation(False)
+        _C._set_wide_emulation(False)
     assert _C.simd_isa() == {0: "portable", 1: "avx2", 2: "avx512"}[best]
+
+
+def test_relu_nan_rule(mode):
+    """One NaN rule for ReLU in every kernel that applies it (csrc/activations.h), torch's:
+    relu(NaN) = NaN, and the gradient passes where the output is NaN (NaN <= 0 is false)."""
+    nan = float("nan")
+    x = torch.tensor([nan, -1.0, 0.0, 2.0] * 5)
+    ref = x.clone().requires_grad_()
+    torch.relu(ref).backward(torch.ones_like(x))
+    y = ops.activation(x, 2)
+    torch.testing.assert_close(y, torch.relu(x), equal_nan=True)
+    torch.testing.assert_close(ops.activation_backward(torch.ones_like(x), y, 2, False), ref.grad)
+    # fused into an op's output: a NaN input pixel makes NaN outputs, never 0
+    xc = torch.randn(2, 1, 9, 9)
+    xc[0, 0, 4, 4] = nan
+    yc = ops.conv5x5(xc, torch.randn(3, 1, 5, 5), torch.randn(3), 2)
+    assert torch.isnan(yc[0]).any() and not torch.isnan(yc[1]).any()

@@ -1,13 +1,10 @@
-// activation.cpp — stand-alone squashing (scaled tanh) and ReLU, forward and backward, plus the
-// run-time SIMD level shared by all float32 kernels.
+// activation.cpp — stand-alone activations (squashing, ReLU, plain tanh), forward and backward,
+// and the FMA throughput probe the benchmarks use.
 //
 // Layout: any contiguous array of n values. Backward uses the output y, never the input.
 // Trick (float32 SIMD): straight vector loops over contiguous ranges, the tail through masked
-// loads/stores; tanh is simd_vec.h's v_tanh (expm1 based, <= 1e-6 relative error), the
-// backward derivative S (A - y^2 / A) is two FMAs.
+// loads/stores; the formulas are activations.h's (a rational tanh for float32).
 #ifndef LENET5_SIMD_ISA
-#include <atomic>
-
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 
@@ -17,7 +14,7 @@ namespace cpu {
 template <class T>
 void portable_activation_forward(const T* x, T* y, int64_t n, int act, int nthreads) {
   parallel_range(n, 1 << 14, nthreads, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) y[i] = act_forward(x[i], act);
+    for (int64_t i = begin; i < end; ++i) y[i] = act::forward(x[i], act);
   });
 }
 
@@ -86,52 +83,6 @@ void activation_backward(const T* gy, const T* y, T* gx, int64_t n, int act, boo
 LENET5_INSTANTIATE(float)
 LENET5_INSTANTIATE(double)
 #undef LENET5_INSTANTIATE
-
-// ---- SIMD level ----
-// simd_supported(): what the CPU and OS offer (GCC/Clang's __builtin_cpu_supports checks CPUID
-// and, for AVX and AVX-512, that the OS saves the YMM/ZMM state). simd_level(): what the
-// float32 kernels use now, after set_simd_level's cap.
-namespace {
-std::atomic<int> g_forced_level{-1};
-std::atomic<bool> g_wide_emulation{false};
-int detect_level() {
-#if LENET5_X86_SIMD
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return 2;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
-#endif
-  return 0;
-}
-}  // namespace
-
-int simd_supported() {
-  static const int best = detect_level();
-  return best;
-}
-int simd_level() {
-  const int forced = g_forced_level.load(std::memory_order_relaxed);
-  return forced < 0 ? simd_supported() : std::min(simd_supported(), forced);
-}
-void set_simd_level(int level) { g_forced_level.store(level < 0 ? -1 : level, std::memory_order_relaxed); }
-void set_simd_wide_emulation(bool on) { g_wide_emulation.store(on, std::memory_order_relaxed); }
-Isa current_isa() {
-  switch (simd_level()) {
-    case 2: return Isa::kAvx512;
-    case 1: return g_wide_emulation.load(std::memory_order_relaxed) ? Isa::kAvx2Wide : Isa::kAvx2;
-    default: return Isa::kPortable;
-  }
-}
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    case Isa::kAvx2Wide: return "avx2-wide16";
-    default: return "portable";
-  }
-}
 
 }  // namespace cpu
 }  // namespace lenet5

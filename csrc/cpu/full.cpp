@@ -32,7 +32,7 @@ void portable_full_forward(const T* x, const T* w, const T* b, T* y, int64_t N, 
         const T* wo = w + o * D;
         T s = 0;
         for (int64_t d = 0; d < D; ++d) s += wo[d] * xn[d];
-        y[n * O + o] = act_forward(s + b[o], act);
+        y[n * O + o] = act::forward(s + b[o], act);
       }
     }
   });

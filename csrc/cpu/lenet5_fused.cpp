@@ -24,14 +24,13 @@
 //    rows as axpys: input gradient in registers, and the weight update w -= step * g * x fused
 //    into the same pass, reading every weight once (old value first, as the math requires).
 //  * Weight gradients of the convolutions accumulate one vector per tap, reduced L at a time.
-//  * Squashing: f(a) = a P(a^2) / Q(a^2), Eigen's [13/6] rational tanh with 2/3 and 1.7159
-//    folded into the coefficients, |a| clamped at 13.5; measured max error vs double
-//    1.7159*tanh(2a/3): about 1.5e-7 relative (see tests/test_fused.py). f'(a) = S(A - y^2/A).
+//  * Squashing: activations.h's float32 formula (a rational tanh with 2/3 and 1.7159 folded
+//    into its coefficients), the same every CPU and CUDA kernel uses.
 //  * Vectors are GCC/Clang generic vectors of L = 4, 8 or 16 floats. The same templates are
 //    instantiated inside __attribute__((target(...), flatten)) entry points: 16 lanes for
 //    AVX-512F, 8 for AVX2+FMA, 4 portable (SSE2 / NEON / scalar), picked at run time from
-//    lenet5::cpu::simd_level(). No intrinsics, no -march. FMAs come from contraction of a*b+c
-//    (GNU mode, the default in CMake). set_fused_wide_emulation(true) runs the 16-lane code
+//    lenet5::cpu::current_isa() (simd.h). No intrinsics, no -march. FMAs come from contraction of a*b+c
+//    (GNU mode, the default in CMake). set_wide_emulation(true) runs the 16-lane code
 //    compiled for AVX2, so machines without AVX-512 still test the AVX-512 path's logic.
 //
 // SDLM (LeCun et al. 1998, appendix C): per sample, MAP loss E = y_c + log(e^-j + sum e^-y_i);
@@ -50,21 +49,26 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "cpu/simd.h"
+#include "cpu/vec.h"
 #include "lenet5.h"
 
-// Generic vectors are passed between always-inlined helpers only; the ABI notes do not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace lenet5 {
 namespace cpu {
 namespace {
+using namespace vec;
 
 // ---------------------------------------------------------------------------------------------
 // Geometry and scratch layout
 
-constexpr int kMaps1 = 6, kMaps3 = 16, kUnits5 = 120, kUnits6 = 84, kClasses = 10;
-constexpr int kMaxKernels3 = kMaps1 * kMaps3;    // a table lists each (out, in) pair at most once
-constexpr int kIn5 = kMaps3 * 25;                // 400 C5 inputs
+constexpr int kMaps1 = geometry::kC1Maps, kMaps3 = geometry::kC3Maps, kUnits5 = geometry::kC5Units,
+              kUnits6 = geometry::kF6Units, kClasses = geometry::kClasses;
+constexpr int kMaxKernels3 = geometry::kC3MaxKernels;
+constexpr int kIn5 = geometry::kC5Inputs;        // 400 C5 inputs
+static_assert(geometry::kInput == 32 && geometry::kC1Size == 28 && geometry::kS2Size == 14 &&
+              geometry::kC3Size == 10 && geometry::kS4Size == 5,
+              "the scratch layout below is laid out for the paper's map sizes");
 constexpr int kXSize = 32 * 32 + 64;             // input rows + zero tail for the 32-lane C1 rows
 constexpr int kY1Map = 28 * 32;                  // C1 map: 28 rows of 32 lanes
 constexpr int kY2Map = 208;                      // S2 map: 196 flat + room for vector tails
@@ -128,146 +132,10 @@ Table make_table(const ClassicNet& net) {
   return t;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Generic vectors of L floats
-
-template <int L> struct VecT {
-  typedef float F __attribute__((vector_size(4 * L)));
-  typedef int32_t I __attribute__((vector_size(4 * L)));
-  typedef float FU __attribute__((vector_size(4 * L), aligned(4), may_alias));
-};
-template <int L> using vf = typename VecT<L>::F;
-template <int L> using vi = typename VecT<L>::I;
-
-#define LENET5_INLINE inline __attribute__((always_inline))
-
-template <int L> LENET5_INLINE vf<L> load(const float* p) {
-  return *reinterpret_cast<const typename VecT<L>::FU*>(p);
-}
-template <int L> LENET5_INLINE void store(float* p, const vf<L>& v) {
-  *reinterpret_cast<typename VecT<L>::FU*>(p) = v;
-}
-template <int L> LENET5_INLINE vf<L> splat(float x) { return vf<L>{} + x; }
-
-// [a0+a1, a2+a3, ..., b0+b1, b2+b3, ...]
-template <int L, int... I>
-LENET5_INLINE vf<L> pairsum_(const vf<L>& a, const vf<L>& b, std::integer_sequence<int, I...>) {
-#if defined(__clang__)
-  return __builtin_shufflevector(a, b, (2 * I)...) + __builtin_shufflevector(a, b, (2 * I + 1)...);
-#else
-  return __builtin_shuffle(a, b, vi<L>{(2 * I)...}) + __builtin_shuffle(a, b, vi<L>{(2 * I + 1)...});
-#endif
-}
-template <int L> LENET5_INLINE vf<L> pairsum(const vf<L>& a, const vf<L>& b) {
-  return pairsum_<L>(a, b, std::make_integer_sequence<int, L>{});
-}
-// [a0, a0, a1, a1, ...]: upsampling by 2 for the subsampling layers' backward.
-template <int L, int... I> LENET5_INLINE vf<L> dup_lo_(const vf<L>& a, std::integer_sequence<int, I...>) {
-#if defined(__clang__)
-  return __builtin_shufflevector(a, a, (I / 2)...);
-#else
-  return __builtin_shuffle(a, vi<L>{(I / 2)...});
-#endif
-}
-template <int L> LENET5_INLINE vf<L> dup_lo(const vf<L>& a) {
-  return dup_lo_<L>(a, std::make_integer_sequence<int, L>{});
-}
-#if defined(__clang__)
-#define LENET5_SHUFFLE2(L, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
-#define LENET5_SHUFFLE2(L, a, b, ...) __builtin_shuffle(a, b, vi<L>{__VA_ARGS__})
-#endif
-// Within each 128-bit block of 4 lanes: [a0+a1, a2+a3, b0+b1, b2+b3] (vshufps + add).
-template <int L, int... K>
-LENET5_INLINE vf<L> inlane_pairsum_(const vf<L>& a, const vf<L>& b, std::integer_sequence<int, K...>) {
-  return LENET5_SHUFFLE2(L, a, b, ((K % 4 < 2 ? 0 : L) + K / 4 * 4 + 2 * (K % 2))...) +
-         LENET5_SHUFFLE2(L, a, b, ((K % 4 < 2 ? 0 : L) + K / 4 * 4 + 2 * (K % 2) + 1)...);
-}
-// Across 128-bit blocks: block i of the result = sum of blocks 2i, 2i+1 of a (first half) or b.
-template <int L, int... K>
-LENET5_INLINE vf<L> block_pairsum_(const vf<L>& a, const vf<L>& b, std::integer_sequence<int, K...>) {
-  constexpr int H = L / 8;  // result blocks that come from a
-  return LENET5_SHUFFLE2(L, a, b, ((K / 4 < H ? 0 : L) + 4 * (2 * ((K / 4) % H)) + K % 4)...) +
-         LENET5_SHUFFLE2(L, a, b, ((K / 4 < H ? 0 : L) + 4 * (2 * ((K / 4) % H) + 1) + K % 4)...);
-}
-// Lane j of the result = sum of the lanes of r[j]: two in-block pairing levels, then pairing
-// of 128-bit blocks (a transpose-and-add tree of L - 1 shuffle pairs, none crossing lanes
-// until the last log2(L/4) levels).
-template <int L> LENET5_INLINE vf<L> hsum_rows(const vf<L>* r) {
-  vf<L> t[L];
-#pragma GCC unroll 16
-  for (int i = 0; i < L; ++i) t[i] = r[i];
-  int n = L;
-#pragma GCC unroll 2
-  for (int level = 0; level < 2; ++level, n /= 2) {
-#pragma GCC unroll 8
-    for (int i = 0; i < n / 2; ++i)
-      t[i] = inlane_pairsum_<L>(t[2 * i], t[2 * i + 1], std::make_integer_sequence<int, L>{});
-  }
-  if constexpr (L >= 8) {
-#pragma GCC unroll 2
-    for (; n > 1; n /= 2) {
-#pragma GCC unroll 2
-      for (int i = 0; i < n / 2; ++i)
-        t[i] = block_pairsum_<L>(t[2 * i], t[2 * i + 1], std::make_integer_sequence<int, L>{});
-    }
-  }
-  return t[0];
-}
-template <int L> LENET5_INLINE float hsum(const vf<L>& v) {
-  vf<L> t = v;
-#pragma GCC unroll 5
-  for (int n = L; n > 1; n /= 2) t = pairsum<L>(t, t);
-  return t[0];
-}
-
-// Lanes [0, n) kept, the rest exactly 0 (bitwise, so junk lanes never leak, even as NaN).
-alignas(64) constexpr int32_t kLaneMask[64] = {
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
-template <int L> LENET5_INLINE vf<L> keep_first(const vf<L>& x, int n) {
-  n = std::min(32, std::max(0, n));
-  vi<L> m;
-  std::memcpy(&m, kLaneMask + 32 - n, sizeof(m));
-  return reinterpret_cast<vf<L>>(reinterpret_cast<vi<L>>(x) & m);
-}
-
-// ---- the squashing f(a) = A tanh(S a), and f'(a) from y = f(a) ----
-constexpr double kA = kTanhA, kS = kTanhS;
-// Eigen's rational tanh(x) ~ x P(x^2) / Q(x^2) on |x| <= 9, refolded for a = x / S, times A.
-constexpr double kAl[7] = {4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
-                           5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
-                           -2.76076847742355e-16};
-constexpr double kBe[4] = {4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
-                           1.19825839466702e-06};
-constexpr double ipow(double x, int n) { return n == 0 ? 1.0 : x * ipow(x, n - 1); }
-constexpr float kP(int k) { return static_cast<float>(kA * kAl[k] * ipow(kS, 2 * k + 1)); }
-constexpr float kQ(int k) { return static_cast<float>(kBe[k] * ipow(kS, 2 * k)); }
-constexpr float kClampA = static_cast<float>(9.0 / kS);
-constexpr float kDf0 = static_cast<float>(kS * kA), kDf1 = static_cast<float>(kS / kA);
-
-template <int L> LENET5_INLINE vf<L> squash(const vf<L>& a_in) {
-  vf<L> a = a_in;
-  const vf<L> hi = splat<L>(kClampA), lo = splat<L>(-kClampA);
-  a = a > hi ? hi : a;
-  a = a < lo ? lo : a;
-  const vf<L> v = a * a;
-  vf<L> p = v * kP(6) + kP(5);
-  p = p * v + kP(4);
-  p = p * v + kP(3);
-  p = p * v + kP(2);
-  p = p * v + kP(1);
-  p = p * v + kP(0);
-  vf<L> q = v * kQ(3) + kQ(2);
-  q = q * v + kQ(1);
-  q = q * v + kQ(0);
-  return (p * a) / q;
-}
+// ---- the squashing and its derivative (activations.h) ----
+template <int L> LENET5_INLINE vf<L> squash(const vf<L>& a) { return act::forward<kScaledTanh>(a); }
 // f'(a) (or f'(a)^2 for Gauss-Newton) from the output y.
-template <int L, bool GN> LENET5_INLINE vf<L> dsquash(const vf<L>& y) {
-  const vf<L> d = kDf0 - kDf1 * (y * y);
-  return GN ? d * d : d;
-}
+template <int L, bool GN> LENET5_INLINE vf<L> dsquash(const vf<L>& y) { return act::grad_factor<kScaledTanh, GN>(y); }
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -812,7 +680,7 @@ LENET5_INLINE void backward_image(const ClassicNet& net, const Table& t, const S
 
 // ---------------------------------------------------------------------------------------------
 // Per-ISA entry points: the templates above, inlined (flatten) into functions compiled for
-// each instruction set. The drivers below pick one table by simd_level().
+// each instruction set. The drivers below pick one table by current_isa().
 
 struct Kernels {
   void (*forward)(const ClassicNet&, const Table&, Scratch&, const float* x, float* out, int64_t n);
@@ -892,16 +760,15 @@ LENET5_FUSED_KERNELS(avx512, 16, __attribute__((target("avx512f,avx2,fma"), LENE
 #endif
 #undef LENET5_FUSED_KERNELS
 
-bool g_wide_emulation = false;
-
 const Kernels& pick_kernels() {
+  switch (current_isa()) {
 #if defined(__x86_64__) || defined(__i386__)
-  const int level = simd_level();
-  if (level >= 1 && g_wide_emulation) return avx2_wide_kernels;
-  if (level >= 2) return avx512_kernels;
-  if (level >= 1) return avx2_kernels;
+    case Isa::kAvx512: return avx512_kernels;
+    case Isa::kAvx2Wide: return avx2_wide_kernels;
+    case Isa::kAvx2: return avx2_kernels;
 #endif
-  return portable_kernels;
+    default: return portable_kernels;
+  }
 }
 
 void check_net(const ClassicNet& net) {
@@ -922,8 +789,6 @@ int64_t classic_param_size(int param, int64_t c3_kernels) {
   if (param < 0 || param >= kClassicParams) return 0;
   return param == kC3Weight ? 25 * c3_kernels : static_cast<int64_t>(kParamSize[param]);
 }
-
-void set_fused_wide_emulation(bool on) { g_wide_emulation = on; }
 
 void lenet5_forward(const ClassicNet& net, const float* x, float* out, int64_t N, int nthreads) {
   check_net(net);

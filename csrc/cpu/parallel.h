@@ -53,28 +53,15 @@ void parallel_range(int64_t n, int64_t grain, int nthreads, Body&& body) {
   parallel_tasks(ntasks, nthreads, [&](int64_t t) { body(n * t / ntasks, n * (t + 1) / ntasks); });
 }
 
-// ---- activations, computed from the output y (see lenet5.h) ----
-template <class T> inline T act_forward(T a, int act) {
-  if (act == kScaledTanh) return T(kTanhA) * std::tanh(T(kTanhS) * a);
-  if (act == kRelu) return a <= T(0) ? T(0) : a;  // NaN stays NaN, like torch.relu
-  return a;
-}
-template <class T> inline T act_derivative(T y, int act) {
-  if (act == kScaledTanh) return T(kTanhS) * (T(kTanhA) - y * y / T(kTanhA));
-  if (act == kRelu) return y <= T(0) ? T(0) : T(1);  // like torch: a NaN passes the gradient
-  return T(1);
-}
+// ---- activations over arrays (formulas in activations.h), from the output y ----
 template <class T> inline void act_forward_inplace(T* y, int64_t n, int act) {
   if (act == kIdentity) return;
-  for (int64_t i = 0; i < n; ++i) y[i] = act_forward(y[i], act);
+  for (int64_t i = 0; i < n; ++i) y[i] = act::forward(y[i], act);
 }
 // ga = gy * f'(a), or gy * f'(a)^2 for the Gauss-Newton pass. y may be null when act is identity.
 template <class T> inline void act_backward(const T* gy, const T* y, T* ga, int64_t n, int act, bool gn) {
   if (act == kIdentity) { std::memcpy(ga, gy, sizeof(T) * n); return; }
-  for (int64_t i = 0; i < n; ++i) {
-    const T d = act_derivative(y[i], act);
-    ga[i] = gy[i] * (gn ? d * d : d);
-  }
+  for (int64_t i = 0; i < n; ++i) ga[i] = act::backward(gy[i], y[i], act, gn);
 }
 // out[i] = in[i]^2 when gn, else a plain copy: Gauss-Newton passes use squared weights/inputs.
 template <class T> inline const T* maybe_square(const T* in, int64_t n, bool gn, std::vector<T>& buf) {

@@ -33,13 +33,16 @@ namespace cpu {
 //  kAvx512:   16-lane AVX-512 kernels.
 //  kAvx2Wide: the 16-lane kernels (the very code the AVX-512 family runs) on pairs of AVX2
 //             registers: a test mode, so the 16-lane tiling, tails and masks are exercised on
-//             machines without AVX-512. Only set_simd_wide_emulation(true) selects it.
+//             machines without AVX-512. Only set_wide_emulation(true) selects it.
 enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kAvx2Wide = 3 };
 
+// The one selector (isa.cpp), read by every float32 kernel: per-op SIMD sections and fused engine.
 Isa current_isa();           // what float32 kernels use now (honours set_simd_level)
 int simd_supported();        // the best level this CPU and OS support: 0, 1 or 2
+int simd_level();            // the level in use: simd_supported(), capped by set_simd_level
+void set_simd_level(int level);  // cap the level (tests, comparisons); -1 restores the best
 const char* isa_name(Isa);   // "portable", "avx2", "avx512", "avx2-wide16"
-void set_simd_wide_emulation(bool on);  // tests only; effective while the level is 1
+void set_wide_emulation(bool on);  // tests only: kAvx2Wide instead of kAvx2 while the level is 1
 // Benchmark helper: runs `iters` rounds of independent FMA chains with the current family on
 // nthreads threads at once; returns the floating-point operations done (0 if portable).
 double fma_probe(int64_t iters, int nthreads);

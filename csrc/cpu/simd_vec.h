@@ -1,13 +1,14 @@
 // simd_vec.h — the vector types the SIMD sections are written against, and shared helpers
-// (fast tanh, activations, horizontal sums). Included by simd_pass.h inside a target region
+// (activations through activations.h, horizontal sums). Included by simd_pass.h inside a target region
 // and an ISA namespace, once per ISA (no include guard on purpose).
 //
 // A vector type V provides: R (register), M (lane mask), L (lanes), kAcc (how many R a
 // micro-kernel may keep as accumulators without spilling), and static always-inline
 // primitives: zero set1 load store loadn storen (first n lanes; masked, never touching memory
-// past them) add sub mul div min max fmadd(a,b,c)=a*b+c fnmadd(a,b,c)=c-a*b abs round pow2i
-// xor_ and_ gt eq isnan mor mand mandnot select(m,b,a)=m?b:a maskz(m,a)=m?a:0 hsum
-// deinterleave(a,b -> even,odd) interleave(e,o -> lo,hi).
+// past them) add sub mul fmadd(a,b,c)=a*b+c gt eq isnan mor mand mandnot select(m,b,a)=m?b:a
+// maskz(m,a)=m?a:0 hsum
+// deinterleave(a,b -> even,odd) interleave(e,o -> lo,hi) map(f, a) map2(f, a, b) (f applied to
+// each native register).
 //
 // Types: LENET5_SIMD_ISA 1 -> Avx2 (8 lanes) and Avx2x2 (16 lanes on two AVX2 registers, the
 // test stand-in for Avx512); LENET5_SIMD_ISA 2 -> Avx512 (16 lanes).
@@ -35,23 +36,7 @@ struct Avx2 {
   static LENET5_AI R add(R a, R b) { return _mm256_add_ps(a, b); }
   static LENET5_AI R sub(R a, R b) { return _mm256_sub_ps(a, b); }
   static LENET5_AI R mul(R a, R b) { return _mm256_mul_ps(a, b); }
-  static LENET5_AI R div(R a, R b) { return _mm256_div_ps(a, b); }
-  static LENET5_AI R rcp(R a) { return _mm256_rcp_ps(a); }  // ~12 bits
-  static LENET5_AI R min(R a, R b) { return _mm256_min_ps(a, b); }  // b if either is NaN
-  static LENET5_AI R max(R a, R b) { return _mm256_max_ps(a, b); }  // b if either is NaN
   static LENET5_AI R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
-  static LENET5_AI R fnmadd(R a, R b, R c) { return _mm256_fnmadd_ps(a, b, c); }
-  static LENET5_AI R abs(R a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
-  static LENET5_AI R round(R a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static LENET5_AI R pow2i(R k) {  // 2^k for integral k in [-126, 127]
-    const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
-  }
-  static LENET5_AI R pow2_bits(R kb) {  // 2^k from kb = k + 1.5 * 2^23 (k integral, |k| < 2^22)
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(kb), _mm256_set1_epi32(127 - 0x4B400000)), 23));
-  }
-  static LENET5_AI R xor_(R a, R b) { return _mm256_xor_ps(a, b); }
-  static LENET5_AI R and_(R a, R b) { return _mm256_and_ps(a, b); }
   static LENET5_AI M gt(R a, R b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
   static LENET5_AI M eq(R a, R b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
   static LENET5_AI M isnan(R a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
@@ -72,6 +57,8 @@ struct Avx2 {
     even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
     odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
   }
+  template <class F> static LENET5_AI R map(F f, R a) { return f(a); }
+  template <class F> static LENET5_AI R map2(F f, R a, R b) { return f(a, b); }
   static LENET5_AI void interleave(R e, R o, R& lo, R& hi) {
     const R l = _mm256_unpacklo_ps(e, o), h = _mm256_unpackhi_ps(e, o);
     lo = _mm256_permute2f128_ps(l, h, 0x20);
@@ -101,21 +88,21 @@ struct Avx2x2 {
   static LENET5_AI R name(R x, R y) { return {H::name(x.a, y.a), H::name(x.b, y.b)}; }
 #define LENET5_X2_UN(name) \
   static LENET5_AI R name(R x) { return {H::name(x.a), H::name(x.b)}; }
-  LENET5_X2_BIN(add) LENET5_X2_BIN(sub) LENET5_X2_BIN(mul) LENET5_X2_BIN(div)
-  LENET5_X2_BIN(min) LENET5_X2_BIN(max) LENET5_X2_BIN(xor_) LENET5_X2_BIN(and_)
+  LENET5_X2_BIN(add) LENET5_X2_BIN(sub) LENET5_X2_BIN(mul)
   LENET5_X2_BIN(gt) LENET5_X2_BIN(eq) LENET5_X2_BIN(mor) LENET5_X2_BIN(mand) LENET5_X2_BIN(mandnot)
   LENET5_X2_BIN(maskz)
-  LENET5_X2_UN(abs) LENET5_X2_UN(rcp) LENET5_X2_UN(round) LENET5_X2_UN(pow2i) LENET5_X2_UN(pow2_bits) LENET5_X2_UN(isnan)
+  LENET5_X2_UN(isnan)
 #undef LENET5_X2_BIN
 #undef LENET5_X2_UN
   static LENET5_AI R fmadd(R x, R y, R z) { return {H::fmadd(x.a, y.a, z.a), H::fmadd(x.b, y.b, z.b)}; }
-  static LENET5_AI R fnmadd(R x, R y, R z) { return {H::fnmadd(x.a, y.a, z.a), H::fnmadd(x.b, y.b, z.b)}; }
   static LENET5_AI R select(M m, R y, R x) { return {H::select(m.a, y.a, x.a), H::select(m.b, y.b, x.b)}; }
   static LENET5_AI float hsum(R v) { return H::hsum(H::add(v.a, v.b)); }
   static LENET5_AI void deinterleave(R x, R y, R& even, R& odd) {
     H::deinterleave(x.a, x.b, even.a, odd.a);
     H::deinterleave(y.a, y.b, even.b, odd.b);
   }
+  template <class F> static LENET5_AI R map(F f, R x) { return {f(x.a), f(x.b)}; }
+  template <class F> static LENET5_AI R map2(F f, R x, R y) { return {f(x.a, y.a), f(x.b, y.b)}; }
   static LENET5_AI void interleave(R e, R o, R& lo, R& hi) {
     H::interleave(e.a, o.a, lo.a, lo.b);
     H::interleave(e.b, o.b, hi.a, hi.b);
@@ -144,23 +131,7 @@ struct Avx512 {
   static LENET5_AI R add(R a, R b) { return _mm512_add_ps(a, b); }
   static LENET5_AI R sub(R a, R b) { return _mm512_sub_ps(a, b); }
   static LENET5_AI R mul(R a, R b) { return _mm512_mul_ps(a, b); }
-  static LENET5_AI R div(R a, R b) { return _mm512_div_ps(a, b); }
-  static LENET5_AI R rcp(R a) { return _mm512_rcp14_ps(a); }  // ~14 bits
-  static LENET5_AI R min(R a, R b) { return _mm512_min_ps(a, b); }
-  static LENET5_AI R max(R a, R b) { return _mm512_max_ps(a, b); }
   static LENET5_AI R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
-  static LENET5_AI R fnmadd(R a, R b, R c) { return _mm512_fnmadd_ps(a, b, c); }
-  static LENET5_AI R abs(R a) { return _mm512_andnot_ps(_mm512_set1_ps(-0.0f), a); }
-  static LENET5_AI R round(R a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static LENET5_AI R pow2i(R k) {
-    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
-  }
-  static LENET5_AI R pow2_bits(R kb) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_castps_si512(kb), _mm512_set1_epi32(127 - 0x4B400000)), 23));
-  }
-  static LENET5_AI R xor_(R a, R b) { return _mm512_xor_ps(a, b); }
-  static LENET5_AI R and_(R a, R b) { return _mm512_and_ps(a, b); }
   static LENET5_AI M gt(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   static LENET5_AI M eq(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   static LENET5_AI M isnan(R a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
@@ -182,6 +153,8 @@ struct Avx512 {
     even = _mm512_permutex2var_ps(a, idx(kAvx512Even), b);
     odd = _mm512_permutex2var_ps(a, idx(kAvx512Odd), b);
   }
+  template <class F> static LENET5_AI R map(F f, R a) { return f(a); }
+  template <class F> static LENET5_AI R map2(F f, R a, R b) { return f(a, b); }
   static LENET5_AI void interleave(R e, R o, R& lo, R& hi) {
     lo = _mm512_permutex2var_ps(e, idx(kAvx512Lo), o);
     hi = _mm512_permutex2var_ps(e, idx(kAvx512Hi), o);
@@ -192,56 +165,17 @@ struct Avx512 {
 
 // ---- shared helpers, generic in V ----
 
-// tanh(x) in float32, from expm1: t = min(|x|, 9.1), e = expm1(-2t) (range reduction
-// -2t = k ln2 + r, |r| <= ln2/2, k rounded with the 1.5*2^23 trick (no round/convert), Cody-Waite split of ln2, degree-7 Taylor polynomial whose
-// truncation error is < 2e-8 relative, then 2^k p + (2^k - 1)), tanh(t) = -e / (2 + e)
-// with a true division, sign restored by xor. No cancellation near 0 (expm1 is used, not
-// exp), so the error is relative everywhere: measured max 2.4e-7 (about 4 ulp) against
-// float64 tanh over [-20, 20] plus tiny and huge arguments; tests/test_simd.py asserts
-// <= 1e-6. tanh(NaN) = NaN, tanh(+-inf) = +-1, |x| >= 9.1 gives exactly +-1 (as float
-// rounding of tanh does).
-template <class V> LENET5_AI typename V::R v_tanh(typename V::R x) {
-  using R = typename V::R;
-  const R t = V::min(V::set1(9.1f), V::abs(x));  // NaN stays NaN (min returns its 2nd arg)
-  const R z = V::mul(t, V::set1(-2.0f));
-  // k = round(z / ln2) by the 1.5 * 2^23 trick: kb's low mantissa bits hold k as an integer.
-  const R kb = V::fmadd(z, V::set1(1.44269504088896341f), V::set1(12582912.0f));
-  const R k = V::sub(kb, V::set1(12582912.0f));
-  R r = V::fnmadd(k, V::set1(0.693145751953125f), z);  // exact: ln2 hi has 16 bits, |k| <= 27
-  r = V::fnmadd(k, V::set1(1.428606765330187045e-06f), r);
-  R q = V::set1(1.0f / 5040.0f);
-  q = V::fmadd(q, r, V::set1(1.0f / 720.0f));
-  q = V::fmadd(q, r, V::set1(1.0f / 120.0f));
-  q = V::fmadd(q, r, V::set1(1.0f / 24.0f));
-  q = V::fmadd(q, r, V::set1(1.0f / 6.0f));
-  q = V::fmadd(q, r, V::set1(0.5f));
-  const R p = V::fmadd(V::mul(r, r), q, r);  // expm1(r)
-  const R s = V::pow2_bits(kb);  // 2^k
-  const R e = V::fmadd(s, p, V::sub(s, V::set1(1.0f)));  // expm1(-2t), in (-1, 0]
-  const R th = V::div(V::sub(V::zero(), e), V::add(e, V::set1(2.0f)));
-  return V::xor_(th, V::and_(x, V::set1(-0.0f)));
-}
-
-// The fused activation of an op's output (lenet5.h): scaled tanh, ReLU or identity.
+// The activation formulas of activations.h on a vector: act::forward / act::backward take any
+// type with float operators, which Avx2::R and Avx512::R (__m256, __m512) are; V::map applies
+// them to each register of a multi-register type (Avx2x2).
 template <class V> LENET5_AI typename V::R v_act(typename V::R a, int act) {
-  if (act == kScaledTanh)
-    return V::mul(V::set1(float(kTanhA)), v_tanh<V>(V::mul(a, V::set1(float(kTanhS)))));
-  if (act == kRelu) return V::max(V::zero(), a);  // max returns its 2nd operand on NaN: NaN stays NaN, like torch.relu
-  return a;
+  return V::map([act](auto r) { return act::forward(r, act); }, a);
 }
 
 // gy * f'(a) (or gy * f'(a)^2 for Gauss-Newton) from the output y.
 template <class V> LENET5_AI typename V::R v_act_back(typename V::R gy, typename V::R y, int act, bool gn) {
-  using R = typename V::R;
-  R d;
-  if (act == kScaledTanh)
-    d = V::mul(V::set1(float(kTanhS)),
-               V::fnmadd(V::mul(y, y), V::set1(float(1.0 / kTanhA)), V::set1(float(kTanhA))));
-  else if (act == kRelu)  // 1 where y > 0 or y is NaN (like the portable y <= 0 ? 0 : 1)
-    d = V::maskz(V::mor(V::gt(y, V::zero()), V::isnan(y)), V::set1(1.0f));
-  else
-    return gy;
-  return V::mul(gy, gn ? V::mul(d, d) : d);
+  if (act == kIdentity) return gy;
+  return V::map2([act, gn](auto g, auto yy) { return act::backward(g, yy, act, gn); }, gy, y);
 }
 
 // out[i] = act(in[i]) over n values (in may equal out).

@@ -32,7 +32,7 @@ void portable_subsample_forward(const T* x, const T* coef, const T* bias, T* y, 
       T* yc = y + (n * C + c) * Ho * Wo;
       for (int64_t i = 0; i < Ho; ++i)
         for (int64_t j = 0; j < Wo; ++j)
-          yc[i * Wo + j] = act_forward(coef[c] * window_sum(xc, W, i, j) + bias[c], act);
+          yc[i * Wo + j] = act::forward(coef[c] * window_sum(xc, W, i, j) + bias[c], act);
     }
   });
 }

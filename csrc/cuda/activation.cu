@@ -17,7 +17,7 @@ constexpr int kActBS = 256;
 template <class T>
 __global__ void __launch_bounds__(kActBS) activation_forward_kernel(const T* x, T* y, int64_t n, int act) {
   for (int64_t i = blockIdx.x * int64_t(kActBS) + threadIdx.x; i < n; i += int64_t(gridDim.x) * kActBS)
-    y[i] = act_forward(x[i], act);
+    y[i] = act::forward(x[i], act);
 }
 
 template <class T>

@@ -65,30 +65,14 @@ inline unsigned grid_blocks(int64_t items, int64_t per_block, int64_t cap = LENE
 }
 constexpr int64_t kMaxGridY = 65535;  // grid.y and grid.z limit
 
-// ---- activations (same formulas, same operation order as the CPU kernels) ----
-template <class T> __device__ __forceinline__ T tanh_t(T v);
-template <> __device__ __forceinline__ float tanh_t<float>(float v) { return tanhf(v); }
-template <> __device__ __forceinline__ double tanh_t<double>(double v) { return tanh(v); }
-
-template <class T> __device__ __forceinline__ T act_forward(T a, int act) {
-  if (act == kScaledTanh) return T(kTanhA) * tanh_t<T>(T(kTanhS) * a);
-  if (act == kRelu) return a > T(0) ? a : T(0);
-  return a;
-}
-// f'(a) from y = f(a).
-template <class T> __device__ __forceinline__ T act_derivative(T y, int act) {
-  if (act == kScaledTanh) return T(kTanhS) * (T(kTanhA) - y * y / T(kTanhA));
-  if (act == kRelu) return y > T(0) ? T(1) : T(0);
-  return T(1);
-}
+// ---- activations: the formulas of activations.h, shared with the CPU kernels ----
 // ga = gy * f'(a) (gauss_newton: gy * f'(a)^2) at flat index i; y is not read for identity.
 template <class T>
 __device__ __forceinline__ T grad_pre(const T* __restrict__ gy, const T* __restrict__ y, int64_t i,
                                       int act, bool gn) {
   const T g = __ldg(gy + i);
   if (act == kIdentity) return g;
-  const T d = act_derivative(__ldg(y + i), act);
-  return g * (gn ? d * d : d);
+  return act::backward(g, __ldg(y + i), act, gn);
 }
 template <class T> __device__ __forceinline__ T sq_if(T v, bool gn) { return gn ? v * v : v; }
 

@@ -143,7 +143,7 @@ conv5_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* 
     if (valid) {
 #pragma unroll
       for (int ob = 0; ob < OB; ++ob)
-        if (o0 + ob < O) y[(n * O + o0 + ob) * P + p] = act_forward(acc[ob], act);
+        if (o0 + ob < O) y[(n * O + o0 + ob) * P + p] = act::forward(acc[ob], act);
     }
   }
 }

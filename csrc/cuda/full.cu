@@ -24,7 +24,7 @@ template <class T> struct EpiForward {
   int64_t O;
   int act;
   __device__ __forceinline__ void operator()(int64_t m, int64_t n, int64_t, T acc) const {
-    y[m * O + n] = act_forward(acc + __ldg(b + n), act);
+    y[m * O + n] = act::forward(acc + __ldg(b + n), act);
   }
 };
 

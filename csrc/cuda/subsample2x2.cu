@@ -32,7 +32,7 @@ subsample_forward_kernel(const T* __restrict__ x, const T* __restrict__ coef, co
     const int64_t i = p / Wo, j = p - i * Wo;
     const int64_t c = plane % C;
     const T s = window_sum(x + plane * H * W + 2 * i * W + 2 * j, W);
-    y[q] = act_forward(__ldg(coef + c) * s + __ldg(bias + c), act);
+    y[q] = act::forward(__ldg(coef + c) * s + __ldg(bias + c), act);
   }
 }
 

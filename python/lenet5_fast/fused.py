@@ -34,9 +34,13 @@ _PARAM_SLOTS = tuple(tuple(n.split(".")) for n in _PARAM_NAMES)
 _validated = weakref.WeakKeyDictionary()
 
 
+_G = dict(_C.geometry)
+
+
 def _expected_shapes(kernels: int):
-    return ((6, 1, 5, 5), (6,), (6,), (6,), (kernels, 5, 5), (16,), (16,), (16,), (120, 16, 5, 5),
-            (120,), (84, 120), (84,))
+    k, c1, c3, c5, f6 = _G["kernel"], _G["c1_maps"], _G["c3_maps"], _G["c5_units"], _G["f6_units"]
+    return ((c1, 1, k, k), (c1,), (c1,), (c1,), (kernels, k, k), (c3,), (c3,), (c3,), (c5, c3, k, k),
+            (c5,), (f6, c5), (f6,))
 
 
 def _trainable(model) -> List[Tensor]:

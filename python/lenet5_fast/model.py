@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _C
 from .layers import (PAPER_C3_TABLE, Convolution, EuclideanRBF, FullConnection, MaxPool,
                      SparseConvolution, Subsampling)
 
@@ -28,6 +29,8 @@ __all__ = ["LeNet5", "map_loss", "DEFAULT_MAP_J", "summary", "LAYER_NAMES"]
 DEFAULT_MAP_J = 1.0
 LAYER_NAMES = ("c1", "s2", "c3", "s4", "c5", "f6", "output")
 VARIANTS = ("classic", "modern")
+# The network's sizes, declared once in C++ (csrc/lenet5.h, namespace geometry).
+GEOMETRY = dict(_C.geometry)
 
 
 def map_loss(y: Tensor, target: Tensor, j: float = DEFAULT_MAP_J, reduction: str = "mean") -> Tensor:
@@ -50,7 +53,7 @@ def map_loss(y: Tensor, target: Tensor, j: float = DEFAULT_MAP_J, reduction: str
 
 
 class LeNet5(nn.Module):
-    def __init__(self, variant: str = "classic", in_channels: int = 1, num_classes: int = 10,
+    def __init__(self, variant: str = "classic", in_channels: int = 1, num_classes: int = GEOMETRY["classes"],
                  c3_table=None, map_j: float = DEFAULT_MAP_J):
         super().__init__()
         if variant not in VARIANTS:
@@ -59,24 +62,26 @@ class LeNet5(nn.Module):
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         self.map_j = float(map_j)
+        g = GEOMETRY
+        c1, c3, c5, f6 = g["c1_maps"], g["c3_maps"], g["c5_units"], g["f6_units"]
         if variant == "classic":
-            if num_classes != 10:
-                raise ValueError("LeNet5: the classic variant's RBF output codes are the 10 digits")
-            self.c1 = Convolution(in_channels, 6)
-            self.s2 = Subsampling(6)
-            self.c3 = SparseConvolution(6, PAPER_C3_TABLE if c3_table is None else c3_table)
+            if num_classes != g["classes"]:
+                raise ValueError(f"LeNet5: the classic variant's RBF output codes are the {g['classes']} digits")
+            self.c1 = Convolution(in_channels, c1)
+            self.s2 = Subsampling(c1)
+            self.c3 = SparseConvolution(c1, PAPER_C3_TABLE if c3_table is None else c3_table)
             self.s4 = Subsampling(self.c3.out_maps)
-            self.c5 = Convolution(self.c3.out_maps, 120)
-            self.f6 = FullConnection(120, 84)
-            self.output = EuclideanRBF(84, 10)
+            self.c5 = Convolution(self.c3.out_maps, c5)
+            self.f6 = FullConnection(c5, f6)
+            self.output = EuclideanRBF(f6, g["classes"])
         else:
-            self.c1 = Convolution(in_channels, 6, activation="relu")
+            self.c1 = Convolution(in_channels, c1, activation="relu")
             self.s2 = MaxPool()
-            self.c3 = Convolution(6, 16, activation="relu")
+            self.c3 = Convolution(c1, c3, activation="relu")
             self.s4 = MaxPool()
-            self.c5 = Convolution(16, 120, activation="relu")
-            self.f6 = FullConnection(120, 84, activation="relu")
-            self.output = FullConnection(84, num_classes, activation="identity")
+            self.c5 = Convolution(c3, c5, activation="relu")
+            self.f6 = FullConnection(c5, f6, activation="relu")
+            self.output = FullConnection(f6, num_classes, activation="identity")
 
     def layers(self) -> List[nn.Module]:
         return [getattr(self, n) for n in LAYER_NAMES]
@@ -109,7 +114,7 @@ class LeNet5(nn.Module):
         return f"variant={self.variant!r}, in_channels={self.in_channels}"
 
 
-def summary(model: nn.Module, input_size: int = 32) -> dict:
+def summary(model: nn.Module, input_size: int = GEOMETRY["input"]) -> dict:
     """Per-layer maps, size, trainable parameters and connections, computed from the model."""
     shape = (model.in_channels, input_size, input_size)
     rows = []

@@ -7,7 +7,8 @@ itself a custom op (so the backward also compiles, and SDLM can call it with
 batch — before any pointer reaches C++; the same checks run in the fake kernels, so a bad call
 fails the same way eagerly and under compile.
 
-Activation codes (``act``): 0 identity, 1 scaled tanh ``1.7159 tanh(2a/3)``, 2 ReLU.
+Activation codes (``act``): 0 identity, 1 scaled tanh ``1.7159 tanh(2a/3)`` (the paper's
+squashing), 2 ReLU, 3 plain ``tanh(a)``; the formulas are in ``csrc/activations.h``.
 """
 from __future__ import annotations
 
@@ -29,20 +30,21 @@ __all__ = [
     "full", "euclidean_rbf", "activation", "connection_table_to_csr", "cuda_available",
 ]
 
-ACTIVATIONS = {"identity": 0, "none": 0, "scaled_tanh": 1, "tanh": 1, "relu": 2}
+ACTIVATIONS = {"identity": 0, "none": 0, "scaled_tanh": 1, "tanh": 1, "relu": 2, "plain_tanh": 3}
+ACTIVATION_NAMES = ("identity", "scaled_tanh", "relu", "plain_tanh")  # by code
 _FLOATS = (torch.float32, torch.float64)
 
 
 def activation_code(act) -> int:
     """Maps an activation name (or code) to the integer code the kernels take."""
     if isinstance(act, bool) or not isinstance(act, (int, str)):
-        raise TypeError(f"activation must be a name in {sorted(ACTIVATIONS)} or 0/1/2, got {act!r}")
+        raise TypeError(f"activation must be a name in {sorted(ACTIVATIONS)} or a code 0-3, got {act!r}")
     if isinstance(act, str):
         if act not in ACTIVATIONS:
             raise ValueError(f"unknown activation {act!r}; expected one of {sorted(ACTIVATIONS)}")
         return ACTIVATIONS[act]
-    if act not in (0, 1, 2):
-        raise ValueError(f"activation code must be 0, 1 or 2, got {act}")
+    if act not in (0, 1, 2, 3):
+        raise ValueError(f"activation code must be 0, 1, 2 or 3, got {act}")
     return act
 
 
@@ -697,7 +699,8 @@ _activation.register_autograd(_act_grad, setup_context=_act_setup)
 
 
 def activation(x: Tensor, act=1) -> Tensor:
-    """Element-wise activation: 1 (default) the paper's squashing 1.7159 tanh(2x/3), 2 ReLU."""
+    """Element-wise activation: 1 (default) the paper's squashing 1.7159 tanh(2x/3), 2 ReLU,
+    3 plain tanh."""
     return _activation(x, activation_code(act))
 
 

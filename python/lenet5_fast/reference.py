@@ -24,7 +24,9 @@ def squash(a: Tensor) -> Tensor:
 
 
 def act(a: Tensor, code: int) -> Tensor:
-    return squash(a) if code == 1 else torch.relu(a) if code == 2 else a
+    """The activation with code ``code`` (lenet5_fast.ops.ACTIVATIONS): 0 identity, 1 the paper's
+    squashing, 2 ReLU, 3 plain tanh."""
+    return squash(a) if code == 1 else torch.relu(a) if code == 2 else torch.tanh(a) if code == 3 else a
 
 
 def conv5x5(x, weight, bias, code=0):
