@@ -26,7 +26,7 @@ def _png_stats(path):
     return size, grey
 
 
-@pytest.mark.parametrize("variant, channels", [("classic", 1), ("modern", 1), ("modern", 3)])
+@pytest.mark.parametrize("variant, channels", [("classic", 1), ("modern", 1), ("modern", 3), ("keras", 3)])
 def test_layer_outputs(variant, channels):
     model = LeNet5(variant=variant, in_channels=channels)
     x = torch.rand(1, channels, 32, 32)

@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("summary", help="per-layer maps, parameters and connections")
     s.add_argument("--json", action="store_true", help="print JSON")
-    s.add_argument("--variant", default="classic", choices=["classic", "modern"])
+    s.add_argument("--variant", default="classic", choices=["classic", "modern", "keras"])
     s.add_argument("--in-channels", type=int, default=1)
     s.set_defaults(func=_cmd_summary)
 
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mnist (default), fashion-mnist (default --data: the directory of Debian's "
                         "dataset-fashion-mnist), cifar10 (3 channels; --download fetches it)")
     t.add_argument("--distort", action="store_true", help="random affine distortions on the fly")
-    t.add_argument("--variant", default="classic", choices=["classic", "modern"])
+    t.add_argument("--variant", default="classic", choices=["classic", "modern", "keras"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--train-limit", type=int, default=None, help="use only the first N training samples")
     t.add_argument("--test-limit", type=int, default=None, help="use only the first N test samples")

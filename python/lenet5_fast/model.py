@@ -8,6 +8,9 @@ returns the 10 RBF distances (smaller is better); ``loss`` is the paper's MAP cr
 
 ``LeNet5(variant="modern")``: ReLU, 2x2 max-pool, full C3, linear 10-way output (logits) for
 cross-entropy, ``in_channels`` configurable. Never the default.
+
+``LeNet5(variant="keras")``: a Keras write-up's layout: plain tanh, fixed 2x2 average pooling
+(S2/S4 with coefficient 1/4 and bias 0 as buffers), full C3, logits for softmax cross-entropy.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ __all__ = ["LeNet5", "map_loss", "DEFAULT_MAP_J", "summary", "LAYER_NAMES"]
 # class is more than a few units away, while still pushing apart classes that are close.
 DEFAULT_MAP_J = 1.0
 LAYER_NAMES = ("c1", "s2", "c3", "s4", "c5", "f6", "output")
-VARIANTS = ("classic", "modern")
+VARIANTS = ("classic", "modern", "keras")
 # The network's sizes, declared once in C++ (csrc/lenet5.h, namespace geometry).
 GEOMETRY = dict(_C.geometry)
 
@@ -74,7 +77,7 @@ class LeNet5(nn.Module):
             self.c5 = Convolution(self.c3.out_maps, c5)
             self.f6 = FullConnection(c5, f6)
             self.output = EuclideanRBF(f6, g["classes"])
-        else:
+        elif variant == "modern":
             self.c1 = Convolution(in_channels, c1, activation="relu")
             self.s2 = MaxPool()
             self.c3 = Convolution(c1, c3, activation="relu")
@@ -82,6 +85,18 @@ class LeNet5(nn.Module):
             self.c5 = Convolution(c3, c5, activation="relu")
             self.f6 = FullConnection(c5, f6, activation="relu")
             self.output = FullConnection(f6, num_classes, activation="identity")
+        else:  # "keras": the Keras write-up's layout, plain tanh, fixed 2x2 average pooling, full C3
+            self.c1 = Convolution(in_channels, c1, activation="plain_tanh")
+            self.s2 = Subsampling(c1, activation="identity")
+            self.c3 = Convolution(c1, c3, activation="plain_tanh")
+            self.s4 = Subsampling(c3, activation="identity")
+            for pool in (self.s2, self.s4):  # the average: the 2x2 sum times 1/4, plus 0, never trained
+                del pool.coef, pool.bias
+                pool.register_buffer("coef", torch.full((pool.maps,), 0.25))
+                pool.register_buffer("bias", torch.zeros(pool.maps))
+            self.c5 = Convolution(c3, c5, activation="plain_tanh")  # Keras' Dense 120 on the 16@5x5 maps
+            self.f6 = FullConnection(c5, f6, activation="plain_tanh")
+            self.output = FullConnection(f6, num_classes, activation="identity")  # softmax: in the loss
 
     def layers(self) -> List[nn.Module]:
         return [getattr(self, n) for n in LAYER_NAMES]

@@ -160,7 +160,7 @@ def render_feature_maps(model, x: Tensor, path, title: str = "", label: Optional
         _bars(fig, rows[r], outs[key])
 
     out = outs["output"].float()
-    marks = [f"{names[i]}" + ("  (true)" if label == i else "") for i in range(len(out))]
+    marks = [(names[i] if names[i] != str(i) else "") + ("  (true)" if label == i else "") for i in range(len(out))]
     if model.variant == "classic":
         from .codes import output_codes
 
