@@ -19,7 +19,9 @@ def bench():
     spec = importlib.util.spec_from_file_location("bench_optimizers", BENCH)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # its dataclasses look their module up there
+    path = list(sys.path)
     spec.loader.exec_module(mod)
+    sys.path[:] = path  # the script puts the source tree first: not for the other tests
     return mod
 
 
