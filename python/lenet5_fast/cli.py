@@ -134,6 +134,8 @@ def _cmd_show(args) -> int:
                              "install does not have; use --checkpoint PATH") from None
         from .model import LeNet5
 
+        if not hasattr(LeNet5, "from_pretrained"):
+            raise ValueError("--weights needs LeNet5.from_pretrained, which this install lacks; use --checkpoint PATH")
         model, dataset = LeNet5.from_pretrained(args.weights).eval(), args.dataset or "mnist"
     x, label, source = load_input(args.image, model, dataset, args.data)
     names = class_names(dataset)
