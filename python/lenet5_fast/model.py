@@ -78,6 +78,14 @@ class LeNet5(nn.Module):
             self.f6 = FullConnection(120, 84, activation="relu")
             self.output = FullConnection(84, num_classes, activation="identity")
 
+    @classmethod
+    def from_pretrained(cls, name: str = "paper-distort") -> "LeNet5":
+        """A network with the weights shipped in the package (``lenet5_fast.weights.list()``:
+        "paper", "paper-distort", "modern-adam"), sha256-checked, in eval mode."""
+        from . import weights
+
+        return weights.load(name)
+
     def layers(self) -> List[nn.Module]:
         return [getattr(self, n) for n in LAYER_NAMES]
 
