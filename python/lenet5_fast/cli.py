@@ -116,7 +116,7 @@ def _predict_one(model, path, reject, show_dir):
     p = classify(model, out)
     cls, conf, margin = int(p.label[0]), float(p.confidence[0]), float(p.margin[0])
     key = "distances" if model.variant == "classic" else "logits"
-    r = {"image": str(path), "class": cls, "confidence": round(conf, 6), "margin": round(margin, 4),
+    r = {"image": str(path), "class": cls, "confidence": float(f"{conf:.6g}"), "margin": round(margin, 4),
          "rejected": False, key: [round(float(v), 4) for v in out[0]]}
     if reject > 0 and conf < reject:
         r.update(rejected=True, reason=f"confidence {conf:.3g} below {reject:g}")
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="shipped weights (`lenet5-fast weights` lists them; default paper-distort)")
     which.add_argument("--checkpoint", default=None, help="a checkpoint of yours instead")
     r.add_argument("--reject", type=_non_negative_float, default=None,
-                   help="answer 'reject' below this confidence (default 0.005 classic, 0.5 modern; 0: never)")
+                   help="answer 'reject' below this confidence (default 0.005 classic, 0.99 modern; 0: never)")
     r.add_argument("--show", action="store_true",
                    help="write the 32x32 input the network saw next to each image (IMAGE.lenet5.png)")
     r.add_argument("--debug-dir", default=None, help="write those inputs to this directory instead")

@@ -25,7 +25,7 @@ __all__ = ["DEFAULT_REJECT", "default_reject", "Prediction", "model_outputs", "p
 
 # The default rejection thresholds on the confidence, per variant (chosen on training digits
 # and generated non-digits, see README "Your own digits").
-DEFAULT_REJECT = {"classic": 0.005, "modern": 0.5}
+DEFAULT_REJECT = {"classic": 0.005, "modern": 0.99}
 
 
 def default_reject(model) -> float:
