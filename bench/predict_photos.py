@@ -228,6 +228,15 @@ def make_sets(tmp: Path, rng, font_paths, thin_paths, mnist_images, mnist_labels
             ink_kw.pop("rotate", None)
             add(f"MNIST test digits: {fam}", k, compose(mnist_ink(mnist_images[i], **ink_kw), rng, **comp_kw),
                 jpeg, int(mnist_labels[i]))
+    for k in range(per_family):          # cropped to the ink: the digit touches the image's border
+        i = int(order[k + per_family * len(MNIST_FAMILIES)])
+        a = mnist_images[i]
+        rows, cols = np.nonzero(a.any(1))[0], np.nonzero(a.any(0))[0]
+        tight = a[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        s = rng.uniform(3, 10)
+        big = Image.fromarray(tight).resize((max(1, round(tight.shape[1] * s)), round(tight.shape[0] * s)), Image.BICUBIC)
+        add("MNIST test digits: cropped tight", k, compose(np.asarray(big, dtype=np.float64) / 255, rng, noise=0.02),
+            None, int(mnist_labels[i]))
     # non-digits
     for k in range(per_family):
         kind = k % 3

@@ -125,6 +125,24 @@ def test_small_off_centre_digit_with_specks_and_a_border_line(model):
     assert predicted(model, photo(big, noise=0.02))[0] == 4
 
 
+def test_digits_cropped_to_their_ink(model, mnist_dir):
+    """No paper around the digit: MNIST test digits cut to their ink (20 pixels tall, touching
+    the image's border on every side), dark on white."""
+    from lenet5_fast.data import load_mnist
+
+    images, labels = load_mnist(mnist_dir, "test")
+    right = 0
+    for k in range(40):
+        a = images[k]
+        rows, cols = np.nonzero(a.any(1))[0], np.nonzero(a.any(0))[0]
+        tight = a[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        try:
+            right += predicted(model, 1.0 - tight / 255.0)[0] == int(labels[k])
+        except NoDigit:                 # a "1" 6 pixels wide, more ink than paper: counts as wrong
+            pass
+    assert right >= 36, right
+
+
 def test_exif_orientation_is_applied(model, tmp_path):
     """A phone stores the picture sideways and says so in EXIF: the digit is read upright."""
     upright = 1.0 - 0.9 * ink(7)

@@ -56,6 +56,10 @@ class NoDigit(ImageError):
     """Nothing in the image stands out of the paper as a digit would (blank page, noise)."""
 
 
+class _NoContrast(NoDigit):
+    """No ink stands out of the paper at all (as opposed to marks found only on the border)."""
+
+
 class Ink(NamedTuple):
     """What :func:`find_ink` found: ``ink`` [h, w] in [0, 1] (1 = full ink) cropped to the
     digit's bounding box, ``box`` = (top, left, bottom, right) in the working image, whose size
@@ -254,10 +258,14 @@ def _threshold(ink: np.ndarray) -> float:
     t = _otsu(ink)
     above = ink > t
     if not above.any() or above.all():
-        raise NoDigit("no digit found (the image has almost no contrast)")
-    ink_level, paper_level, paper_spread = float(ink[above].mean()), float(ink[~above].mean()), float(ink[~above].std())
+        raise _NoContrast("no digit found (the image has almost no contrast)")
+    # the paper's level and noise, robustly (median, median absolute deviation): the
+    # anti-aliased edges of the strokes are not paper noise
+    paper = ink[~above]
+    ink_level, paper_level = float(np.median(ink[above])), float(np.median(paper))
+    paper_spread = 1.4826 * float(np.median(np.abs(paper - paper_level)))
     if ink_level - paper_level < _MIN_CONTRAST or ink_level - paper_level < 6.0 * paper_spread:
-        raise NoDigit(f"no digit found (ink and paper differ by {ink_level - paper_level:.2f}, "
+        raise _NoContrast(f"no digit found (ink and paper differ by {ink_level - paper_level:.2f}, "
                          f"paper noise {paper_spread:.2f})")
     return max(t, paper_level + 3.0 * paper_spread)
 
@@ -269,10 +277,11 @@ class _Components(NamedTuple):
     several: bool        # another mark of the digit's size beside it
 
 
-def _components(mask: np.ndarray, nd) -> _Components:
-    """The digit among the 8-connected components of the ink mask: the one that is large,
-    central and off the border (paper edges, a band along a border, are never the digit), plus
-    the pieces near it that are not specks."""
+def _components(mask: np.ndarray, pad: int, nd) -> _Components:
+    """The digit among the 8-connected components of the ink mask (the image with a margin of
+    ``pad`` pixels around it): the one that is large, central and off the image's border (paper
+    edges, a band along a border, are never the digit), plus the pieces near it that are not
+    specks."""
     labels, n = nd.label(mask, structure=np.ones((3, 3)))
     h, w = labels.shape
     boxes = nd.find_objects(labels)
@@ -280,11 +289,12 @@ def _components(mask: np.ndarray, nd) -> _Components:
     score = np.zeros(n)
     for k, (ys, xs) in enumerate(boxes):
         bh, bw = ys.stop - ys.start, xs.stop - xs.start
-        top, bottom, left, right = ys.start == 0, ys.stop == h, xs.start == 0, xs.stop == w
+        top, bottom, left, right = ys.start <= pad, ys.stop >= h - pad, xs.start <= pad, xs.stop >= w - pad
         # a band along a border, or a long line close to one and parallel to it: the edge of
         # the sheet, its shadow, the table, a ruler; never the digit
-        band = ((bw >= 0.6 * w and bh <= 0.25 * h and (ys.start <= 0.2 * h or ys.stop >= 0.8 * h))
-                or (bh >= 0.6 * h and bw <= 0.25 * w and (xs.start <= 0.2 * w or xs.stop >= 0.8 * w)))
+        H, W, y0, y1, x0, x1 = h - 2 * pad, w - 2 * pad, ys.start - pad, ys.stop - pad, xs.start - pad, xs.stop - pad
+        band = ((bw >= 0.6 * W and bh <= 0.25 * H and (y0 <= 0.2 * H or y1 >= 0.8 * H))
+                or (bh >= 0.6 * H and bw <= 0.25 * W and (x0 <= 0.2 * W or x1 >= 0.8 * W)))
         if band:
             continue
         d = np.hypot((ys.start + ys.stop - 1) / 2 / h - 0.5, (xs.start + xs.stop - 1) / 2 / w - 0.5)
@@ -292,7 +302,7 @@ def _components(mask: np.ndarray, nd) -> _Components:
     if n == 0 or score.max() <= 0:
         raise NoDigit("no digit found (only marks along the image's border)")
     main = int(np.argmax(score))
-    main_on_border = _on_border(boxes[main], h, w)
+    main_on_border = _on_border(boxes[main], h, w, pad)
     kept = {main}
     t, l, b, r = boxes[main][0].start, boxes[main][1].start, boxes[main][0].stop, boxes[main][1].stop
     several = False
@@ -301,7 +311,7 @@ def _components(mask: np.ndarray, nd) -> _Components:
         grew = False
         m = 0.3 * max(b - t, r - l)
         for k, (ys, xs) in enumerate(boxes):
-            if k in kept or score[k] <= 0 or area[k] < 0.03 * area[main] or (_on_border(boxes[k], h, w)
+            if k in kept or score[k] <= 0 or area[k] < 0.03 * area[main] or (_on_border(boxes[k], h, w, pad)
                                                                               and not main_on_border):
                 continue
             if ys.start < b + m and ys.stop > t - m and xs.start < r + m and xs.stop > l - m:
@@ -312,7 +322,7 @@ def _components(mask: np.ndarray, nd) -> _Components:
     # another mark as large as the digit, side by side with it: several characters
     mh, mw = boxes[main][0].stop - boxes[main][0].start, boxes[main][1].stop - boxes[main][1].start
     for k, (ys, xs) in enumerate(boxes):
-        if k == main or score[k] <= 0 or area[k] < 0.35 * area[main] or area[main] < 0.35 * area[k]:
+        if k == main or score[k] <= 0 or area[k] < 0.2 * area[main] or area[main] < 0.2 * area[k]:
             continue
         kh = ys.stop - ys.start
         overlap_y = min(ys.stop, boxes[main][0].stop) - max(ys.start, boxes[main][0].start)
@@ -322,9 +332,9 @@ def _components(mask: np.ndarray, nd) -> _Components:
     return _Components(labels, [k + 1 for k in sorted(kept)], main + 1, several)
 
 
-def _on_border(box, h, w) -> bool:
+def _on_border(box, h, w, pad) -> bool:
     ys, xs = box
-    return ys.start == 0 or xs.start == 0 or ys.stop == h or xs.stop == w
+    return ys.start <= pad or xs.start <= pad or ys.stop >= h - pad or xs.stop >= w - pad
 
 
 def _stroke_width(mask: np.ndarray, nd) -> float:
@@ -362,6 +372,28 @@ def find_ink(image) -> Ink:
                           align_corners=False)[0, 0].numpy()
     if min(g.shape) < 4:
         raise NoDigit(f"no digit found: the image is only {g.shape[1]}x{g.shape[0]} pixels")
+    try:
+        found, on_border = _find_ink(g, 0, nd)
+    except _NoContrast:
+        raise
+    except NoDigit:
+        found, on_border = None, True
+    if on_border:
+        # the digit touches the image's border, or nothing was found: perhaps a tight crop; try
+        # again with a margin of paper (the median of the image's border) around the image
+        ring = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+        pad = max(2, int(round(0.1 * max(g.shape))))
+        try:
+            found, _ = _find_ink(np.pad(g, pad, mode="constant", constant_values=float(np.median(ring))), pad, nd)
+        except NoDigit:
+            if found is None:
+                raise
+    return found
+
+
+def _find_ink(g: np.ndarray, pad: int, nd):
+    """find_ink's work on grey ``g`` that has ``pad`` pixels of added margin -> (Ink, whether
+    the digit touches the image's border)."""
     smooth = nd.gaussian_filter(g, 0.7)
     dark_ink = _polarity(smooth)
     # first with a window a quarter of the image wide (wider than any stroke), then with one a
@@ -370,7 +402,7 @@ def find_ink(image) -> Ink:
     for attempt in range(2):
         ink = _ink_map(smooth, dark_ink, win, nd)
         t = _threshold(ink)
-        comp = _components(ink > t, nd)
+        comp = _components(ink > t, pad, nd)
         narrower = max(5, int(round(4 * _stroke_width(comp.labels == comp.main, nd))) | 1)
         if attempt == 1 or narrower >= 0.8 * win:
             break
@@ -384,7 +416,11 @@ def find_ink(image) -> Ink:
     full = float(np.percentile(ink[digit], 90))
     crop = np.clip((crop - 0.5 * t) / max(full - 0.5 * t, 1e-6), 0.0, 1.0)
     crop = _thin_strokes(crop, digit[top:bottom, left:right], nd)
-    return Ink(crop, (int(top), int(left), int(bottom), int(right)), g.shape, dark_ink, comp.several)
+    h, w = g.shape[0] - 2 * pad, g.shape[1] - 2 * pad
+    box = (int(np.clip(top - pad, 0, h)), int(np.clip(left - pad, 0, w)), int(np.clip(bottom - pad, 0, h)),
+           int(np.clip(right - pad, 0, w)))
+    on_border = top <= pad or left <= pad or bottom >= g.shape[0] - pad or right >= g.shape[1] - pad
+    return Ink(crop, box, (h, w), dark_ink, comp.several), bool(on_border)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List
@@ -91,6 +92,7 @@ def export(checkpoint, out_file, **provenance) -> Dict[str, Any]:
 
     model = model_from_checkpoint(checkpoint)
     save_checkpoint(out_file, model, None, **{k: v for k, v in provenance.items() if k in ("name", "command", "seed")})
+    os.chmod(out_file, 0o644)            # readable by everyone once installed (mkstemp made it 0600)
     return dict(file=Path(out_file).name, variant=model.variant, **provenance,
                 parameters=sum(p.numel() for p in model.parameters()), bytes=Path(out_file).stat().st_size,
                 sha256=sha256(out_file))
