@@ -234,7 +234,8 @@ def make_sets(tmp: Path, rng, font_paths, thin_paths, mnist_images, mnist_labels
         rows, cols = np.nonzero(a.any(1))[0], np.nonzero(a.any(0))[0]
         tight = a[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
         s = rng.uniform(3, 10)
-        big = Image.fromarray(tight).resize((max(1, round(tight.shape[1] * s)), round(tight.shape[0] * s)), Image.BICUBIC)
+        size = (max(1, round(tight.shape[1] * s)), round(tight.shape[0] * s))
+        big = Image.fromarray(tight).resize(size, Image.BICUBIC)
         add("MNIST test digits: cropped tight", k, compose(np.asarray(big, dtype=np.float64) / 255, rng, noise=0.02),
             None, int(mnist_labels[i]))
     # non-digits

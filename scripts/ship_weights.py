@@ -48,7 +48,8 @@ def main():
         entry = weights.export(run / "checkpoint.pt", out_file, name=name, description=description,
                                command=metrics["command"].replace(str(args.data), "DIR").replace(str(run), "RUN"),
                                seed=cfg["seed"], commit=args.commit, config=cfg, passes=metrics["passes"],
-                               train_error=round(metrics["train_error"], 4), wall_seconds=round(metrics["wall_seconds"]),
+                               train_error=round(metrics["train_error"], 4),
+                               wall_seconds=round(metrics["wall_seconds"]),
                                trained_on=dict(metrics["machine"], simd_level=_C.simd_level()))
         model = model_from_checkpoint(out_file)
         errors, _ = evaluate(model, x, y)

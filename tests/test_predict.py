@@ -351,3 +351,17 @@ def test_predict_without_scipy_says_so(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(imageio, "_ndimage", missing)
     assert main(["predict", str(tmp_path / "x.png")]) == 2
     assert "scipy is not installed" in capsys.readouterr().err
+
+
+def test_garbage_behind_image_headers_is_a_clear_error(tmp_path):
+    """Whatever a decoder raises on a corrupt file comes out as ImageError naming it."""
+    headers = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM", b"RIFF"]
+    rng = np.random.default_rng(0)
+    for k in range(60):
+        path = tmp_path / f"garbage{k}.img"
+        junk = rng.integers(0, 256, int(rng.integers(0, 400)), dtype=np.uint8).tobytes()
+        path.write_bytes(headers[k % len(headers)] + junk)
+        try:
+            imageio.read_image(path)
+        except imageio.ImageError as e:
+            assert str(path) in str(e)

@@ -26,7 +26,8 @@ def test_list_and_manifest_provenance():
         assert e["test_samples"] == 10000 and e["test_error"] == pytest.approx(e["test_errors"] / 100)
         assert re.fullmatch(r"[0-9a-f]{64}", e["sha256"])
     assert weights.info("paper-distort")["config"]["distort"] is True
-    assert weights.info("modern-adam")["variant"] == "modern" and "--optimizer adam" in weights.info("modern-adam")["command"]
+    modern = weights.info("modern-adam")
+    assert modern["variant"] == "modern" and "--optimizer adam" in modern["command"]
 
 
 @pytest.mark.parametrize("name", NAMES)

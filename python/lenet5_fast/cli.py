@@ -95,9 +95,8 @@ def _predict_model(args):
     from .checkpoint import model_from_checkpoint
 
     if args.checkpoint:
-        return model_from_checkpoint(args.checkpoint), str(args.checkpoint)
-    name = args.weights or weights.DEFAULT
-    return weights.load(name), name
+        return model_from_checkpoint(args.checkpoint)
+    return weights.load(args.weights or weights.DEFAULT)
 
 
 def _predict_one(model, path, reject, show_dir):
@@ -138,7 +137,7 @@ def _cmd_predict(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     _pil(), _ndimage()                      # a missing extra is one error, not one per file
-    model, source = _predict_model(args)
+    model = _predict_model(args)
     reject = default_reject(model) if args.reject is None else args.reject
     show_dir = args.debug_dir if args.debug_dir else ("" if args.show else None)
     results, failed = [], 0

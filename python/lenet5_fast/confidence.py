@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_REJECT", "default_reject", "Prediction", "model_outputs", "posterior", "classify", "rejection_curve",
-           "rejection_for_error", "plot_rejection"]
+__all__ = ["DEFAULT_REJECT", "default_reject", "Prediction", "model_outputs", "posterior", "classify",
+           "rejection_curve", "rejection_for_error", "plot_rejection"]
 
 # The default rejection thresholds on the confidence, per variant (chosen on training digits
 # and generated non-digits, see README "Your own digits").

@@ -15,7 +15,10 @@ Finding the digit in a photo (:func:`find_ink`):
 4. the ink is picked by Otsu's threshold on that map (refused when ink and paper are not
    clearly apart: a blank page is "no digit"); of its 8-connected components the one that is
    large and near the centre, away from the image border, is the digit, together with the
-   components close to it (broken strokes); specks, border lines and far-away marks go.
+   components close to it (broken strokes); specks, border lines and far-away marks go; another
+   mark as tall as the digit beside it is reported (``Ink.several``). When the digit touches
+   the border (cropped tightly), it is looked for again with a margin of paper added;
+5. strokes much bolder than MNIST's are eroded towards MNIST's width.
 
 Then MNIST's recipe: the digit's bounding box is scaled to fit 20x20 keeping its aspect ratio
 (anti-aliased, so grey levels appear), and placed in a 28x28 field so that its centre of mass
@@ -107,25 +110,27 @@ def read_image(path, work_size: int = WORK_SIZE) -> np.ndarray:
         raise FileNotFoundError(f"image {path} does not exist")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by size
-            im = Image.open(path)
-        with im:
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise ImageError(f"{path}: the image is {w}x{h} = {w * h / 1e6:.0f} megapixels, more than the "
-                                 f"{MAX_PIXELS / 1e6:.0f} allowed (a decompression bomb?); refused without decoding it")
-            if w < 1 or h < 1:
-                raise ImageError(f"{path}: empty image")
-            if im.format == "JPEG":          # decode at 1/2, 1/4 or 1/8 scale when that is enough
-                im.draft(im.mode, (work_size, work_size))
-            im.load()
-            a = _pixels(_shrink(_exif_upright(im), work_size))
+            # the decoders' warnings (corrupt EXIF, a large image: refused below, by size) are
+            # not the user's business; what goes wrong is raised, naming the file
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise ImageError(f"{path}: the image is {w}x{h} = {w * h / 1e6:.0f} megapixels, more than "
+                                     f"the {MAX_PIXELS / 1e6:.0f} allowed (a decompression bomb?); refused without "
+                                     "decoding it")
+                if w < 1 or h < 1:
+                    raise ImageError(f"{path}: empty image")
+                if im.format == "JPEG":          # decode at 1/2, 1/4 or 1/8 scale when that is enough
+                    im.draft(im.mode, (work_size, work_size))
+                im.load()
+                a = _pixels(_shrink(_exif_upright(im), work_size))
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: refused as a decompression bomb: {e}") from e
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
-        raise ImageError(f"cannot read {path} as an image: {e}") from e
+    except Exception as e:  # a decoder may raise anything on a corrupt or hostile file: name the file
+        raise ImageError(f"cannot read {path} as an image: {type(e).__name__}: {e}") from e
     if not np.isfinite(a).all():
         raise ImageError(f"{path}: the image holds NaN or infinite pixel values")
     return a
@@ -231,9 +236,10 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
 
 def _polarity(smooth: np.ndarray) -> bool:
     """True when the ink is darker than the paper: the paper is most of the picture, so the
-    median is nearer the paper's end of the range."""
+    median is nearer the paper's end of the range. Dark ink unless the median is clearly at the
+    dark end (a digit cropped tightly can be half ink: then dark ink, the common case, wins)."""
     lo, mid, hi = np.percentile(smooth, [0.5, 50, 99.5])
-    return bool((mid - lo) >= (hi - mid))
+    return bool(2.0 * (mid - lo) >= (hi - mid))
 
 
 def _ink_map(smooth: np.ndarray, dark_ink: bool, win: int, nd) -> np.ndarray:
@@ -347,8 +353,9 @@ def _stroke_width(mask: np.ndarray, nd) -> float:
 
 
 def _thin_strokes(crop: np.ndarray, mask: np.ndarray, nd) -> np.ndarray:
-    """Strokes much bolder than MNIST's (mean width over 4 pixels once the digit is 20 pixels
-    tall; MNIST's median is 2.8) are eroded towards 3.5: a bold 9's loop then stays open."""
+    """Strokes much bolder than MNIST's (width, by :func:`_stroke_width`, over 4 pixels once the
+    digit is 20 pixels tall; MNIST's median is 2.8) are eroded towards 3.5, by at most 30% of
+    their width: a bold 9's loop and tail then stay apart."""
     scale = 20.0 / max(crop.shape)
     width = _stroke_width(mask, nd)
     radius = min((width - _MNIST_STROKE / scale) / 2, 0.3 * width)
@@ -372,30 +379,30 @@ def find_ink(image) -> Ink:
                           align_corners=False)[0, 0].numpy()
     if min(g.shape) < 4:
         raise NoDigit(f"no digit found: the image is only {g.shape[1]}x{g.shape[0]} pixels")
+    dark_ink = _polarity(nd.gaussian_filter(g, 0.7))
     try:
-        found, on_border = _find_ink(g, 0, nd)
+        found, on_border = _find_ink(g, 0, dark_ink, nd)
     except _NoContrast:
         raise
     except NoDigit:
         found, on_border = None, True
     if on_border:
-        # the digit touches the image's border, or nothing was found: perhaps a tight crop; try
-        # again with a margin of paper (the median of the image's border) around the image
-        ring = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+        # the digit touches the image's border, or nothing was found off it: perhaps a tight
+        # crop; try again with a margin of paper around the image
+        paper = float(np.percentile(g, 90 if dark_ink else 10))
         pad = max(2, int(round(0.1 * max(g.shape))))
         try:
-            found, _ = _find_ink(np.pad(g, pad, mode="constant", constant_values=float(np.median(ring))), pad, nd)
+            found, _ = _find_ink(np.pad(g, pad, mode="constant", constant_values=paper), pad, dark_ink, nd)
         except NoDigit:
             if found is None:
                 raise
     return found
 
 
-def _find_ink(g: np.ndarray, pad: int, nd):
+def _find_ink(g: np.ndarray, pad: int, dark_ink: bool, nd):
     """find_ink's work on grey ``g`` that has ``pad`` pixels of added margin -> (Ink, whether
     the digit touches the image's border)."""
     smooth = nd.gaussian_filter(g, 0.7)
-    dark_ink = _polarity(smooth)
     # first with a window a quarter of the image wide (wider than any stroke), then with one a
     # few strokes wide, which follows the paper's shading more closely
     win = max(5, int(round(min(g.shape) / 4)) | 1)
