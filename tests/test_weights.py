@@ -78,3 +78,10 @@ def test_cli_lists_the_weights(capsys):
     assert [e["name"] for e in json.loads(capsys.readouterr().out)] == NAMES
     assert main(["weights", "--path", "paper"]) == 0
     assert capsys.readouterr().out.strip() == str(weights.path("paper"))
+
+
+def test_from_pretrained_defaults_to_the_default_weights():
+    a, b = L.LeNet5.from_pretrained(), weights.load(weights.DEFAULT)
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+    x = torch.zeros(1, 1, 32, 32)
+    assert torch.equal(a(x), b(x))

@@ -79,12 +79,13 @@ class LeNet5(nn.Module):
             self.output = FullConnection(84, num_classes, activation="identity")
 
     @classmethod
-    def from_pretrained(cls, name: str = "paper-distort") -> "LeNet5":
+    def from_pretrained(cls, name: str = None) -> "LeNet5":
         """A network with the weights shipped in the package (``lenet5_fast.weights.list()``:
-        "paper", "paper-distort", "modern-adam"), sha256-checked, in eval mode."""
+        "paper", "paper-distort", "modern-adam"; default ``weights.DEFAULT``, "paper-distort"),
+        sha256-checked, in eval mode."""
         from . import weights
 
-        return weights.load(name)
+        return weights.load(name or weights.DEFAULT)
 
     def layers(self) -> List[nn.Module]:
         return [getattr(self, n) for n in LAYER_NAMES]
