@@ -117,8 +117,9 @@ def test_predict_bad_image_is_a_clear_error(run, tmp_path, capsys):
     from PIL import Image
 
     Image.new("L", (50, 40), 230).save(blank)
-    assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), str(blank)]) == 2
-    assert "no digit" in capsys.readouterr().err
+    # a blank page is an answer (rejected: no digit), not a failed file
+    assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), str(blank)]) == 0
+    assert "reject (no digit" in capsys.readouterr().out
 
 
 def test_predict_without_pillow_says_so(run, tmp_path, capsys, monkeypatch):

@@ -50,6 +50,7 @@ def _cmd_eval(args) -> int:
     import torch
 
     from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .confidence import classify, model_outputs, plot_rejection, rejection_for_error
     from .train import MissingExtra, evaluate, load_dataset
 
     if args.threads:
@@ -61,6 +62,10 @@ def _cmd_eval(args) -> int:
     errors, loss, pred = evaluate(model, x, y, return_predictions=True)
     res = dict(checkpoint=str(args.checkpoint), dataset=dataset, samples=int(x.shape[0]), errors=errors,
                test_error=100.0 * errors / x.shape[0], test_loss=loss, gallery=None)
+    # the paper's rejection performance: reject the least confident until 0.5% error remain
+    conf = classify(model, model_outputs(model, x)).confidence.numpy()
+    res["rejection_for_0.5pct_error"], res["rejection_threshold"] = rejection_for_error(conf, (pred == y).numpy())
+    res["rejection_plot"] = None
     gallery_note = None
     if not args.no_gallery and x.shape[1] != 1:
         gallery_note = "gallery not written: it draws 1-channel digits only"
@@ -73,40 +78,114 @@ def _cmd_eval(args) -> int:
             save_gallery(path, x[wrong], [f"{int(y[i])}->{int(pred[i])}" for i in wrong],
                          title=f"{errors} misclassified of {x.shape[0]} test digits (true->predicted)")
             res["gallery"] = str(path)
+            plot_rejection(path.with_name("rejection.png"), conf, (pred == y).numpy(),
+                           title=f"{Path(args.checkpoint).name}: error against rejection ({x.shape[0]} test digits)")
+            res["rejection_plot"] = str(path.with_name("rejection.png"))
         except MissingExtra as e:
             gallery_note = f"gallery not written: {e}"
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         print(f"test error {res['test_error']:.2f}% ({errors} of {res['samples']}), mean loss {loss:.4f}")
+        print(f"rejection for 0.5% error: {res['rejection_for_0.5pct_error']:.2f}% of the test digits "
+              f"(confidence below {res['rejection_threshold']:.3g})")
         if res["gallery"]:
-            print(f"misclassified digits: {res['gallery']}")
+            print(f"misclassified digits: {res['gallery']}; error against rejection: {res['rejection_plot']}")
     if gallery_note:
         print(f"lenet5-fast: note: {gallery_note}", file=sys.stderr)
     return 0
 
 
+def _predict_model(args):
+    """The model ``predict`` uses: --checkpoint, --weights, or the default shipped weights."""
+    from . import weights
+    from .checkpoint import model_from_checkpoint
+
+    if args.checkpoint:
+        return model_from_checkpoint(args.checkpoint)
+    return weights.load(args.weights or weights.DEFAULT)
+
+
+def _predict_one(model, path, reject, show_dir):
+    """One image -> its result dict (raises ValueError/OSError for this file alone)."""
+    from pathlib import Path
+
+    from .confidence import classify, model_outputs
+    from .imageio import NoDigit, read_digit, save_input_png
+
+    try:
+        digit = read_digit(path)
+    except NoDigit as e:                    # an answer, not a failure: reject
+        return {"image": str(path), "class": None, "confidence": 0.0, "margin": 0.0, "rejected": True,
+                "reason": str(e).replace(f"{path}: ", "", 1)}
+    out = model_outputs(model, digit.input)
+    p = classify(model, out)
+    cls, conf, margin = int(p.label[0]), float(p.confidence[0]), float(p.margin[0])
+    key = "distances" if model.variant == "classic" else "logits"
+    r = {"image": str(path), "class": cls, "confidence": float(f"{conf:.6g}"), "margin": round(margin, 4),
+         "rejected": False, key: [round(float(v), 4) for v in out[0]]}
+    if reject > 0 and conf < reject:
+        r.update(rejected=True, reason=f"confidence {conf:.3g} below {reject:g}")
+    elif reject > 0 and digit.ink.several:
+        r.update(rejected=True, reason="more than one mark the size of a digit (several digits?)")
+    if show_dir is not None:
+        png = (Path(show_dir) if show_dir else Path(path).parent) / f"{Path(path).name}.lenet5.png"
+        save_input_png(png, digit.input)
+        r["input_png"] = str(png)
+    return r
+
+
 def _cmd_predict(args) -> int:
     import torch
 
-    from .checkpoint import model_from_checkpoint
-    from .imageio import load_digit
+    from .confidence import default_reject
+    from .imageio import _ndimage, _pil
 
-    model = model_from_checkpoint(args.checkpoint)
-    results = []
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _pil(), _ndimage()                      # a missing extra is one error, not one per file
+    model = _predict_model(args)
+    reject = default_reject(model) if args.reject is None else args.reject
+    show_dir = args.debug_dir if args.debug_dir else ("" if args.show else None)
+    results, failed = [], 0
     for path in args.images:
-        x = load_digit(path)
-        with torch.no_grad():
-            out = model(x)[0]
-        cls = int(model.scores(out[None]).argmax(1))
-        key = "distances" if model.variant == "classic" else "logits"
-        results.append({"image": str(path), "class": cls, key: [round(float(v), 4) for v in out]})
+        try:
+            r = _predict_one(model, path, reject, show_dir)
+        except (ValueError, OSError) as e:
+            failed += 1
+            msg = str(e) if str(path) in str(e) else f"{path}: {e}"
+            r = {"image": str(path), "error": msg}
+            if not args.json:
+                print(f"lenet5-fast: error: {msg}", file=sys.stderr, flush=True)
+        results.append(r)
+        if not args.json and r.get("class", 0) is None:
+            print(f"{r['image']}: reject ({r['reason']})", flush=True)
+        elif not args.json and "error" not in r:
+            key = "distances" if "distances" in r else "logits"
+            vals = "  ".join(f"{d}:{v:.2f}" for d, v in enumerate(r[key]))
+            answer = f"reject ({r['reason']}; best {r['class']})" if r["rejected"] else str(r["class"])
+            print(f"{r['image']}: {answer}    confidence {r['confidence']:.3g}  margin {r['margin']:.2f}    "
+                  f"{key} {vals}" + (f"    input: {r['input_png']}" if "input_png" in r else ""), flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
-    for r in results if not args.json else []:
-        key = "distances" if "distances" in r else "logits"
-        vals = "  ".join(f"{d}:{v:.2f}" for d, v in enumerate(r[key]))
-        print(f"{r['image']}: {r['class']}    {key} {vals}")
+    if failed:
+        print(f"lenet5-fast: {failed} of {len(results)} images failed", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _cmd_weights(args) -> int:
+    from . import weights
+
+    if args.path:
+        print(weights.path(args.path))
+        return 0
+    entries = [weights.info(n) for n in weights.list()]
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    for e in entries:
+        star = " (default)" if e["name"] == weights.DEFAULT else ""
+        print(f"{e['name']:<15} {e['variant']:<8} test error {e['test_error']:.2f}%  {e['description']}{star}")
     return 0
 
 
@@ -142,6 +221,16 @@ def _cmd_show(args) -> int:
     pred = render_feature_maps(model, x, args.out, title=source, label=label, names=names)
     print(f"{source}: predicted {names[pred]}; feature maps in {args.out}")
     return 0
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
 
 
 def _float_or_none(text: str):
@@ -211,9 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_eval)
 
     r = sub.add_parser("predict", help="classify photos or scans of handwritten digits")
-    r.add_argument("images", nargs="+", help="PNG/JPG files, one digit each")
-    r.add_argument("--checkpoint", required=True)
-    r.add_argument("--json", action="store_true")
+    r.add_argument("images", nargs="+", help="PNG/JPG/... files, one digit each")
+    which = r.add_mutually_exclusive_group()
+    which.add_argument("--weights", default=None,
+                       help="shipped weights (`lenet5-fast weights` lists them; default paper-distort)")
+    which.add_argument("--checkpoint", default=None, help="a checkpoint of yours instead")
+    r.add_argument("--reject", type=_non_negative_float, default=None,
+                   help="answer 'reject' below this confidence (default 0.005 classic, 0.99 modern; 0: never)")
+    r.add_argument("--show", action="store_true",
+                   help="write the 32x32 input the network saw next to each image (IMAGE.lenet5.png)")
+    r.add_argument("--debug-dir", default=None, help="write those inputs to this directory instead")
+    r.add_argument("--json", action="store_true", help="one JSON object per image ('error' where it failed)")
+    r.add_argument("--threads", type=int, default=None)
     r.set_defaults(func=_cmd_predict)
 
     w = sub.add_parser("show", help="draw what each layer computes for one image (the paper's Fig. 13)")
@@ -225,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test set an index refers to (default: the checkpoint's)")
     w.add_argument("--data", default=None, help="directory of that dataset")
     w.set_defaults(func=_cmd_show)
+
+    ws = sub.add_parser("weights", help="list the pretrained weights shipped with the package")
+    ws.add_argument("--json", action="store_true", help="the manifest entries (command, seed, commit, sha256...)")
+    ws.add_argument("--path", default=None, metavar="NAME", help="print the file of weights NAME")
+    ws.set_defaults(func=_cmd_weights)
     return p
 
 

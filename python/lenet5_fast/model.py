@@ -98,6 +98,15 @@ class LeNet5(nn.Module):
             self.f6 = FullConnection(c5, f6, activation="plain_tanh")
             self.output = FullConnection(f6, num_classes, activation="identity")  # softmax: in the loss
 
+    @classmethod
+    def from_pretrained(cls, name: str = None) -> "LeNet5":
+        """A network with the weights shipped in the package (``lenet5_fast.weights.list()``:
+        "paper", "paper-distort", "modern-adam"; default ``weights.DEFAULT``, "paper-distort"),
+        sha256-checked, in eval mode."""
+        from . import weights
+
+        return weights.load(name or weights.DEFAULT)
+
     def layers(self) -> List[nn.Module]:
         return [getattr(self, n) for n in LAYER_NAMES]
 
