@@ -112,14 +112,25 @@ def _float_or_none(text: str):
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
+def _version() -> str:
+    from . import __version__
+
+    import torch
+
+    return f"lenet5-fast {__version__} (torch {torch.__version__})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lenet5-fast", description="LeNet-5 (LeCun et al. 1998) on native kernels")
+    p.add_argument("--version", action="version", version=_version(),
+                   help="print the version of lenet5_fast (and of torch) and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("summary", help="per-layer maps, parameters and connections")
     s.add_argument("--json", action="store_true", help="print JSON")
-    s.add_argument("--variant", default="classic", choices=["classic", "modern"])
-    s.add_argument("--in-channels", type=int, default=1)
+    s.add_argument("--variant", default="classic", choices=["classic", "modern"],
+                   help="the paper's network (classic, default) or the ReLU/max-pool/softmax one (modern)")
+    s.add_argument("--in-channels", type=int, default=1, help="input channels (default 1; modern variant only)")
     s.set_defaults(func=_cmd_summary)
 
     c = sub.add_parser("codes", help="print the 10 stylized 7x12 output codes")
@@ -130,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--download", action="store_true", help="download MNIST into --data when missing (md5-checked)")
     t.add_argument("--out", required=True, help="run directory: checkpoints, metrics.json, errors.png")
     t.add_argument("--epochs", type=int, default=20, help="passes over the training set (default 20)")
-    t.add_argument("--optimizer", default="sdlm", choices=["sdlm", "sgd", "adam"])
+    t.add_argument("--optimizer", default="sdlm", choices=["sdlm", "sgd", "adam"],
+                   help="sdlm (the paper's, default), sgd (with --momentum) or adam")
     t.add_argument("--batch-size", type=int, default=1, help="1 = per-sample updates, as in the paper")
     t.add_argument("--lr", type=float, default=None,
                    help="learning rate (sgd 0.01, adam 0.001); for sdlm a constant eta instead of the paper's schedule")
@@ -142,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hessian-samples", type=int, default=500, help="sdlm: samples for h_kk (default 500)")
     t.add_argument("--momentum", type=float, default=0.9, help="sgd momentum")
     t.add_argument("--distort", action="store_true", help="random affine distortions on the fly")
-    t.add_argument("--variant", default="classic", choices=["classic", "modern"])
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--variant", default="classic", choices=["classic", "modern"],
+                   help="the paper's network (classic, default) or the ReLU/max-pool/softmax one (modern)")
+    t.add_argument("--seed", type=int, default=0, help="seed of everything random in the run (default 0)")
     t.add_argument("--train-limit", type=int, default=None, help="use only the first N training samples")
     t.add_argument("--test-limit", type=int, default=None, help="use only the first N test samples")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -152,21 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="test error of a checkpoint, and a gallery of its mistakes")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help="checkpoint file written by `lenet5-fast train`")
     e.add_argument("--data", default=None, help="directory with the MNIST test files")
     e.add_argument("--download", action="store_true", help="download MNIST into --data when missing (md5-checked)")
     e.add_argument("--json", action="store_true", help="print JSON (test_error in percent)")
     e.add_argument("--gallery", default=None, help="PNG path (default: misclassified.png next to the checkpoint)")
     e.add_argument("--gallery-max", type=int, default=100, help="at most this many digits in the gallery")
-    e.add_argument("--no-gallery", action="store_true")
+    e.add_argument("--no-gallery", action="store_true", help="do not draw the misclassified digits")
     e.add_argument("--limit", type=int, default=None, help="use only the first N test samples")
-    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     e.set_defaults(func=_cmd_eval)
 
     r = sub.add_parser("predict", help="classify photos or scans of handwritten digits")
     r.add_argument("images", nargs="+", help="PNG/JPG files, one digit each")
-    r.add_argument("--checkpoint", required=True)
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--checkpoint", required=True, help="checkpoint file written by `lenet5-fast train`")
+    r.add_argument("--json", action="store_true", help="print JSON (class and distances or logits per image)")
     r.set_defaults(func=_cmd_predict)
     return p
 
