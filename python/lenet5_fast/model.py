@@ -96,7 +96,8 @@ class LeNet5(nn.Module):
             self.output = FullConnection(f6, num_classes, activation="identity")
 
     def layers(self) -> List[nn.Module]:
-        return [getattr(self, n) for n in LAYER_NAMES]
+        modules = self._modules  # (nn.Module.__getattr__ costs about 1 us a layer)
+        return [modules[n] for n in LAYER_NAMES]
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x)
