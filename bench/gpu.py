@@ -4,7 +4,6 @@ Contenders, all on the same GPU in one run, with the same weights:
   (a) torch eager  — lenet5_fast.reference.LeNet5 (cuDNN convolutions)
   (b) torch.compile(mode="max-autotune") of (a)
   (c) ours         — lenet5_fast.LeNet5 on the CUDA custom ops
-  (d) ours fused   — lenet5_fast.fused_cuda.forward, when that module exists (inference only)
 Training: one pass over 60,000 images at batch 256 (forward, MAP loss, backward, SGD step).
 Inference: images/s at a large batch (default 65,536). Timed with CUDA events after warm-up.
 
@@ -93,15 +92,6 @@ def main(argv=None) -> int:
             t_inf = _time_cuda(lambda: model(xi), args.repeat)
         rows[name] = dict(train_pass_s=t_train, train_images_per_s=args.images / t_train,
                           infer_images_per_s=args.infer_batch / t_inf)
-    try:
-        from lenet5_fast import fused_cuda  # the whole-network forward kernel, where built
-    except ImportError:
-        fused_cuda = None
-    if fused_cuda is not None:
-        fused_cuda.forward(ours, xi)
-        t_inf = _time_cuda(lambda: fused_cuda.forward(ours, xi), args.repeat)
-        rows["ours fused forward"] = dict(train_pass_s=None, train_images_per_s=None,
-                                          infer_images_per_s=args.infer_batch / t_inf)
 
     base = rows["torch eager"]
     for r in rows.values():

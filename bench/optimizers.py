@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,11 +45,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-
-from lenet5_fast.checkpoint import atomic_write_bytes, save_checkpoint  # noqa: E402
-from lenet5_fast.model import LeNet5  # noqa: E402
-from lenet5_fast.train import TrainConfig, load_dataset, machine_info, train  # noqa: E402
+from lenet5_fast.checkpoint import atomic_write_bytes, save_checkpoint
+from lenet5_fast.model import LeNet5
+from lenet5_fast.train import TrainConfig, load_dataset, machine_info, train
 
 HERE = Path(__file__).resolve().parent
 BATCH_SIZE = 64

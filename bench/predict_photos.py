@@ -30,13 +30,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "python"))
+import torch
 
-import torch  # noqa: E402
-
-from lenet5_fast import confidence as C, weights  # noqa: E402
-from lenet5_fast.checkpoint import model_from_checkpoint  # noqa: E402
-from lenet5_fast.imageio import read_digit  # noqa: E402
+from lenet5_fast import confidence as C, weights
+from lenet5_fast.checkpoint import model_from_checkpoint
+from lenet5_fast.imageio import read_digit
 
 FONT_FILES = [
     "truetype/dejavu/DejaVuSans.ttf", "truetype/dejavu/DejaVuSerif.ttf", "truetype/dejavu/DejaVuSansMono.ttf",

@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-
-from lenet5_fast import LeNet5  # noqa: E402
-from lenet5_fast.data import load_tensors  # noqa: E402
-from lenet5_fast.optim import SDLM, paper_eta  # noqa: E402
-from lenet5_fast.train import TrainConfig, evaluate, pass_generator, run_pass  # noqa: E402
+from lenet5_fast import LeNet5
+from lenet5_fast.data import load_tensors
+from lenet5_fast.optim import SDLM, paper_eta
+from lenet5_fast.train import TrainConfig, evaluate, pass_generator, run_pass
 
 
 def run(x, y, xv, yv, mu, eta_scale, j, seed, passes, mu_after_first=None, max_step=None, hessian_samples=500):

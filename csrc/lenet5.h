@@ -1,10 +1,12 @@
 // lenet5.h — the native API of lenet5_fast: every layer's forward and backward, CPU and CUDA.
 //
 // Conventions shared by every kernel:
-//  * Tensors are dense, contiguous, row-major (NCHW for maps). Python checks dtype, device,
-//    shape and contiguity before a pointer gets here; kernels trust their arguments.
+//  * Tensors are dense, contiguous, row-major (NCHW for maps). Python checks dtype, device and
+//    shape, makes strided inputs contiguous and answers empty batches itself (N >= 1 here)
+//    before a pointer gets here; kernels trust their arguments. Sizes come as one struct per
+//    op shape (ConvShape, PoolShape, FullShape below).
 //  * T is float or double (double exists so every op can be gradchecked in float64).
-//  * `act` fuses an activation into the op's output: y = act(a), a the op's pre-activation
+//  * `act` (an Act) fuses an activation into the op's output: y = act(a), a the op's pre-activation
 //    (codes and formulas in activations.h). Backward needs only y (f'(a) is a function of
 //    y for every activation), so no pre-activation is ever stored.
 //  * Backward with gauss_newton = true propagates the diagonal Gauss-Newton terms of SDLM
@@ -37,53 +39,41 @@ constexpr int kClasses = 10;                                  // RBF units (digi
 static_assert(kS4Size == kKernel, "C5 sees 5x5 maps: it is a fully connected layer");
 }  // namespace geometry
 
+// ---- The sizes of a per-op call: one struct per op shape, built once by the bindings from the
+// tensors' shapes, and read by name (s.H, s.W) everywhere below: never a list of loose integers
+// in which a swapped H and W would compile. ----
+struct ConvShape {  // valid 5x5 convolution: x[N,C,H,W] -> y[N,O,H-4,W-4]
+  int64_t N, C, H, W, O;
+  LENET5_CONSTEXPR int64_t out_h() const { return H - 4; }
+  LENET5_CONSTEXPR int64_t out_w() const { return W - 4; }
+};
+struct PoolShape {  // 2x2 windows, stride 2: x[N,C,H,W] -> y[N,C,H/2,W/2] (odd row/column ignored)
+  int64_t N, C, H, W;
+  LENET5_CONSTEXPR int64_t out_h() const { return H / 2; }
+  LENET5_CONSTEXPR int64_t out_w() const { return W / 2; }
+};
+struct FullShape {  // x[N,D] against O rows w[O,D] -> y[N,O] (fully connected, Euclidean RBF)
+  int64_t N, D, O;
+};
+// C3's connection table in CSR form: output map o sums kernels k in [offsets[o], offsets[o+1]),
+// kernel k reads input map inputs[k].
+struct ConnTable {
+  const int32_t* offsets;
+  const int32_t* inputs;
+};
+
+// Explicit float and double instantiations of a kernel declared in this header (written once,
+// in the file that defines it).
+#define LENET5_INSTANTIATE_FLOAT_DOUBLE(fn) \
+  template decltype(fn<float>) fn<float>;   \
+  template decltype(fn<double>) fn<double>;
+
 namespace cpu {
 
-// conv5x5: valid 5x5 convolution. x[N,C,H,W], w[O,C,5,5], b[O] -> y[N,O,H-4,W-4].
-template <class T> void conv5x5_forward(const T* x, const T* w, const T* b, T* y,
-    int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, int nthreads);
-template <class T> void conv5x5_backward(const T* gy, const T* y, const T* x, const T* w,
-    T* gx, T* gw, T* gb, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O,
-    int act, bool gauss_newton, int nthreads);
-
-// sparse_conv5x5: output map o sums 5x5 kernels k in [offsets[o], offsets[o+1]) over the
-// input maps inputs[k]. x[N,C,H,W], w[K,5,5], b[O] -> y[N,O,H-4,W-4].
-template <class T> void sparse_conv5x5_forward(const T* x, const T* w, const T* b,
-    const int32_t* offsets, const int32_t* inputs, T* y,
-    int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, int nthreads);
-template <class T> void sparse_conv5x5_backward(const T* gy, const T* y, const T* x, const T* w,
-    const int32_t* offsets, const int32_t* inputs, T* gx, T* gw, T* gb,
-    int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, bool gauss_newton, int nthreads);
-
-// subsample2x2: y[n,c,i,j] = act(coef[c] * sum of x[n,c,2i:2i+2,2j:2j+2] + bias[c]).
-// x[N,C,H,W] -> y[N,C,H/2,W/2] (a trailing odd row/column is ignored).
-template <class T> void subsample2x2_forward(const T* x, const T* coef, const T* bias, T* y,
-    int64_t N, int64_t C, int64_t H, int64_t W, int act, int nthreads);
-template <class T> void subsample2x2_backward(const T* gy, const T* y, const T* x, const T* coef,
-    T* gx, T* gcoef, T* gbias, int64_t N, int64_t C, int64_t H, int64_t W,
-    int act, bool gauss_newton, int nthreads);
-
-// maxpool2x2 (modern variant): y = max of each 2x2 window; gradient goes to the first maximum.
-template <class T> void maxpool2x2_forward(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W, int nthreads);
-template <class T> void maxpool2x2_backward(const T* gy, const T* x, const T* y, T* gx,
-    int64_t N, int64_t C, int64_t H, int64_t W, int nthreads);
-
-// full: fully connected layer (F6, modern output). x[N,D], w[O,D], b[O] -> y[N,O].
-template <class T> void full_forward(const T* x, const T* w, const T* b, T* y,
-    int64_t N, int64_t D, int64_t O, int act, int nthreads);
-template <class T> void full_backward(const T* gy, const T* y, const T* x, const T* w,
-    T* gx, T* gw, T* gb, int64_t N, int64_t D, int64_t O, int act, bool gauss_newton, int nthreads);
-
-// euclidean_rbf: y[n,i] = sum_j (x[n,j] - w[i,j])^2. x[N,D], w[M,D] -> y[N,M].
-template <class T> void euclidean_rbf_forward(const T* x, const T* w, T* y,
-    int64_t N, int64_t D, int64_t M, int nthreads);
-template <class T> void euclidean_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw,
-    int64_t N, int64_t D, int64_t M, bool gauss_newton, int nthreads);
-
-// activation: elementwise y = act(x) over n values; backward from y.
-template <class T> void activation_forward(const T* x, T* y, int64_t n, int act, int nthreads);
-template <class T> void activation_backward(const T* gy, const T* y, T* gx, int64_t n, int act,
-    bool gauss_newton, int nthreads);
+// The per-op kernels (per_op_kernels.inc, shared with namespace cuda): the last argument, Exec,
+// is the number of threads here.
+using Exec = int;
+#include "per_op_kernels.inc"
 
 // ---- The fused classic network (lenet5_fused.cpp): whole-network kernels, float32 only ----
 // The paper's LeNet-5: C1 1->6 on 32x32, S2, C3 through a CSR table with 16 output maps and at
@@ -121,39 +111,12 @@ void lenet5_sdlm_pass(const ClassicNet& net, const float* x, const int64_t* labe
 
 #ifdef LENET5_WITH_CUDA
 namespace cuda {
-// Same contracts as lenet5::cpu, on device pointers, launched on `stream` (a cudaStream_t),
-// asynchronous: no host synchronisation, no allocation, safe under CUDA graph capture.
-// Scratch memory, where a kernel needs it, is passed in by the caller.
+// The same kernels and contracts as lenet5::cpu, on device pointers: Exec is the cudaStream_t the
+// kernels are launched on, asynchronously: no host synchronisation, no allocation, safe under
+// CUDA graph capture. Scratch memory, where a kernel needs it, is passed in by the caller.
 using Stream = void*;
-template <class T> void conv5x5_forward(const T* x, const T* w, const T* b, T* y,
-    int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, Stream s);
-template <class T> void conv5x5_backward(const T* gy, const T* y, const T* x, const T* w,
-    T* gx, T* gw, T* gb, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O,
-    int act, bool gauss_newton, Stream s);
-template <class T> void sparse_conv5x5_forward(const T* x, const T* w, const T* b,
-    const int32_t* offsets, const int32_t* inputs, T* y,
-    int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, Stream s);
-template <class T> void sparse_conv5x5_backward(const T* gy, const T* y, const T* x, const T* w,
-    const int32_t* offsets, const int32_t* inputs, T* gx, T* gw, T* gb,
-    int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, bool gauss_newton, Stream s);
-template <class T> void subsample2x2_forward(const T* x, const T* coef, const T* bias, T* y,
-    int64_t N, int64_t C, int64_t H, int64_t W, int act, Stream s);
-template <class T> void subsample2x2_backward(const T* gy, const T* y, const T* x, const T* coef,
-    T* gx, T* gcoef, T* gbias, int64_t N, int64_t C, int64_t H, int64_t W,
-    int act, bool gauss_newton, Stream s);
-template <class T> void maxpool2x2_forward(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W, Stream s);
-template <class T> void maxpool2x2_backward(const T* gy, const T* x, const T* y, T* gx,
-    int64_t N, int64_t C, int64_t H, int64_t W, Stream s);
-template <class T> void full_forward(const T* x, const T* w, const T* b, T* y,
-    int64_t N, int64_t D, int64_t O, int act, Stream s);
-template <class T> void full_backward(const T* gy, const T* y, const T* x, const T* w,
-    T* gx, T* gw, T* gb, int64_t N, int64_t D, int64_t O, int act, bool gauss_newton, Stream s);
-template <class T> void euclidean_rbf_forward(const T* x, const T* w, T* y, int64_t N, int64_t D, int64_t M, Stream s);
-template <class T> void euclidean_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw,
-    int64_t N, int64_t D, int64_t M, bool gauss_newton, Stream s);
-template <class T> void activation_forward(const T* x, T* y, int64_t n, int act, Stream s);
-template <class T> void activation_backward(const T* gy, const T* y, T* gx, int64_t n, int act,
-    bool gauss_newton, Stream s);
+using Exec = Stream;
+#include "per_op_kernels.inc"
 // Number of visible CUDA devices (0 when there is no driver or GPU); never throws.
 int device_count();
 }  // namespace cuda

@@ -1,12 +1,14 @@
-"""CUDA kernels: every op on the GPU against the float64 reference, gradcheck and opcheck on
-the GPU, the model on GPU equals the CPU model, no host synchronisation, CUDA-graph capture.
+"""CUDA kernels: every op of the table in op_table.py on the GPU against the float64 reference,
+the Gauss-Newton backward and empty batches against the CPU, strided inputs, gradcheck and
+opcheck on the GPU, the model on GPU equals the CPU model, no host synchronisation, CUDA-graph
+capture.
 Skipped (with the reason) on a machine without a GPU or on a build without CUDA kernels."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lenet5_fast import LeNet5, _C, ops, reference
 from lenet5_fast.layers import PAPER_C3_TABLE
+from op_table import OPS, as_dtype, cases
 
 pytestmark = [
     pytest.mark.skipif(not _C.with_cuda, reason="this build has no CUDA kernels"),
@@ -15,38 +17,26 @@ pytestmark = [
 D64 = torch.float64
 
 
-def _cases():
-    off, inp = ops.connection_table_to_csr(PAPER_C3_TABLE, 6)
-    r = torch.randn
-    for N in (1, 7, 300):
-        for act in (0, 1, 2, 3):
-            yield f"conv-c1-{N}-{act}", ops.conv5x5, reference.conv5x5, [r(N, 1, 32, 32), r(6, 1, 5, 5) * .3, r(6), act]
-            yield f"conv-c3full-{N}-{act}", ops.conv5x5, reference.conv5x5, [r(N, 6, 14, 14), r(16, 6, 5, 5) * .2, r(16), act]
-            yield f"conv-c5-{N}-{act}", ops.conv5x5, reference.conv5x5, [r(N, 16, 5, 5), r(120, 16, 5, 5) * .1, r(120), act]
-            yield f"sparse-{N}-{act}", (lambda x, w, b, a=act: ops.sparse_conv5x5(x, w, b, off.cuda(), inp.cuda(), a)), \
-                (lambda x, w, b, a=act: reference.sparse_conv5x5(x, w, b, off, inp, a)), [r(N, 6, 14, 14), r(60, 5, 5) * .3, r(16)]
-            yield f"subsample-{N}-{act}", ops.subsample2x2, reference.subsample2x2, [r(N, 6, 28, 28), r(6), r(6), act]
-            yield f"full-{N}-{act}", ops.full, reference.full, [r(N, 120), r(84, 120) * .1, r(84), act]
-        yield f"maxpool-{N}", ops.maxpool2x2, (lambda x: F.max_pool2d(x, 2)), [r(N, 6, 28, 28)]
-        yield f"rbf-{N}", ops.euclidean_rbf, reference.euclidean_rbf, [r(N, 84), r(10, 84)]
-        yield f"act-{N}", (lambda x: ops.activation(x, 1)), (lambda x: reference.act(x, 1)), [r(N, 6, 28, 28)]
-    yield "conv-odd", ops.conv5x5, reference.conv5x5, [r(3, 3, 9, 7), r(2, 3, 5, 5), r(2), 1]
-    yield "subsample-odd", ops.subsample2x2, reference.subsample2x2, [r(2, 2, 7, 5), r(2), r(2), 1]
+def _cuda_cases():
+    """The op table's samples with the CUDA sizes (batches of 300 too), on the CPU: the test
+    moves them (a module-level .cuda() would fail on machines without a GPU)."""
+    return cases("cpu", large=True, where=lambda e, s: s.args[0].shape[0] in (1, 7, 17, 300) or e.name == "activation")
 
 
-CASES = list(_cases())
+CASES, IDS = _cuda_cases()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name,native,ref,inputs", CASES, ids=[c[0] for c in CASES])
-def test_op_on_gpu_matches_float64_reference(name, native, ref, inputs, dtype):
-    grad_idx = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)]
-    ref_in = [t.to(D64).requires_grad_() if i in grad_idx else t for i, t in enumerate(inputs)]
-    want = ref(*ref_in)
-    g = torch.randn_like(want)
+@pytest.mark.parametrize("entry,sample", CASES, ids=IDS)
+def test_op_on_gpu_matches_float64_reference(entry, sample, dtype):
+    grad_idx = entry.differentiable
+    ref_in = as_dtype(sample.args, D64, grad_idx)
+    want = entry.reference(*ref_in)
+    g = torch.randn(want.shape, generator=torch.Generator().manual_seed(0), dtype=D64)
     want_grads = torch.autograd.grad(want, [ref_in[i] for i in grad_idx], g)
-    gpu_in = [t.to("cuda", dtype).requires_grad_() if i in grad_idx else t for i, t in enumerate(inputs)]
-    got = native(*gpu_in)
+    gpu_in = [a.to("cuda") if isinstance(a, torch.Tensor) else a for a in as_dtype(sample.args, dtype)]
+    gpu_in = [a.requires_grad_() if i in grad_idx else a for i, a in enumerate(gpu_in)]
+    got = entry.forward(*gpu_in)
     assert got.is_cuda and got.dtype == dtype
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == D64 else dict(rtol=1e-4, atol=1e-4)
     scale = max(1.0, want.abs().max().item())
@@ -54,6 +44,32 @@ def test_op_on_gpu_matches_float64_reference(name, native, ref, inputs, dtype):
     got_grads = torch.autograd.grad(got, [gpu_in[i] for i in grad_idx], g.to("cuda", dtype))
     for a, b in zip(got_grads, want_grads):
         torch.testing.assert_close(a.cpu().to(D64), b, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 * max(1.0, b.abs().max().item()))
+
+
+@pytest.mark.parametrize("entry", OPS, ids=[e.name for e in OPS])
+def test_gauss_newton_and_empty_batch_gpu_equal_cpu(entry):
+    sample = next(s for s in entry.sample_inputs("cpu") if s.args[0].shape[0] > 1)
+    for n in (None, 0):
+        args = as_dtype(sample.args, D64)
+        if n is not None:
+            args[0] = args[0][:n]
+        y = entry.forward(*args)
+        h = torch.rand(y.shape, dtype=D64)
+        gpu_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+        assert torch.allclose(entry.forward(*gpu_args).cpu(), y)
+        for gn in (False, True):
+            cpu = entry.backward_outputs(h, y, args, gn)
+            gpu = entry.backward_outputs(h.cuda(), y.cuda(), gpu_args, gn)
+            for a, b in zip(cpu, gpu):
+                torch.testing.assert_close(b.cpu(), a)
+
+
+def test_strided_inputs_on_gpu():
+    x = torch.randn(3, 6, 14, 14, device="cuda").contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(16, 6, 5, 5, device="cuda"), torch.randn(16, device="cuda")
+    torch.testing.assert_close(ops.conv5x5(x, w, b, 1), ops.conv5x5(x.contiguous(), w, b, 1), rtol=0, atol=0)
+    xt = torch.randn(40, 84, device="cuda").t().contiguous().t()
+    torch.testing.assert_close(ops.euclidean_rbf(xt, w.new_ones(10, 84)), ops.euclidean_rbf(xt.contiguous(), w.new_ones(10, 84)))
 
 
 def test_gauss_newton_backward_gpu_equals_cpu():
@@ -88,21 +104,14 @@ def test_gradcheck_on_gpu():
         assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6)
 
 
-def test_opcheck_on_gpu():
-    off, inp = ops.connection_table_to_csr(PAPER_C3_TABLE, 6)
-    c = dict(device="cuda")
-    r = torch.randn
-    for op, args in [
-        (torch.ops.lenet5_fast.conv5x5, (r(2, 3, 9, 9, **c), r(4, 3, 5, 5, **c), r(4, **c), 1)),
-        (torch.ops.lenet5_fast.sparse_conv5x5, (r(2, 6, 10, 10, **c), r(60, 5, 5, **c), r(16, **c), off.cuda(), inp.cuda(), 1)),
-        (torch.ops.lenet5_fast.subsample2x2, (r(2, 3, 8, 8, **c), r(3, **c), r(3, **c), 1)),
-        (torch.ops.lenet5_fast.maxpool2x2, (r(2, 3, 8, 8, **c),)),
-        (torch.ops.lenet5_fast.full, (r(3, 12, **c), r(5, 12, **c), r(5, **c), 1)),
-        (torch.ops.lenet5_fast.euclidean_rbf, (r(3, 84, **c), r(10, 84, **c))),
-        (torch.ops.lenet5_fast.activation, (r(3, 5, **c), 1)),
-    ]:
-        args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
-        torch.library.opcheck(op, args)
+@pytest.mark.parametrize("entry", OPS, ids=[e.name for e in OPS])
+def test_opcheck_on_gpu(entry):
+    sample = entry.sample_inputs("cuda")[1]
+    args = as_dtype(sample.args, torch.float32, entry.differentiable)
+    torch.library.opcheck(entry.op, tuple(args))
+    y = entry.forward(*args)
+    bargs = entry.backward_args(torch.rand_like(y).detach(), y.detach(), as_dtype(sample.args, torch.float32), True)
+    torch.library.opcheck(entry.backward_op, tuple(bargs))
 
 
 @pytest.mark.parametrize("variant", ["classic", "modern"])

@@ -21,6 +21,7 @@ import lenet5_fast
 from lenet5_fast import layers as L
 from lenet5_fast import ops, reference
 from lenet5_fast.data import DataError, load_mnist, read_idx
+import op_table
 
 FUZZ = settings(max_examples=int(os.environ.get("LENET5_FUZZ_EXAMPLES", 40)), deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -89,24 +90,24 @@ def to_ref(a):
 # the ops: valid calls, a reference for each, and an independent statement of what is valid
 
 def floats_ok(*ts) -> bool:
-    """Float arguments: tensors, float32/float64, one dtype, one device (CPU or meta), contiguous."""
+    """Float arguments: tensors, float32/float64, one dtype, one device (CPU or meta); any strides."""
     if not all(isinstance(t, Tensor) for t in ts):
         return False
     d = ts[0]
     return all(t.dtype in (F32, F64) and t.dtype == d.dtype and t.device == d.device
-               and t.device.type in ("cpu", "meta") and t.is_contiguous() for t in ts)
+               and t.device.type in ("cpu", "meta") for t in ts)
 
 
 def maps_ok(x: Tensor, min_hw: int) -> bool:
-    return x.dim() == 4 and min(x.shape) > 0 and min(x.shape[2:]) >= min_hw
+    """[N, C, H, W]: any batch size (0 included), C >= 1, H and W >= min_hw."""
+    return x.dim() == 4 and x.shape[1] > 0 and min(x.shape[2:]) >= min_hw
 
 
-def act_ok(act, names=True) -> bool:
-    """The Python wrappers take a code 0-3 or a name; the ops themselves take an int (torch's
-    dispatcher turns a bool into one, as it does for its own ops)."""
+def act_ok(act) -> bool:
+    """The Python functions, forward and backward, take a code 0-3 or a name (never a bool)."""
     if isinstance(act, str):
-        return names and act in ops.ACTIVATIONS
-    return (type(act) is int or not names and isinstance(act, int)) and act in (0, 1, 2, 3)
+        return act in ops.ACTIVATIONS
+    return type(act) is int and act in (0, 1, 2, 3)
 
 
 def code(act) -> int:
@@ -118,7 +119,7 @@ def shape(t) -> tuple:
 
 
 def table_ok(off, inp, x, O) -> bool:
-    if not all(isinstance(t, Tensor) and t.dtype == torch.int32 and t.dim() == 1 and t.is_contiguous()
+    if not all(isinstance(t, Tensor) and t.dtype == torch.int32 and t.dim() == 1
                and t.device == x.device for t in (off, inp)):
         return False
     if O < 1 or off.numel() != O + 1 or inp.numel() == 0:
@@ -152,6 +153,9 @@ def draw_table(draw, C):
     return ops.connection_table_to_csr(rows, C)
 
 
+T = op_table.BY_NAME  # the ops' public forward and backward functions
+
+
 def case(draw, name, dtype, seed):
     """(fn, args, reference, valid, tensor positions, act position) for op `name`: args are valid.
     A forward op's reference reads the activation from its arguments (a corrupted call may
@@ -170,15 +174,15 @@ def case(draw, name, dtype, seed):
             valid_fwd = lambda x, w, b: (maps_ok(x, 5) and len(shape(w)) == 4 and w.shape[0] > 0  # noqa: E731
                                          and shape(w)[1:] == (x.shape[1], 5, 5))
             if name == "conv5x5":
-                return (ops.conv5x5, [x, w, b, act], lambda x, w, b, a: reference.conv5x5(x, w, b, code(a)),
+                return (T['conv5x5'].forward, [x, w, b, act], lambda x, w, b, a: reference.conv5x5(x, w, b, code(a)),
                         lambda x, w, b, a: floats_ok(x, w, b) and valid_fwd(x, w, b) and shape(b) == shape(w)[:1] and act_ok(a),
                         [0, 1, 2], 3)
-            y = ops.conv5x5(x, w, b, act)
+            y = T['conv5x5'].forward(x, w, b, act)
             g = r(*y.shape, k=3)
             b64 = b.double()
-            return (ops.conv5x5_backward, [g, y, x, w, act, gn, ig],
+            return (T['conv5x5'].backward, [g, y, x, w, act, gn, ig],
                     lambda g, y, x, w, *_: grads_ref(lambda x, w, b: fwd(x, w, b), [x, w, b64], g, [ig, True, True]),
-                    lambda g, y, x, w, a, *_: (floats_ok(g, y, x, w) and valid_fwd(x, w, None) and act_ok(a, False)
+                    lambda g, y, x, w, a, *_: (floats_ok(g, y, x, w) and valid_fwd(x, w, None) and act_ok(a)
                                                and shape(g) == shape(y) == (x.shape[0], w.shape[0], x.shape[2] - 4, x.shape[3] - 4)),
                     [0, 1, 2, 3], 4)
         off, inp = draw_table(draw, C)
@@ -187,17 +191,17 @@ def case(draw, name, dtype, seed):
         valid_fwd = lambda x, w, off, inp, O: (maps_ok(x, 5) and table_ok(off, inp, x, O)  # noqa: E731
                                                and shape(w) == (inp.numel(), 5, 5))
         if name == "sparse_conv5x5":
-            return (ops.sparse_conv5x5, [x, w, b, off, inp, act], lambda x, w, b, off, inp, a: sparse_ref(x, w, b, off, inp, code(a)),
+            return (T['sparse_conv5x5'].forward, [x, w, b, off, inp, act], lambda x, w, b, off, inp, a: sparse_ref(x, w, b, off, inp, code(a)),
                     lambda x, w, b, off, inp, a: (floats_ok(x, w, b) and len(shape(b)) == 1
                                                   and valid_fwd(x, w, off, inp, shape(b)[0]) and act_ok(a)),
                     [0, 1, 2, 3, 4], 5)
-        y = ops.sparse_conv5x5(x, w, b, off, inp, act)
+        y = T['sparse_conv5x5'].forward(x, w, b, off, inp, act)
         g, b64 = r(*y.shape, k=3), b.double()
-        return (ops.sparse_conv5x5_backward, [g, y, x, w, off, inp, act, gn, ig],
+        return (T['sparse_conv5x5'].backward, [g, y, x, w, off, inp, act, gn, ig],
                 lambda g, y, x, w, off, inp, *_: grads_ref(lambda x, w, b: sparse_ref(x, w, b, off, inp, act),
                                                            [x, w, b64], g, [ig, True, True]),
                 lambda g, y, x, w, off, inp, a, *_: (floats_ok(g, y, x, w) and isinstance(off, Tensor) and off.dim() == 1
-                                                     and valid_fwd(x, w, off, inp, off.numel() - 1) and act_ok(a, False)
+                                                     and valid_fwd(x, w, off, inp, off.numel() - 1) and act_ok(a)
                                                      and shape(g) == shape(y) == (x.shape[0], off.numel() - 1, x.shape[2] - 4, x.shape[3] - 4)),
                 [0, 1, 2, 3, 4, 5], 6)
     if name in ("subsample2x2", "subsample2x2_backward", "maxpool2x2", "maxpool2x2_backward"):
@@ -205,48 +209,48 @@ def case(draw, name, dtype, seed):
         x, coef, bias = r(N, C, H, W), r(C, k=1), r(C, k=2)
         half = lambda x: (x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2)  # noqa: E731
         if name == "subsample2x2":
-            return (ops.subsample2x2, [x, coef, bias, act], lambda x, c, b, a: reference.subsample2x2(x, c, b, code(a)),
+            return (T['subsample2x2'].forward, [x, coef, bias, act], lambda x, c, b, a: reference.subsample2x2(x, c, b, code(a)),
                     lambda x, c, b, a: floats_ok(x, c, b) and maps_ok(x, 2) and shape(c) == shape(b) == (x.shape[1],) and act_ok(a),
                     [0, 1, 2], 3)
         if name == "subsample2x2_backward":
-            y = ops.subsample2x2(x, coef, bias, act)
+            y = T['subsample2x2'].forward(x, coef, bias, act)
             g, b64 = r(*y.shape, k=3), bias.double()
-            return (ops.subsample2x2_backward, [g, y, x, coef, act, gn, ig],
+            return (T['subsample2x2'].backward, [g, y, x, coef, act, gn, ig],
                     lambda g, y, x, c, *_: grads_ref(lambda x, c, b: reference.subsample2x2(x, c, b, act), [x, c, b64], g, [ig, True, True]),
                     lambda g, y, x, c, a, *_: (floats_ok(g, y, x, c) and maps_ok(x, 2) and shape(c) == (x.shape[1],)
-                                               and act_ok(a, False) and shape(g) == shape(y) == half(x)),
+                                               and act_ok(a) and shape(g) == shape(y) == half(x)),
                     [0, 1, 2, 3], 4)
         if name == "maxpool2x2":
-            return (ops.maxpool2x2, [x], lambda x: F.max_pool2d(x, 2), lambda x: floats_ok(x) and maps_ok(x, 2), [0], None)
-        y = ops.maxpool2x2(x)
+            return (T['maxpool2x2'].forward, [x], lambda x: F.max_pool2d(x, 2), lambda x: floats_ok(x) and maps_ok(x, 2), [0], None)
+        y = T['maxpool2x2'].forward(x)
         g = r(*y.shape, k=3)
-        return (ops.maxpool2x2_backward, [g, x, y], lambda g, x, y: grads_ref(lambda x: F.max_pool2d(x, 2), [x], g, [True])[0],
+        return (T['maxpool2x2'].backward, [g, x, y], lambda g, x, y: grads_ref(lambda x: F.max_pool2d(x, 2), [x], g, [True])[0],
                 lambda g, x, y: floats_ok(g, x, y) and maps_ok(x, 2) and shape(g) == shape(y) == half(x), [0, 1, 2], None)
     if name in ("full", "full_backward"):
         D, O = draw(st.integers(1, 12)), draw(st.integers(1, 5))
         x, w, b = r(N, D), r(O, D, k=1), r(O, k=2)
         if name == "full":
-            return (ops.full, [x, w, b, act], lambda x, w, b, a: reference.full(x, w, b, code(a)),
-                    lambda x, w, b, a: (floats_ok(x, w, b) and x.dim() == 2 and min(x.shape) > 0 and w.dim() == 2
+            return (T['full'].forward, [x, w, b, act], lambda x, w, b, a: reference.full(x, w, b, code(a)),
+                    lambda x, w, b, a: (floats_ok(x, w, b) and x.dim() == 2 and x.shape[1] > 0 and w.dim() == 2
                                         and min(w.shape) > 0 and w.shape[1] == x.shape[1] and shape(b) == (w.shape[0],) and act_ok(a)),
                     [0, 1, 2], 3)
-        y = ops.full(x, w, b, act)
+        y = T['full'].forward(x, w, b, act)
         g, b64 = r(*y.shape, k=3), b.double()
-        return (ops.full_backward, [g, y, x, w, act, gn, ig],
+        return (T['full'].backward, [g, y, x, w, act, gn, ig],
                 lambda g, y, x, w, *_: grads_ref(lambda x, w, b: reference.full(x, w, b, act), [x, w, b64], g, [ig, True, True]),
-                lambda g, y, x, w, a, *_: (floats_ok(g, y, x, w) and x.dim() == 2 and min(x.shape) > 0 and w.dim() == 2
-                                           and min(w.shape) > 0 and w.shape[1] == x.shape[1] and act_ok(a, False)
+                lambda g, y, x, w, a, *_: (floats_ok(g, y, x, w) and x.dim() == 2 and x.shape[1] > 0 and w.dim() == 2
+                                           and min(w.shape) > 0 and w.shape[1] == x.shape[1] and act_ok(a)
                                            and shape(g) == shape(y) == (x.shape[0], w.shape[0])),
                 [0, 1, 2, 3], 4)
     if name in ("euclidean_rbf", "euclidean_rbf_backward"):
         D, M = draw(st.integers(1, 12)), draw(st.integers(1, 5))
         x, w = r(N, D), r(M, D, k=1)
-        valid = lambda x, w: floats_ok(x, w) and x.dim() == 2 and min(x.shape) > 0 and w.dim() == 2 and w.shape[0] > 0 and w.shape[1] == x.shape[1]  # noqa: E731
+        valid = lambda x, w: floats_ok(x, w) and x.dim() == 2 and x.shape[1] > 0 and w.dim() == 2 and w.shape[0] > 0 and w.shape[1] == x.shape[1]  # noqa: E731
         if name == "euclidean_rbf":
-            return ops.euclidean_rbf, [x, w], reference.euclidean_rbf, valid, [0, 1], None
+            return T['euclidean_rbf'].forward, [x, w], reference.euclidean_rbf, valid, [0, 1], None
         wg = draw(st.booleans())
         g = r(N, M, k=3)
-        return (ops.euclidean_rbf_backward, [g, x, w, gn, ig, wg],
+        return (T['euclidean_rbf'].backward, [g, x, w, gn, ig, wg],
                 lambda g, x, w, *_: grads_ref(reference.euclidean_rbf, [x, w], g, [ig, wg]),
                 lambda g, x, w, *_: valid(x, w) and floats_ok(g, x) and shape(g) == (x.shape[0], w.shape[0]),
                 [0, 1, 2], None)
@@ -254,17 +258,17 @@ def case(draw, name, dtype, seed):
     dims = draw(st.lists(st.integers(1, 4), min_size=0, max_size=4))
     x = r(*dims)
     if name == "activation":
-        return (ops.activation, [x, act], lambda x, a: reference.act(x, code(a)),
-                lambda x, a: floats_ok(x) and x.numel() > 0 and act_ok(a), [0], 1)
-    y = ops.activation(x, act)
+        return (T['activation'].forward, [x, act], lambda x, a: reference.act(x, code(a)),
+                lambda x, a: floats_ok(x) and act_ok(a), [0], 1)
+    y = T['activation'].forward(x, act)
     g = r(*dims, k=3)
-    return (ops.activation_backward, [g, y, act, gn],
+    return (T['activation'].backward, [g, y, act, gn],
             lambda g, y, *_: grads_ref(lambda x: reference.act(x, act), [x.double()], g, [True])[0],
-            lambda g, y, a, *_: floats_ok(g, y) and y.numel() > 0 and shape(g) == shape(y) and act_ok(a, False),
+            lambda g, y, a, *_: floats_ok(g, y) and shape(g) == shape(y) and act_ok(a),
             [0, 1], 2)
 
 
-OPS = ["conv5x5", "sparse_conv5x5", "subsample2x2", "maxpool2x2", "full", "euclidean_rbf", "activation"]
+OPS = [e.name for e in op_table.OPS]
 OPS += [f"{n}_backward" for n in OPS]
 
 
@@ -443,7 +447,7 @@ def test_layers(kind, dtype, seed, how, data):
         x = x.new_zeros(())
     elif how == "empty":
         x = randn(seed, 0, *in_shape[1:], dtype=dtype)
-    must_work = how in ("plain", "strided", "nan")
+    must_work = how in ("plain", "strided", "nan", "empty")
     out, err = run(m, x)
     if err is not None:
         assert not must_work, f"{kind} failed on a valid input: {err!r}"
@@ -574,13 +578,18 @@ def test_load_mnist_garbage_directory(images, labels, compress, verify):
 
 def test_backward_ops_check_the_output_argument():
     """The backward ops read `y`: it used to be checked for shape only, so a float32 y in a
-    float64 call (or a strided / meta one) was read as raw memory past its end."""
+    float64 call (or a meta one) was read as raw memory past its end. A strided y is read as
+    what it is (made contiguous first)."""
     x, w = torch.randn(2, 3, 9, 9, dtype=F64), torch.randn(4, 3, 5, 5, dtype=F64)
     y = ops.conv5x5(x, w, torch.zeros(4, dtype=F64), 1)
     g = torch.randn_like(y)
-    for bad in (y.float(), y.to("meta"), noncontiguous(y), y.new_zeros(1, 1, 1, 1).expand(y.shape)):
+    for bad in (y.float(), y.to("meta")):
         with pytest.raises((TypeError, ValueError), match="output"):
             ops.conv5x5_backward(g, bad, x, w, 1, False, True)
+    for strided in (noncontiguous(y), y.new_zeros(1, 1, 1, 1).expand(y.shape)):
+        for a, b in zip(ops.conv5x5_backward(g, strided, x, w, 1, False, True),
+                        ops.conv5x5_backward(g, strided.contiguous(), x, w, 1, False, True)):
+            assert torch.equal(a, b)
     xm = torch.randn(1, 2, 6, 6)
     with pytest.raises(TypeError, match="output"):
         ops.maxpool2x2_backward(torch.randn(1, 2, 3, 3), xm, ops.maxpool2x2(xm).double())

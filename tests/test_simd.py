@@ -1,8 +1,8 @@
-"""The SIMD kernel families: every op at every SIMD level the CPU has (plus level 0, and the
-16-lane kernels run on AVX2 register pairs), float32 against the float64 kernels, forward,
-backward and the Gauss-Newton backward, on awkward shapes (batch 1, odd sizes, batches that
-are not a multiple of the lane count, H or W = 5, arbitrary C3 tables); the fast tanh's error
-bound; and what simd_level reports."""
+"""The SIMD kernel families: every op of the table in op_table.py at every SIMD level the CPU has
+(plus level 0, and the 16-lane kernels run on AVX2 register pairs), float32 against the float64
+kernels, forward, backward and the Gauss-Newton backward, on the table's awkward shapes (batch 1,
+odd sizes, batches that are not a multiple of the lane count, H or W = 5, arbitrary C3 tables);
+the fast tanh's error bound; and what simd_level reports."""
 import os
 
 import pytest
@@ -10,6 +10,7 @@ import torch
 
 from lenet5_fast import _C, ops
 from lenet5_fast.layers import PAPER_C3_TABLE
+from op_table import as_dtype, cases
 
 F32, F64 = torch.float32, torch.float64
 MODES = [("portable", 0, False), ("avx2", 1, False), ("avx2-wide16", 1, True), ("avx512", 2, False)]
@@ -30,68 +31,37 @@ def mode(request):
 
 def _close(got, want, what, tol=3e-5):
     got = got.to(F64)
-    scale = max(1.0, want.abs().max().item())
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
     err = (got - want).abs().max().item() if want.numel() else 0.0
     assert torch.isfinite(got).all(), what
     assert err <= tol * scale, f"{what}: max error {err:.3g} (scale {scale:.3g})"
 
 
-def _run(fwd, bwd, inputs, nout_grad, acts=(0, 1, 2, 3)):
-    """fwd(*inputs, act) and bwd(g, y, *inputs, act, gn) -> grads, float32 vs float64."""
-    for act in acts:
-        x64 = [t.to(F64) if t.is_floating_point() else t for t in inputs]
-        x32 = [t.to(F32) if t.is_floating_point() else t for t in inputs]
-        y64, y32 = fwd(*x64, act), fwd(*x32, act)
-        _close(y32, y64, f"forward act={act}")
-        g = torch.randn_like(y64)
-        for gn in (False, True):
-            gg = g.abs() if gn else g
-            want = bwd(gg, y64, *x64, act, gn)
-            got = bwd(gg.to(F32), y32, *x32, act, gn)
-            for i, (a, b) in enumerate(zip(got[:nout_grad], want[:nout_grad])):
-                _close(a, b, f"backward act={act} gn={gn} output {i}", tol=1e-4)
+CASES, IDS = cases()
 
 
-CONV = [(1, 1, 32, 32, 6), (3, 2, 9, 7, 3), (17, 1, 12, 5, 2), (5, 3, 5, 5, 4), (9, 6, 14, 14, 16),
-        (2, 1, 5, 13, 1), (1, 2, 6, 21, 2), (20, 1, 8, 40, 1)]
-
-
-@pytest.mark.parametrize("N,C,H,W,O", CONV)
-def test_conv5x5(mode, N, C, H, W, O):
-    x, w, b = torch.randn(N, C, H, W), torch.randn(O, C, 5, 5) * 0.2, torch.randn(O)
-    _run(lambda x, w, b, act: ops.conv5x5(x, w, b, act),
-         lambda g, y, x, w, b, act, gn: ops.conv5x5_backward(g, y, x, w, act, gn, True), [x, w, b], 3)
-
-
-TABLES = [(PAPER_C3_TABLE, 6), (((0,), (1, 2), (2, 0, 1)), 3), (((3,), (0, 3)), 4), (((1,),), 2)]
-
-
-@pytest.mark.parametrize("table,C", TABLES, ids=["tableI", "small", "unused_inputs", "one"])
-@pytest.mark.parametrize("N,H,W", [(1, 14, 14), (19, 10, 10), (3, 7, 9), (2, 5, 5), (4, 5, 12)])
-def test_sparse_conv5x5(mode, table, C, N, H, W):
-    off, inp = ops.connection_table_to_csr(table, C)
-    x, w, b = torch.randn(N, C, H, W), torch.randn(inp.numel(), 5, 5) * 0.3, torch.randn(off.numel() - 1)
-    _run(lambda x, w, b, act: ops.sparse_conv5x5(x, w, b, off, inp, act),
-         lambda g, y, x, w, b, act, gn: ops.sparse_conv5x5_backward(g, y, x, w, off, inp, act, gn, True),
-         [x, w, b], 3)
-
-
-@pytest.mark.parametrize("N,C,H,W", [(1, 6, 28, 28), (17, 3, 7, 5), (2, 1, 2, 2), (3, 2, 35, 3), (5, 16, 10, 10), (1, 1, 3, 41)])
-def test_subsample2x2(mode, N, C, H, W):
-    x, c, b = torch.randn(N, C, H, W), torch.randn(C), torch.randn(C)
-    _run(lambda x, c, b, act: ops.subsample2x2(x, c, b, act),
-         lambda g, y, x, c, b, act, gn: ops.subsample2x2_backward(g, y, x, c, act, gn, True), [x, c, b], 3)
-
-
-@pytest.mark.parametrize("N,C,H,W", [(1, 6, 28, 28), (17, 3, 7, 5), (2, 1, 2, 2), (3, 2, 35, 3), (1, 1, 3, 41)])
-def test_maxpool2x2(mode, N, C, H, W):
-    x = torch.randn(N, C, H, W)
-    x.view(-1)[::7] = x.view(-1)[1::7][: x.view(-1)[::7].numel()]  # plenty of ties
-    y64, y32 = ops.maxpool2x2(x.double()), ops.maxpool2x2(x)
-    assert torch.equal(y32.double(), y64)
-    g = torch.randn_like(y32)  # float32 values, exact in both precisions
-    assert torch.equal(ops.maxpool2x2_backward(g, x, y32).double(),
-                       ops.maxpool2x2_backward(g.double(), x.double(), y64))
+@pytest.mark.parametrize("entry,sample", CASES, ids=IDS)
+def test_op_float32_against_float64(mode, entry, sample):
+    """forward, backward and the Gauss-Newton backward of every op (the table in op_table.py)
+    in float32 at this SIMD level against the float64 kernels."""
+    x64, x32 = as_dtype(sample.args, F64), as_dtype(sample.args, F32)
+    y64, y32 = entry.forward(*x64), entry.forward(*x32)
+    if entry.name == "maxpool2x2":  # exact: a max picks a value, and the ties are exact in float32
+        assert torch.equal(y32.double(), y64)
+    else:
+        _close(y32, y64, "forward")
+    g = torch.randn(y64.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    if entry.name == "maxpool2x2":
+        g = g.float().double()  # float32 values, exact in both precisions
+    for gn in (False, True):
+        gg = g.abs() if gn else g
+        want = entry.backward_outputs(gg, y64, x64, gn)
+        got = entry.backward_outputs(gg.to(F32), y32, x32, gn)
+        for i, (a, b) in enumerate(zip(got, want)):
+            if entry.name == "maxpool2x2":
+                assert torch.equal(a.double(), b), f"backward gn={gn}"
+            else:
+                _close(a, b, f"backward gn={gn} output {i}", tol=1e-4)
 
 
 def test_maxpool2x2_ties_and_nan(mode):
@@ -104,27 +74,6 @@ def test_maxpool2x2_ties_and_nan(mode):
     g = torch.rand_like(y)
     assert torch.equal(ops.maxpool2x2_backward(g, x, y).double(),
                        ops.maxpool2x2_backward(g.double(), x.double(), want))
-
-
-@pytest.mark.parametrize("N,D,O", [(1, 120, 84), (17, 400, 120), (3, 5, 1), (33, 16, 5), (2, 1, 1), (7, 84, 10)])
-def test_full(mode, N, D, O):
-    x, w, b = torch.randn(N, D), torch.randn(O, D) * 0.1, torch.randn(O)
-    _run(lambda x, w, b, act: ops.full(x, w, b, act),
-         lambda g, y, x, w, b, act, gn: ops.full_backward(g, y, x, w, act, gn, True), [x, w, b], 3)
-
-
-@pytest.mark.parametrize("N,D,M", [(1, 84, 10), (17, 84, 10), (3, 7, 4), (40, 2, 3), (5, 33, 1)])
-def test_euclidean_rbf(mode, N, D, M):
-    x, w = torch.randn(N, D), torch.randn(M, D)
-    _run(lambda x, w, act: ops.euclidean_rbf(x, w),
-         lambda g, y, x, w, act, gn: ops.euclidean_rbf_backward(g, x, w, gn, True, True), [x, w], 2, acts=(0,))
-
-
-@pytest.mark.parametrize("n", [1, 7, 8, 9, 17, 33, 1000])
-def test_activation(mode, n):
-    x = torch.randn(n) * 3
-    _run(lambda x, act: ops.activation(x, act) if act else x.clone(),
-         lambda g, y, x, act, gn: (ops.activation_backward(g, y, act, gn) if act else g.clone(),), [x], 1, acts=(1, 2, 3))
 
 
 def test_tanh_error_bound(mode):

@@ -12,14 +12,14 @@ namespace lenet5 {
 namespace cpu {
 
 template <class T>
-void portable_activation_forward(const T* x, T* y, int64_t n, int act, int nthreads) {
+void portable_activation_forward(const T* x, T* y, int64_t n, Act act, int nthreads) {
   parallel_range(n, 1 << 14, nthreads, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) y[i] = act::forward(x[i], act);
   });
 }
 
 template <class T>
-void portable_activation_backward(const T* gy, const T* y, T* gx, int64_t n, int act, bool gauss_newton,
+void portable_activation_backward(const T* gy, const T* y, T* gx, int64_t n, Act act, bool gauss_newton,
                                   int nthreads) {
   parallel_range(n, 1 << 14, nthreads, [&](int64_t begin, int64_t end) {
     act_backward(gy + begin, y ? y + begin : nullptr, gx + begin, end - begin, act, gauss_newton);
@@ -34,14 +34,6 @@ void portable_activation_backward(const T* gy, const T* y, T* gx, int64_t n, int
 
 namespace lenet5 {
 namespace cpu {
-namespace {
-bool simd_forward(const float* x, float* y, int64_t n, int act, int nthreads) {
-  LENET5_SIMD_CALL(activation_forward_simd, x, y, n, act, nthreads);
-}
-bool simd_backward(const float* gy, const float* y, float* gx, int64_t n, int act, bool gn, int nthreads) {
-  LENET5_SIMD_CALL(activation_backward_simd, gy, y, gx, n, act, gn, nthreads);
-}
-}  // namespace
 
 double fma_probe(int64_t iters, int nthreads) {
   auto run = [&]() -> double {
@@ -63,26 +55,21 @@ double fma_probe(int64_t iters, int nthreads) {
 }
 
 template <class T>
-void activation_forward(const T* x, T* y, int64_t n, int act, int nthreads) {
+void activation_forward(const T* x, T* y, int64_t n, Act act, int nthreads) {
   if constexpr (std::is_same<T, float>::value)
-    if (simd_forward(x, y, n, act, nthreads)) return;
+    if (LENET5_SIMD_CALL(activation_forward_simd, x, y, n, act, nthreads)) return;
   portable_activation_forward(x, y, n, act, nthreads);
 }
 
 template <class T>
-void activation_backward(const T* gy, const T* y, T* gx, int64_t n, int act, bool gauss_newton,
-                         int nthreads) {
+void activation_backward(const T* gy, const T* y, T* gx, int64_t n, Act act, bool gauss_newton, int nthreads) {
   if constexpr (std::is_same<T, float>::value)
-    if (simd_backward(gy, y, gx, n, act, gauss_newton, nthreads)) return;
+    if (LENET5_SIMD_CALL(activation_backward_simd, gy, y, gx, n, act, gauss_newton, nthreads)) return;
   portable_activation_backward(gy, y, gx, n, act, gauss_newton, nthreads);
 }
 
-#define LENET5_INSTANTIATE(T)                                                          \
-  template void activation_forward<T>(const T*, T*, int64_t, int, int);                \
-  template void activation_backward<T>(const T*, const T*, T*, int64_t, int, bool, int);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(activation_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(activation_backward)
 
 }  // namespace cpu
 }  // namespace lenet5
@@ -90,14 +77,14 @@ LENET5_INSTANTIATE(double)
 #else  // ===== SIMD section (compiled once per ISA; V = Avx2, Avx2x2 or Avx512) =====
 
 template <class V>
-void activation_forward_simd(const float* x, float* y, int64_t n, int act, int nthreads) {
+void activation_forward_simd(const float* x, float* y, int64_t n, Act act, int nthreads) {
   parallel_range(n, 1 << 14, nthreads, [&](int64_t begin, int64_t end) {
     v_act_array<V>(x + begin, y + begin, end - begin, act);
   });
 }
 
 template <class V>
-void activation_backward_simd(const float* gy, const float* y, float* gx, int64_t n, int act, bool gn,
+void activation_backward_simd(const float* gy, const float* y, float* gx, int64_t n, Act act, bool gn,
                               int nthreads) {
   parallel_range(n, 1 << 14, nthreads, [&](int64_t begin, int64_t end) {
     v_act_back_array<V>(gy + begin, y ? y + begin : nullptr, gx + begin, end - begin, act, gn);

@@ -9,43 +9,37 @@
 namespace lenet5 {
 namespace cpu {
 namespace {
-void full_table(int64_t O, int64_t C, std::vector<int32_t>& offsets, std::vector<int32_t>& inputs) {
-  offsets.resize(O + 1);
-  inputs.resize(O * C);
-  for (int64_t o = 0; o <= O; ++o) offsets[o] = static_cast<int32_t>(o * C);
-  for (int64_t k = 0; k < O * C; ++k) inputs[k] = static_cast<int32_t>(k % C);
+// The full table of O output maps over C inputs, in CSR form (storage in offsets, inputs).
+ConnTable full_table(const ConvShape& s, std::vector<int32_t>& offsets, std::vector<int32_t>& inputs) {
+  offsets.resize(s.O + 1);
+  inputs.resize(s.O * s.C);
+  for (int64_t o = 0; o <= s.O; ++o) offsets[o] = static_cast<int32_t>(o * s.C);
+  for (int64_t k = 0; k < s.O * s.C; ++k) inputs[k] = static_cast<int32_t>(k % s.C);
+  return ConnTable{offsets.data(), inputs.data()};
 }
+// C5: a 5x5 input is a fully connected layer over its C*25 values.
+FullShape as_full(const ConvShape& s) { return FullShape{s.N, s.C * 25, s.O}; }
 }  // namespace
 
 template <class T>
-void conv5x5_forward(const T* x, const T* w, const T* b, T* y, int64_t N, int64_t C, int64_t H,
-                     int64_t W, int64_t O, int act, int nthreads) {
-  if (H == 5 && W == 5) return full_forward(x, w, b, y, N, C * 25, O, act, nthreads);
+void conv5x5_forward(const T* x, const T* w, const T* b, T* y, ConvShape s, Act act, int nthreads) {
+  if (s.H == 5 && s.W == 5) return full_forward(x, w, b, y, as_full(s), act, nthreads);
   std::vector<int32_t> offsets, inputs;
-  full_table(O, C, offsets, inputs);
-  sparse_conv5x5_forward(x, w, b, offsets.data(), inputs.data(), y, N, C, H, W, O, act, nthreads);
+  sparse_conv5x5_forward(x, w, b, full_table(s, offsets, inputs), y, s, act, nthreads);
 }
 
 template <class T>
-void conv5x5_backward(const T* gy, const T* y, const T* x, const T* w, T* gx, T* gw, T* gb,
-                      int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act,
-                      bool gauss_newton, int nthreads) {
-  if (H == 5 && W == 5)
-    return full_backward(gy, y, x, w, gx, gw, gb, N, C * 25, O, act, gauss_newton, nthreads);
+void conv5x5_backward(const T* gy, const T* y, const T* x, const T* w, T* gx, T* gw, T* gb, ConvShape s,
+                      Act act, bool gauss_newton, int nthreads) {
+  if (s.H == 5 && s.W == 5)
+    return full_backward(gy, y, x, w, gx, gw, gb, as_full(s), act, gauss_newton, nthreads);
   std::vector<int32_t> offsets, inputs;
-  full_table(O, C, offsets, inputs);
-  sparse_conv5x5_backward(gy, y, x, w, offsets.data(), inputs.data(), gx, gw, gb, N, C, H, W, O,
-                          act, gauss_newton, nthreads);
+  sparse_conv5x5_backward(gy, y, x, w, full_table(s, offsets, inputs), gx, gw, gb, s, act, gauss_newton,
+                          nthreads);
 }
 
-#define LENET5_INSTANTIATE(T)                                                                  \
-  template void conv5x5_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, \
-                                   int64_t, int64_t, int, int);                                \
-  template void conv5x5_backward<T>(const T*, const T*, const T*, const T*, T*, T*, T*, int64_t, \
-                                    int64_t, int64_t, int64_t, int64_t, int, bool, int);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(conv5x5_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(conv5x5_backward)
 
 }  // namespace cpu
 }  // namespace lenet5

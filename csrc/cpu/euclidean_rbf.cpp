@@ -15,29 +15,30 @@ namespace lenet5 {
 namespace cpu {
 
 template <class T>
-void portable_rbf_forward(const T* x, const T* w, T* y, int64_t N, int64_t D, int64_t M,
-                           int nthreads) {
-  parallel_range(N, 16, nthreads, [&](int64_t begin, int64_t end) {
+void portable_rbf_forward(const T* x, const T* w, T* y, FullShape s, int nthreads) {
+  const int64_t D = s.D, M = s.O;
+  parallel_range(s.N, 16, nthreads, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n)
       for (int64_t i = 0; i < M; ++i) {
         const T* xn = x + n * D;
         const T* wi = w + i * D;
-        T s = 0;
+        T sum = 0;
         for (int64_t j = 0; j < D; ++j) {
           const T d = xn[j] - wi[j];
-          s += d * d;
+          sum += d * d;
         }
-        y[n * M + i] = s;
+        y[n * M + i] = sum;
       }
   });
 }
 
 // dy/dx = 2(x - w), dy/dw = -2(x - w); Gauss-Newton: (2(x - w))^2 for both.
 template <class T>
-void portable_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, int64_t N, int64_t D,
-                            int64_t M, bool gauss_newton, int nthreads) {
+void portable_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, FullShape s, bool gauss_newton,
+                           int nthreads) {
+  const int64_t D = s.D, M = s.O;
   std::vector<T> grads(gw ? M * D : 0);
-  batch_slices<T>(N, gw ? M * D : 0, grads.data(), nthreads, [&](int64_t begin, int64_t end, T* acc) {
+  batch_slices<T>(s.N, gw ? M * D : 0, grads.data(), nthreads, [&](int64_t begin, int64_t end, T* acc) {
     for (int64_t n = begin; n < end; ++n) {
       const T* xn = x + n * D;
       T* gxn = gx ? gx + n * D : nullptr;
@@ -69,39 +70,24 @@ void portable_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, in
 
 namespace lenet5 {
 namespace cpu {
-namespace {
-bool simd_forward(const float* x, const float* w, float* y, int64_t N, int64_t D, int64_t M, int nthreads) {
-  LENET5_SIMD_CALL(rbf_forward_simd, x, w, y, N, D, M, nthreads);
-}
-bool simd_backward(const float* gy, const float* x, const float* w, float* gx, float* gw, int64_t N,
-                   int64_t D, int64_t M, bool gn, int nthreads) {
-  LENET5_SIMD_CALL(rbf_backward_simd, gy, x, w, gx, gw, N, D, M, gn, nthreads);
-}
-}  // namespace
 
 template <class T>
-void euclidean_rbf_forward(const T* x, const T* w, T* y, int64_t N, int64_t D, int64_t M,
-                           int nthreads) {
+void euclidean_rbf_forward(const T* x, const T* w, T* y, FullShape s, int nthreads) {
   if constexpr (std::is_same<T, float>::value)
-    if (simd_forward(x, w, y, N, D, M, nthreads)) return;
-  portable_rbf_forward(x, w, y, N, D, M, nthreads);
+    if (LENET5_SIMD_CALL(rbf_forward_simd, x, w, y, s, nthreads)) return;
+  portable_rbf_forward(x, w, y, s, nthreads);
 }
 
 template <class T>
-void euclidean_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, int64_t N, int64_t D,
-                            int64_t M, bool gauss_newton, int nthreads) {
+void euclidean_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, FullShape s, bool gauss_newton,
+                            int nthreads) {
   if constexpr (std::is_same<T, float>::value)
-    if (simd_backward(gy, x, w, gx, gw, N, D, M, gauss_newton, nthreads)) return;
-  portable_rbf_backward(gy, x, w, gx, gw, N, D, M, gauss_newton, nthreads);
+    if (LENET5_SIMD_CALL(rbf_backward_simd, gy, x, w, gx, gw, s, gauss_newton, nthreads)) return;
+  portable_rbf_backward(gy, x, w, gx, gw, s, gauss_newton, nthreads);
 }
 
-#define LENET5_INSTANTIATE(T)                                                                    \
-  template void euclidean_rbf_forward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int); \
-  template void euclidean_rbf_backward<T>(const T*, const T*, const T*, T*, T*, int64_t, int64_t, \
-                                          int64_t, bool, int);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(euclidean_rbf_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(euclidean_rbf_backward)
 
 }  // namespace cpu
 }  // namespace lenet5
@@ -129,8 +115,9 @@ LENET5_AI void rbf_units(const float* x, const float* w, int64_t D, float* y) {
 }
 
 template <class V>
-void rbf_forward_simd(const float* x, const float* w, float* y, int64_t N, int64_t D, int64_t M, int nthreads) {
-  parallel_range(N, 16, nthreads, [&](int64_t begin, int64_t end) {
+void rbf_forward_simd(const float* x, const float* w, float* y, FullShape s, int nthreads) {
+  const int64_t D = s.D, M = s.O;
+  parallel_range(s.N, 16, nthreads, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       int64_t i = 0;
       for (; i + 4 <= M; i += 4) rbf_units<V, 4>(x + n * D, w + i * D, D, y + n * M + i);
@@ -141,11 +128,12 @@ void rbf_forward_simd(const float* x, const float* w, float* y, int64_t N, int64
 
 // dy/dx = 2(x - w), dy/dw = -2(x - w); Gauss-Newton: (2(x - w))^2 for both.
 template <class V>
-void rbf_backward_simd(const float* gy, const float* x, const float* w, float* gx, float* gw, int64_t N,
-                       int64_t D, int64_t M, bool gn, int nthreads) {
+void rbf_backward_simd(const float* gy, const float* x, const float* w, float* gx, float* gw, FullShape s,
+                       bool gn, int nthreads) {
   constexpr int L = V::L;
+  const int64_t D = s.D, M = s.O;
   std::vector<float> grads(gw ? M * D : 0);
-  batch_slices<float>(N, gw ? M * D : 0, grads.data(), nthreads, [&](int64_t begin, int64_t end, float* acc) {
+  batch_slices<float>(s.N, gw ? M * D : 0, grads.data(), nthreads, [&](int64_t begin, int64_t end, float* acc) {
     for (int64_t n = begin; n < end; ++n) {
       const float* xn = x + n * D;
       for (int64_t d = 0; d < D; d += L) {

@@ -23,16 +23,16 @@ namespace lenet5 {
 namespace cpu {
 
 template <class T>
-void portable_full_forward(const T* x, const T* w, const T* b, T* y, int64_t N, int64_t D, int64_t O,
-                           int act, int nthreads) {
-  parallel_range(N, 4, nthreads, [&](int64_t begin, int64_t end) {
+void portable_full_forward(const T* x, const T* w, const T* b, T* y, FullShape s, Act act, int nthreads) {
+  const int64_t D = s.D, O = s.O;
+  parallel_range(s.N, 4, nthreads, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const T* xn = x + n * D;
       for (int64_t o = 0; o < O; ++o) {
         const T* wo = w + o * D;
-        T s = 0;
-        for (int64_t d = 0; d < D; ++d) s += wo[d] * xn[d];
-        y[n * O + o] = act::forward(s + b[o], act);
+        T dot = 0;
+        for (int64_t d = 0; d < D; ++d) dot += wo[d] * xn[d];
+        y[n * O + o] = act::forward(dot + b[o], act);
       }
     }
   });
@@ -40,11 +40,12 @@ void portable_full_forward(const T* x, const T* w, const T* b, T* y, int64_t N, 
 
 template <class T>
 void portable_full_backward(const T* gy, const T* y, const T* x, const T* w, T* gx, T* gw, T* gb,
-                            int64_t N, int64_t D, int64_t O, int act, bool gauss_newton, int nthreads) {
+                            FullShape s, Act act, bool gauss_newton, int nthreads) {
+  const int64_t D = s.D, O = s.O;
   std::vector<T> w2;
   const T* wk = maybe_square(w, O * D, gauss_newton, w2);
   std::vector<T> grads(O * D + O);
-  batch_slices<T>(N, O * D + O, grads.data(), nthreads, [&](int64_t begin, int64_t end, T* acc) {
+  batch_slices<T>(s.N, O * D + O, grads.data(), nthreads, [&](int64_t begin, int64_t end, T* acc) {
     std::vector<T> ga(O), x2;
     for (int64_t n = begin; n < end; ++n) {
       act_backward(gy + n * O, y ? y + n * O : nullptr, ga.data(), O, act, gauss_newton);
@@ -75,41 +76,24 @@ void portable_full_backward(const T* gy, const T* y, const T* x, const T* w, T* 
 
 namespace lenet5 {
 namespace cpu {
-namespace {
-bool simd_forward(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t D,
-                  int64_t O, int act, int nthreads) {
-  LENET5_SIMD_CALL(full_forward_simd, x, w, b, y, N, D, O, act, nthreads);
-}
-bool simd_backward(const float* gy, const float* y, const float* x, const float* w, float* gx,
-                   float* gw, float* gb, int64_t N, int64_t D, int64_t O, int act, bool gn, int nthreads) {
-  LENET5_SIMD_CALL(full_backward_simd, gy, y, x, w, gx, gw, gb, N, D, O, act, gn, nthreads);
-}
-}  // namespace
 
 template <class T>
-void full_forward(const T* x, const T* w, const T* b, T* y, int64_t N, int64_t D, int64_t O, int act,
-                  int nthreads) {
+void full_forward(const T* x, const T* w, const T* b, T* y, FullShape s, Act act, int nthreads) {
   if constexpr (std::is_same<T, float>::value)
-    if (simd_forward(x, w, b, y, N, D, O, act, nthreads)) return;
-  portable_full_forward(x, w, b, y, N, D, O, act, nthreads);
+    if (LENET5_SIMD_CALL(full_forward_simd, x, w, b, y, s, act, nthreads)) return;
+  portable_full_forward(x, w, b, y, s, act, nthreads);
 }
 
 template <class T>
-void full_backward(const T* gy, const T* y, const T* x, const T* w, T* gx, T* gw, T* gb, int64_t N,
-                   int64_t D, int64_t O, int act, bool gauss_newton, int nthreads) {
+void full_backward(const T* gy, const T* y, const T* x, const T* w, T* gx, T* gw, T* gb, FullShape s,
+                   Act act, bool gauss_newton, int nthreads) {
   if constexpr (std::is_same<T, float>::value)
-    if (simd_backward(gy, y, x, w, gx, gw, gb, N, D, O, act, gauss_newton, nthreads)) return;
-  portable_full_backward(gy, y, x, w, gx, gw, gb, N, D, O, act, gauss_newton, nthreads);
+    if (LENET5_SIMD_CALL(full_backward_simd, gy, y, x, w, gx, gw, gb, s, act, gauss_newton, nthreads)) return;
+  portable_full_backward(gy, y, x, w, gx, gw, gb, s, act, gauss_newton, nthreads);
 }
 
-#define LENET5_INSTANTIATE(T)                                                                      \
-  template void full_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int,   \
-                                int);                                                              \
-  template void full_backward<T>(const T*, const T*, const T*, const T*, T*, T*, T*, int64_t,       \
-                                 int64_t, int64_t, int, bool, int);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(full_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(full_backward)
 
 }  // namespace cpu
 }  // namespace lenet5
@@ -167,8 +151,7 @@ void dot_block_mo(int mb, int ob, const float* x, const float* w, const float* b
   if constexpr (MB > 1) dot_block_mo<V, MB - 1, OB>(mb, ob, x, w, b, D, y, O);
 }
 
-template <class V> struct FullShape;  // register blocking per vector type
-template <class V> struct FullShape {
+template <class V> struct FullTiling {  // register blocking per vector type
   static constexpr int MB = V::kAcc >= 24 ? 4 : V::kAcc >= 12 ? 3 : 2;  // forward images
   static constexpr int OB = V::kAcc / MB;                                // forward outputs
   static constexpr int RB = V::kAcc >= 24 ? 8 : V::kAcc >= 12 ? 6 : 3;   // backward rows
@@ -176,9 +159,10 @@ template <class V> struct FullShape {
 };
 
 template <class V>
-void full_forward_simd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t D,
-                       int64_t O, int act, int nthreads) {
-  constexpr int MB = FullShape<V>::MB, OB = FullShape<V>::OB;
+void full_forward_simd(const float* x, const float* w, const float* b, float* y, FullShape s, Act act,
+                       int nthreads) {
+  constexpr int MB = FullTiling<V>::MB, OB = FullTiling<V>::OB;
+  const int64_t N = s.N, D = s.D, O = s.O;
   const int64_t nblocks = (N + MB - 1) / MB;
   parallel_range(nblocks, 1, nthreads, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk) {
@@ -249,7 +233,7 @@ void gemm_rows(int rb, const float* A, int64_t as, int64_t ar, const float* B, i
 template <class V>
 void gemm(const float* A, int64_t as, int64_t ar, int64_t R, const float* B, int64_t bs, int64_t S,
           int64_t D, bool squareB, float* C, int64_t cs, bool accumulate) {
-  constexpr int RB = FullShape<V>::RB, DB = FullShape<V>::DB, DW = DB * V::L;
+  constexpr int RB = FullTiling<V>::RB, DB = FullTiling<V>::DB, DW = DB * V::L;
   for (int64_t r0 = 0; r0 < R; r0 += RB) {
     const int rb = int(std::min<int64_t>(RB, R - r0));
     for (int64_t d0 = 0; d0 < D; d0 += DW) {
@@ -261,9 +245,9 @@ void gemm(const float* A, int64_t as, int64_t ar, int64_t R, const float* B, int
 
 template <class V>
 void full_backward_simd(const float* gy, const float* y, const float* x, const float* w, float* gx,
-                        float* gw, float* gb, int64_t N, int64_t D, int64_t O, int act, bool gn,
-                        int nthreads) {
+                        float* gw, float* gb, FullShape s, Act act, bool gn, int nthreads) {
   constexpr int L = V::L;
+  const int64_t N = s.N, D = s.D, O = s.O;
   std::vector<float> w2;
   const float* wk = w;
   if (gn) {
@@ -280,10 +264,10 @@ void full_backward_simd(const float* gy, const float* y, const float* x, const f
     // gb[o] += sum_n ga[n][o]
     for (int64_t o0 = 0; o0 < O; o0 += L) {
       const int cnt = int(std::min<int64_t>(L, O - o0));
-      typename V::R s = V::zero();
-      for (int64_t n = 0; n < m; ++n) s = V::add(s, V::loadn(gas + n * O + o0, cnt));
+      typename V::R sum = V::zero();
+      for (int64_t n = 0; n < m; ++n) sum = V::add(sum, V::loadn(gas + n * O + o0, cnt));
       float* a = acc + O * D + o0;
-      V::storen(a, cnt, V::add(V::loadn(a, cnt), s));
+      V::storen(a, cnt, V::add(V::loadn(a, cnt), sum));
     }
     // gw[o][d] += sum_n ga[n][o] x[n][d]: rows r = o, steps s = n
     gemm<V>(gas, O, 1, O, x + begin * D, D, m, D, gn, acc, D, true);

@@ -16,9 +16,9 @@ namespace lenet5 {
 namespace cpu {
 
 template <class T>
-void portable_maxpool_forward(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W, int nthreads) {
-  const int64_t Ho = H / 2, Wo = W / 2;
-  parallel_tasks(N * C, nthreads, [&](int64_t p) {
+void portable_maxpool_forward(const T* x, T* y, PoolShape s, int nthreads) {
+  const int64_t H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w();
+  parallel_tasks(s.N * s.C, nthreads, [&](int64_t p) {
     const T* xp = x + p * H * W;
     T* yp = y + p * Ho * Wo;
     for (int64_t i = 0; i < Ho; ++i)
@@ -33,10 +33,9 @@ void portable_maxpool_forward(const T* x, T* y, int64_t N, int64_t C, int64_t H,
 }
 
 template <class T>
-void portable_maxpool_backward(const T* gy, const T* x, const T* y, T* gx, int64_t N, int64_t C, int64_t H,
-                         int64_t W, int nthreads) {
-  const int64_t Ho = H / 2, Wo = W / 2;
-  parallel_tasks(N * C, nthreads, [&](int64_t p) {
+void portable_maxpool_backward(const T* gy, const T* x, const T* y, T* gx, PoolShape s, int nthreads) {
+  const int64_t H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w();
+  parallel_tasks(s.N * s.C, nthreads, [&](int64_t p) {
     const T* xp = x + p * H * W;
     T* gxp = gx + p * H * W;
     std::fill(gxp, gxp + H * W, T(0));
@@ -61,38 +60,23 @@ void portable_maxpool_backward(const T* gy, const T* x, const T* y, T* gx, int64
 
 namespace lenet5 {
 namespace cpu {
-namespace {
-bool simd_forward(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int nthreads) {
-  LENET5_SIMD_CALL(maxpool_forward_simd, x, y, N, C, H, W, nthreads);
-}
-bool simd_backward(const float* gy, const float* x, const float* y, float* gx, int64_t N, int64_t C,
-                   int64_t H, int64_t W, int nthreads) {
-  LENET5_SIMD_CALL(maxpool_backward_simd, gy, x, y, gx, N, C, H, W, nthreads);
-}
-}  // namespace
 
 template <class T>
-void maxpool2x2_forward(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W, int nthreads) {
+void maxpool2x2_forward(const T* x, T* y, PoolShape s, int nthreads) {
   if constexpr (std::is_same<T, float>::value)
-    if (simd_forward(x, y, N, C, H, W, nthreads)) return;
-  portable_maxpool_forward(x, y, N, C, H, W, nthreads);
+    if (LENET5_SIMD_CALL(maxpool_forward_simd, x, y, s, nthreads)) return;
+  portable_maxpool_forward(x, y, s, nthreads);
 }
 
 template <class T>
-void maxpool2x2_backward(const T* gy, const T* x, const T* y, T* gx, int64_t N, int64_t C, int64_t H,
-                         int64_t W, int nthreads) {
+void maxpool2x2_backward(const T* gy, const T* x, const T* y, T* gx, PoolShape s, int nthreads) {
   if constexpr (std::is_same<T, float>::value)
-    if (simd_backward(gy, x, y, gx, N, C, H, W, nthreads)) return;
-  portable_maxpool_backward(gy, x, y, gx, N, C, H, W, nthreads);
+    if (LENET5_SIMD_CALL(maxpool_backward_simd, gy, x, y, gx, s, nthreads)) return;
+  portable_maxpool_backward(gy, x, y, gx, s, nthreads);
 }
 
-#define LENET5_INSTANTIATE(T)                                                                   \
-  template void maxpool2x2_forward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, int);   \
-  template void maxpool2x2_backward<T>(const T*, const T*, const T*, T*, int64_t, int64_t,      \
-                                       int64_t, int64_t, int);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(maxpool2x2_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(maxpool2x2_backward)
 
 }  // namespace cpu
 }  // namespace lenet5
@@ -114,10 +98,10 @@ LENET5_AI void corners(const float* r0, const float* r1, int64_t j, int n, typen
 }
 
 template <class V>
-void maxpool_forward_simd(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int nthreads) {
+void maxpool_forward_simd(const float* x, float* y, PoolShape s, int nthreads) {
   constexpr int L = V::L;
-  const int64_t Ho = H / 2, Wo = W / 2;
-  parallel_range(N * C, 8, nthreads, [&](int64_t begin, int64_t end) {
+  const int64_t H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w();
+  parallel_range(s.N * s.C, 8, nthreads, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const float* xp = x + p * H * W;
       float* yp = y + p * Ho * Wo;
@@ -136,11 +120,11 @@ void maxpool_forward_simd(const float* x, float* y, int64_t N, int64_t C, int64_
 }
 
 template <class V>
-void maxpool_backward_simd(const float* gy, const float* x, const float* y, float* gx, int64_t N,
-                           int64_t C, int64_t H, int64_t W, int nthreads) {
+void maxpool_backward_simd(const float* gy, const float* x, const float* y, float* gx, PoolShape s,
+                           int nthreads) {
   constexpr int L = V::L;
-  const int64_t Ho = H / 2, Wo = W / 2;
-  parallel_range(N * C, 8, nthreads, [&](int64_t begin, int64_t end) {
+  const int64_t H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w();
+  parallel_range(s.N * s.C, 8, nthreads, [&](int64_t begin, int64_t end) {
     const typename V::M all = V::eq(V::zero(), V::zero());
     for (int64_t p = begin; p < end; ++p) {
       const float* xp = x + p * H * W;

@@ -1,8 +1,13 @@
 // parallel.cpp — a tiny persistent thread pool for parallel_tasks.
 //
 // Workers sleep on a condition variable between calls. A call publishes a task function and a
-// task count; the caller and the workers pull task indices from an atomic counter. One call runs
-// at a time; a concurrent call (another Python thread) or a nested one runs inline instead of
+// task count; the caller and the workers pull task indices from an atomic counter. The caller
+// never waits for a worker that has not started: once every task is taken it closes the call,
+// and waits only for the workers that joined before that (they hold tasks). A worker the OS
+// has not scheduled yet -- on a 2-core machine, typically because torch's OpenMP threads are
+// still spinning after torch's last parallel region -- then costs nothing: the caller does its
+// share. (Which thread runs a task never changes a result: see parallel.h.) One call runs at
+// a time; a concurrent call (another Python thread) or a nested one runs inline instead of
 // waiting, so nothing can deadlock. After fork() the child starts with a fresh, empty pool.
 #include <atomic>
 #include <condition_variable>
@@ -40,13 +45,14 @@ class Pool {
       ntasks_ = ntasks;
       next_.store(0);
       want_ = helpers;
-      running_ = helpers;
+      open_ = true;
       ++generation_;
     }
     cv_.notify_all();
-    work();
+    work();  // returns when every task has been taken
     std::unique_lock<std::mutex> lk(m_);
-    done_cv_.wait(lk, [&] { return running_ == 0; });
+    open_ = false;  // workers that wake up from now on find nothing to do
+    done_cv_.wait(lk, [&] { return active_ == 0; });
     task_ = nullptr;
     return true;
   }
@@ -71,10 +77,12 @@ class Pool {
         cv_.wait(lk, [&] { return stop_ || (generation_ != seen && index < want_); });
         if (stop_) return;
         seen = generation_;
+        if (!open_) continue;  // too late: the caller has taken every task
+        ++active_;
       }
       work();
       std::lock_guard<std::mutex> lk(m_);
-      if (--running_ == 0) done_cv_.notify_one();
+      if (--active_ == 0) done_cv_.notify_one();
     }
   }
 
@@ -84,7 +92,8 @@ class Pool {
   const std::function<void(int64_t)>* task_ = nullptr;
   int64_t ntasks_ = 0;
   std::atomic<int64_t> next_{0};
-  int want_ = 0, running_ = 0;
+  int want_ = 0, active_ = 0;  // active_: workers inside the current call
+  bool open_ = false;          // whether workers may still join the current call
   uint64_t generation_ = 0;
   bool stop_ = false;
 };

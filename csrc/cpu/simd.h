@@ -50,11 +50,14 @@ double fma_probe(int64_t iters, int nthreads);
 }  // namespace cpu
 }  // namespace lenet5
 
-// Calls KERNEL<V>(args...) for the current family and returns true, or returns false when the
-// portable code must run. Used inside the float dispatch of each layer file.
+// Runs KERNEL<V>(args...) for the current family and evaluates to true, or evaluates to false
+// when the portable code must run. Used in each layer file's dispatch:
+//   if constexpr (std::is_same<T, float>::value)
+//     if (LENET5_SIMD_CALL(kernel_simd, args...)) return;
+//   portable_kernel(args...);
 #if LENET5_X86_SIMD
 #define LENET5_SIMD_CALL(KERNEL, ...)                                                  \
-  do {                                                                                 \
+  ([&]() -> bool {                                                                     \
     switch (::lenet5::cpu::current_isa()) {                                            \
       case ::lenet5::cpu::Isa::kAvx512:                                                \
         isa_avx512::KERNEL<isa_avx512::Avx512>(__VA_ARGS__);                           \
@@ -68,7 +71,7 @@ double fma_probe(int64_t iters, int nthreads);
       default:                                                                         \
         return false;                                                                  \
     }                                                                                  \
-  } while (0)
+  }())
 #else
-#define LENET5_SIMD_CALL(KERNEL, ...) return false
+#define LENET5_SIMD_CALL(KERNEL, ...) false
 #endif

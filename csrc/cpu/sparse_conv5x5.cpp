@@ -34,11 +34,12 @@ namespace lenet5 {
 namespace cpu {
 
 template <class T>
-void portable_sparse_forward(const T* x, const T* w, const T* b, const int32_t* offsets,
-                             const int32_t* inputs, T* y, int64_t N, int64_t C, int64_t H, int64_t W,
-                             int64_t O, int act, int nthreads) {
-  const int64_t in = C * H * W, plane = (H - 4) * (W - 4), out = O * plane;
-  parallel_tasks(N, nthreads, [&](int64_t n) {
+void portable_sparse_forward(const T* x, const T* w, const T* b, ConnTable t, T* y, ConvShape s, Act act,
+                             int nthreads) {
+  const int64_t C = s.C, H = s.H, W = s.W, O = s.O;
+  const int32_t *offsets = t.offsets, *inputs = t.inputs;
+  const int64_t in = C * H * W, plane = s.out_h() * s.out_w(), out = O * plane;
+  parallel_tasks(s.N, nthreads, [&](int64_t n) {
     const T* xn = x + n * in;
     for (int64_t o = 0; o < O; ++o) {
       T* yo = y + n * out + o * plane;
@@ -51,16 +52,16 @@ void portable_sparse_forward(const T* x, const T* w, const T* b, const int32_t* 
 }
 
 template <class T>
-void portable_sparse_backward(const T* gy, const T* y, const T* x, const T* w, const int32_t* offsets,
-                              const int32_t* inputs, T* gx, T* gw, T* gb, int64_t N, int64_t C,
-                              int64_t H, int64_t W, int64_t O, int act, bool gauss_newton,
-                              int nthreads) {
-  const int64_t in = C * H * W, plane = (H - 4) * (W - 4), out = O * plane;
+void portable_sparse_backward(const T* gy, const T* y, const T* x, const T* w, ConnTable t, T* gx, T* gw,
+                              T* gb, ConvShape s, Act act, bool gauss_newton, int nthreads) {
+  const int64_t C = s.C, H = s.H, W = s.W, O = s.O;
+  const int32_t *offsets = t.offsets, *inputs = t.inputs;
+  const int64_t in = C * H * W, plane = s.out_h() * s.out_w(), out = O * plane;
   const int64_t K = offsets[O], nw = K * 25;
   std::vector<T> w2;
   const T* wk = maybe_square(w, nw, gauss_newton, w2);
   std::vector<T> grads(nw + O);
-  batch_slices<T>(N, nw + O, grads.data(), nthreads, [&](int64_t begin, int64_t end, T* acc) {
+  batch_slices<T>(s.N, nw + O, grads.data(), nthreads, [&](int64_t begin, int64_t end, T* acc) {
     std::vector<T> ga(out), x2;
     for (int64_t n = begin; n < end; ++n) {
       act_backward(gy + n * out, y ? y + n * out : nullptr, ga.data(), out, act, gauss_newton);
@@ -88,53 +89,26 @@ void portable_sparse_backward(const T* gy, const T* y, const T* x, const T* w, c
 
 namespace lenet5 {
 namespace cpu {
-namespace {
-bool simd_forward(const float* x, const float* w, const float* b, const int32_t* offsets,
-                  const int32_t* inputs, float* y, int64_t N, int64_t C, int64_t H, int64_t W,
-                  int64_t O, int act, int nthreads) {
-  LENET5_SIMD_CALL(sparse_forward_simd, x, w, b, offsets, inputs, y, N, C, H, W, O, act, nthreads);
-}
-bool simd_backward(const float* gy, const float* y, const float* x, const float* w,
-                   const int32_t* offsets, const int32_t* inputs, float* gx, float* gw, float* gb,
-                   int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, bool gn,
-                   int nthreads) {
-  LENET5_SIMD_CALL(sparse_backward_simd, gy, y, x, w, offsets, inputs, gx, gw, gb, N, C, H, W, O,
-                   act, gn, nthreads);
-}
-}  // namespace
 
 template <class T>
-void sparse_conv5x5_forward(const T* x, const T* w, const T* b, const int32_t* offsets,
-                            const int32_t* inputs, T* y, int64_t N, int64_t C, int64_t H, int64_t W,
-                            int64_t O, int act, int nthreads) {
+void sparse_conv5x5_forward(const T* x, const T* w, const T* b, ConnTable table, T* y, ConvShape s, Act act,
+                            int nthreads) {
   if constexpr (std::is_same<T, float>::value)
-    if (simd_forward(x, w, b, offsets, inputs, y, N, C, H, W, O, act, nthreads)) return;
-  portable_sparse_forward(x, w, b, offsets, inputs, y, N, C, H, W, O, act, nthreads);
+    if (LENET5_SIMD_CALL(sparse_forward_simd, x, w, b, table, y, s, act, nthreads)) return;
+  portable_sparse_forward(x, w, b, table, y, s, act, nthreads);
 }
 
 template <class T>
-void sparse_conv5x5_backward(const T* gy, const T* y, const T* x, const T* w, const int32_t* offsets,
-                             const int32_t* inputs, T* gx, T* gw, T* gb, int64_t N, int64_t C,
-                             int64_t H, int64_t W, int64_t O, int act, bool gauss_newton,
-                             int nthreads) {
+void sparse_conv5x5_backward(const T* gy, const T* y, const T* x, const T* w, ConnTable table, T* gx, T* gw,
+                             T* gb, ConvShape s, Act act, bool gauss_newton, int nthreads) {
   if constexpr (std::is_same<T, float>::value)
-    if (simd_backward(gy, y, x, w, offsets, inputs, gx, gw, gb, N, C, H, W, O, act, gauss_newton,
-                      nthreads))
+    if (LENET5_SIMD_CALL(sparse_backward_simd, gy, y, x, w, table, gx, gw, gb, s, act, gauss_newton, nthreads))
       return;
-  portable_sparse_backward(gy, y, x, w, offsets, inputs, gx, gw, gb, N, C, H, W, O, act,
-                           gauss_newton, nthreads);
+  portable_sparse_backward(gy, y, x, w, table, gx, gw, gb, s, act, gauss_newton, nthreads);
 }
 
-#define LENET5_INSTANTIATE(T)                                                                    \
-  template void sparse_conv5x5_forward<T>(const T*, const T*, const T*, const int32_t*,          \
-                                          const int32_t*, T*, int64_t, int64_t, int64_t, int64_t, \
-                                          int64_t, int, int);                                     \
-  template void sparse_conv5x5_backward<T>(const T*, const T*, const T*, const T*, const int32_t*, \
-                                           const int32_t*, T*, T*, T*, int64_t, int64_t, int64_t, \
-                                           int64_t, int64_t, int, bool, int);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(sparse_conv5x5_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(sparse_conv5x5_backward)
 
 }  // namespace cpu
 }  // namespace lenet5
@@ -144,7 +118,7 @@ LENET5_INSTANTIATE(double)
 // Register blocking per vector type: forward tiles of RI output rows x RC vectors, the 5
 // weights of one kernel column kx in registers; weight-gradient tiles of GRI gradient rows in
 // registers and GKX kernel columns (5 accumulators each) at a time.
-template <class V> struct ConvShape {
+template <class V> struct ConvTiling {
   static constexpr int RI = V::L == 8 ? 4 : (V::kAcc >= 24 ? 8 : 2);
   static constexpr int RC = V::kAcc >= 24 ? 2 : (V::kAcc >= 12 ? 2 : 1);
   static constexpr int GRI = V::kAcc >= 24 ? 8 : (V::kAcc >= 12 ? 4 : 2);
@@ -225,7 +199,7 @@ void conv_tile_rc(int ri, int rc, const float* const* planes, const float* const
 template <class V>
 void conv_plane(const float* const* planes, const float* const* kernels, int64_t nk, int64_t Wx,
                 float bias, int act, float* y, int64_t Ho, int64_t Wo) {
-  constexpr int L = V::L, RI = ConvShape<V>::RI, RC = ConvShape<V>::RC;
+  constexpr int L = V::L, RI = ConvTiling<V>::RI, RC = ConvTiling<V>::RC;
   const int64_t nvec = (Wo + L - 1) / L, ngroups = (nvec + RC - 1) / RC;
   for (int64_t oy0 = 0; oy0 < Ho; oy0 += RI) {
     const int ri = int(std::min<int64_t>(RI, Ho - oy0));
@@ -238,14 +212,15 @@ void conv_plane(const float* const* planes, const float* const* kernels, int64_t
 }
 
 template <class V>
-void sparse_forward_simd(const float* x, const float* w, const float* b, const int32_t* offsets,
-                         const int32_t* inputs, float* y, int64_t N, int64_t C, int64_t H, int64_t W,
-                         int64_t O, int act, int nthreads) {
+void sparse_forward_simd(const float* x, const float* w, const float* b, ConnTable t, float* y, ConvShape s,
+                         Act act, int nthreads) {
   constexpr int L = V::L;
-  const int64_t Ho = H - 4, Wo = W - 4, HW = H * W;
+  const int64_t C = s.C, H = s.H, W = s.W, O = s.O;
+  const int32_t *offsets = t.offsets, *inputs = t.inputs;
+  const int64_t Ho = s.out_h(), Wo = s.out_w(), HW = H * W;
   const int64_t HWp = round_up(HW + 2 * L, 16);  // zero pad: junk lanes read past the plane
   const int64_t K = offsets[O];
-  parallel_range(N, 1, nthreads, [&](int64_t begin, int64_t end) {
+  parallel_range(s.N, 1, nthreads, [&](int64_t begin, int64_t end) {
     std::vector<float> xs(C * HWp + 16, 0.0f);
     float* xa = xs.data() + ((16 - (reinterpret_cast<uintptr_t>(xs.data()) / 4) % 16) % 16);  // 64-byte aligned
     std::vector<const float*> planes(K), kernels(K);
@@ -309,20 +284,20 @@ template <class V, int KX0 = 0>
 void gw_kernel(const float* const* g, const float* const* xs, int64_t nimg, int64_t rows, int64_t nvec,
                int64_t gstride, int64_t W, float* acc) {
   if constexpr (KX0 < 5) {
-    constexpr int G = ConvShape<V>::GKX, NKX = KX0 + G <= 5 ? G : 5 - KX0;
-    gw_tile<V, ConvShape<V>::GRI, KX0, NKX>(g, xs, nimg, rows, nvec, gstride, W, acc);
+    constexpr int G = ConvTiling<V>::GKX, NKX = KX0 + G <= 5 ? G : 5 - KX0;
+    gw_tile<V, ConvTiling<V>::GRI, KX0, NKX>(g, xs, nimg, rows, nvec, gstride, W, acc);
     gw_kernel<V, KX0 + NKX>(g, xs, nimg, rows, nvec, gstride, W, acc);
   }
 }
 
 template <class V>
-void sparse_backward_simd(const float* gy, const float* y, const float* x, const float* w,
-                          const int32_t* offsets, const int32_t* inputs, float* gx, float* gw,
-                          float* gb, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act,
-                          bool gn, int nthreads) {
-  constexpr int L = V::L, GRI = ConvShape<V>::GRI;
+void sparse_backward_simd(const float* gy, const float* y, const float* x, const float* w, ConnTable t,
+                          float* gx, float* gw, float* gb, ConvShape s, Act act, bool gn, int nthreads) {
+  constexpr int L = V::L, GRI = ConvTiling<V>::GRI;
   constexpr int64_t kChunk = 8;
-  const int64_t Ho = H - 4, Wo = W - 4, HW = H * W, plane = Ho * Wo, out = O * plane;
+  const int64_t C = s.C, H = s.H, W = s.W, O = s.O;
+  const int32_t *offsets = t.offsets, *inputs = t.inputs;
+  const int64_t Ho = s.out_h(), Wo = s.out_w(), HW = H * W, plane = Ho * Wo, out = O * plane;
   // gw operands: ga on rows of nvec vectors (junk lanes zero), Ho padded to a multiple of GRI
   // with zero rows; x copies with 4 + the padding rows, plus a vector of slack.
   const int64_t nvec = (Wo + L - 1) / L, gstride = nvec * L, rows = round_up(Ho, GRI);
@@ -346,7 +321,7 @@ void sparse_backward_simd(const float* gy, const float* y, const float* x, const
     for (int64_t k = 0; k < K; ++k) t_k[fill[inputs[k]]++] = int32_t(k);
   }
   std::vector<float> grads(nw + O);
-  batch_slices<float>(N, nw + O, grads.data(), nthreads, [&](int64_t begin, int64_t end, float* acc) {
+  batch_slices<float>(s.N, nw + O, grads.data(), nthreads, [&](int64_t begin, int64_t end, float* acc) {
     const int64_t cn = std::min<int64_t>(kChunk, end - begin);
     std::vector<float> ga(out), gar(cn * O * gplane, 0.0f), xs(cn * C * HWp, 0.0f);
     std::vector<float> gap(gx ? O * HWg : 0, 0.0f);

@@ -23,10 +23,10 @@ template <class T> inline T window_sum(const T* x, int64_t W, int64_t i, int64_t
 }  // namespace
 
 template <class T>
-void portable_subsample_forward(const T* x, const T* coef, const T* bias, T* y, int64_t N, int64_t C,
-                          int64_t H, int64_t W, int act, int nthreads) {
-  const int64_t Ho = H / 2, Wo = W / 2;
-  parallel_tasks(N, nthreads, [&](int64_t n) {
+void portable_subsample_forward(const T* x, const T* coef, const T* bias, T* y, PoolShape s, Act act,
+                                int nthreads) {
+  const int64_t C = s.C, H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w();
+  parallel_tasks(s.N, nthreads, [&](int64_t n) {
     for (int64_t c = 0; c < C; ++c) {
       const T* xc = x + (n * C + c) * H * W;
       T* yc = y + (n * C + c) * Ho * Wo;
@@ -39,11 +39,10 @@ void portable_subsample_forward(const T* x, const T* coef, const T* bias, T* y, 
 
 template <class T>
 void portable_subsample_backward(const T* gy, const T* y, const T* x, const T* coef, T* gx, T* gcoef,
-                           T* gbias, int64_t N, int64_t C, int64_t H, int64_t W, int act,
-                           bool gauss_newton, int nthreads) {
-  const int64_t Ho = H / 2, Wo = W / 2, out = C * Ho * Wo;
+                                 T* gbias, PoolShape s, Act act, bool gauss_newton, int nthreads) {
+  const int64_t C = s.C, H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w(), out = C * Ho * Wo;
   std::vector<T> grads(2 * C);
-  batch_slices<T>(N, 2 * C, grads.data(), nthreads, [&](int64_t begin, int64_t end, T* acc) {
+  batch_slices<T>(s.N, 2 * C, grads.data(), nthreads, [&](int64_t begin, int64_t end, T* acc) {
     std::vector<T> ga(out);
     for (int64_t n = begin; n < end; ++n) {
       act_backward(gy + n * out, y ? y + n * out : nullptr, ga.data(), out, act, gauss_newton);
@@ -54,8 +53,8 @@ void portable_subsample_backward(const T* gy, const T* y, const T* x, const T* c
         T sc = 0, sb = 0;
         for (int64_t i = 0; i < Ho; ++i)
           for (int64_t j = 0; j < Wo; ++j) {
-            const T s = window_sum(xc, W, i, j), g = gac[i * Wo + j];
-            sc += g * (gauss_newton ? s * s : s);
+            const T win = window_sum(xc, W, i, j), g = gac[i * Wo + j];
+            sc += g * (gauss_newton ? win * win : win);
             sb += g;
           }
         acc[c] += sc;
@@ -80,43 +79,26 @@ void portable_subsample_backward(const T* gy, const T* y, const T* x, const T* c
 
 namespace lenet5 {
 namespace cpu {
-namespace {
-bool simd_forward(const float* x, const float* coef, const float* bias, float* y, int64_t N, int64_t C,
-                  int64_t H, int64_t W, int act, int nthreads) {
-  LENET5_SIMD_CALL(subsample_forward_simd, x, coef, bias, y, N, C, H, W, act, nthreads);
-}
-bool simd_backward(const float* gy, const float* y, const float* x, const float* coef, float* gx,
-                   float* gcoef, float* gbias, int64_t N, int64_t C, int64_t H, int64_t W, int act,
-                   bool gn, int nthreads) {
-  LENET5_SIMD_CALL(subsample_backward_simd, gy, y, x, coef, gx, gcoef, gbias, N, C, H, W, act, gn, nthreads);
-}
-}  // namespace
 
 template <class T>
-void subsample2x2_forward(const T* x, const T* coef, const T* bias, T* y, int64_t N, int64_t C,
-                          int64_t H, int64_t W, int act, int nthreads) {
+void subsample2x2_forward(const T* x, const T* coef, const T* bias, T* y, PoolShape s, Act act, int nthreads) {
   if constexpr (std::is_same<T, float>::value)
-    if (simd_forward(x, coef, bias, y, N, C, H, W, act, nthreads)) return;
-  portable_subsample_forward(x, coef, bias, y, N, C, H, W, act, nthreads);
+    if (LENET5_SIMD_CALL(subsample_forward_simd, x, coef, bias, y, s, act, nthreads)) return;
+  portable_subsample_forward(x, coef, bias, y, s, act, nthreads);
 }
 
 template <class T>
-void subsample2x2_backward(const T* gy, const T* y, const T* x, const T* coef, T* gx, T* gcoef,
-                           T* gbias, int64_t N, int64_t C, int64_t H, int64_t W, int act,
-                           bool gauss_newton, int nthreads) {
+void subsample2x2_backward(const T* gy, const T* y, const T* x, const T* coef, T* gx, T* gcoef, T* gbias,
+                           PoolShape s, Act act, bool gauss_newton, int nthreads) {
   if constexpr (std::is_same<T, float>::value)
-    if (simd_backward(gy, y, x, coef, gx, gcoef, gbias, N, C, H, W, act, gauss_newton, nthreads)) return;
-  portable_subsample_backward(gy, y, x, coef, gx, gcoef, gbias, N, C, H, W, act, gauss_newton, nthreads);
+    if (LENET5_SIMD_CALL(subsample_backward_simd, gy, y, x, coef, gx, gcoef, gbias, s, act, gauss_newton,
+                         nthreads))
+      return;
+  portable_subsample_backward(gy, y, x, coef, gx, gcoef, gbias, s, act, gauss_newton, nthreads);
 }
 
-#define LENET5_INSTANTIATE(T)                                                                    \
-  template void subsample2x2_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t,      \
-                                        int64_t, int64_t, int, int);                             \
-  template void subsample2x2_backward<T>(const T*, const T*, const T*, const T*, T*, T*, T*,     \
-                                         int64_t, int64_t, int64_t, int64_t, int, bool, int);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(subsample2x2_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(subsample2x2_backward)
 
 }  // namespace cpu
 }  // namespace lenet5
@@ -141,11 +123,11 @@ LENET5_AI typename V::R window_sums(const float* r0, const float* r1, int64_t j,
 }
 
 template <class V>
-void subsample_forward_simd(const float* x, const float* coef, const float* bias, float* y, int64_t N,
-                            int64_t C, int64_t H, int64_t W, int act, int nthreads) {
+void subsample_forward_simd(const float* x, const float* coef, const float* bias, float* y, PoolShape s,
+                            Act act, int nthreads) {
   constexpr int L = V::L;
-  const int64_t Ho = H / 2, Wo = W / 2;
-  parallel_range(N * C, 8, nthreads, [&](int64_t begin, int64_t end) {
+  const int64_t C = s.C, H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w();
+  parallel_range(s.N * C, 8, nthreads, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t c = p % C;
       const typename V::R k = V::set1(coef[c]), b = V::set1(bias[c]);
@@ -166,12 +148,12 @@ void subsample_forward_simd(const float* x, const float* coef, const float* bias
 
 template <class V>
 void subsample_backward_simd(const float* gy, const float* y, const float* x, const float* coef,
-                             float* gx, float* gcoef, float* gbias, int64_t N, int64_t C, int64_t H,
-                             int64_t W, int act, bool gn, int nthreads) {
+                             float* gx, float* gcoef, float* gbias, PoolShape s, Act act, bool gn,
+                             int nthreads) {
   constexpr int L = V::L;
-  const int64_t Ho = H / 2, Wo = W / 2;
+  const int64_t C = s.C, H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w();
   std::vector<float> grads(2 * C);
-  batch_slices<float>(N, 2 * C, grads.data(), nthreads, [&](int64_t begin, int64_t end, float* acc) {
+  batch_slices<float>(s.N, 2 * C, grads.data(), nthreads, [&](int64_t begin, int64_t end, float* acc) {
     for (int64_t n = begin; n < end; ++n)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t p = n * C + c;
@@ -188,8 +170,8 @@ void subsample_backward_simd(const float* gy, const float* y, const float* x, co
             const int64_t at = i * Wo + j;
             typename V::R g = n == L ? V::load(gyp + at) : V::loadn(gyp + at, n);
             if (act != kIdentity) g = v_act_back<V>(g, n == L ? V::load(yp + at) : V::loadn(yp + at, n), act, gn);
-            const typename V::R s = window_sums<V>(r0, r0 + W, j, n);
-            sc = V::fmadd(g, gn ? V::mul(s, s) : s, sc);
+            const typename V::R win = window_sums<V>(r0, r0 + W, j, n);
+            sc = V::fmadd(g, gn ? V::mul(win, win) : win, sc);
             sb = V::add(sb, g);
             if (!gxp) continue;
             const typename V::R g2 = V::mul(k, g);

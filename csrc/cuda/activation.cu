@@ -32,7 +32,7 @@ activation_backward_kernel(const T* __restrict__ gy, const T* __restrict__ y, T*
 }  // namespace detail
 
 template <class T>
-void activation_forward(const T* x, T* y, int64_t n, int act, Stream s) {
+void activation_forward(const T* x, T* y, int64_t n, Act act, Stream s) {
   using namespace detail;
   if (n <= 0) return;
   activation_forward_kernel<T><<<grid_blocks(n, kActBS), kActBS, 0, as_stream(s)>>>(x, y, n, act);
@@ -40,7 +40,7 @@ void activation_forward(const T* x, T* y, int64_t n, int act, Stream s) {
 }
 
 template <class T>
-void activation_backward(const T* gy, const T* y, T* gx, int64_t n, int act, bool gauss_newton, Stream s) {
+void activation_backward(const T* gy, const T* y, T* gx, int64_t n, Act act, bool gauss_newton, Stream s) {
   using namespace detail;
   if (n <= 0) return;
   activation_backward_kernel<T><<<grid_blocks(n, kActBS), kActBS, 0, as_stream(s)>>>(gy, y, gx, n, act,
@@ -57,12 +57,8 @@ int device_count() {
   return n;
 }
 
-#define LENET5_INSTANTIATE(T)                                                          \
-  template void activation_forward<T>(const T*, T*, int64_t, int, Stream);             \
-  template void activation_backward<T>(const T*, const T*, T*, int64_t, int, bool, Stream);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(activation_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(activation_backward)
 
 }  // namespace cuda
 }  // namespace lenet5

@@ -14,32 +14,26 @@ namespace lenet5 {
 namespace cuda {
 
 template <class T>
-void conv5x5_forward(const T* x, const T* w, const T* b, T* y, int64_t N, int64_t C, int64_t H, int64_t W,
-                     int64_t O, int act, Stream s) {
-  if (H == 5 && W == 5) return full_forward<T>(x, w, b, y, N, C * 25, O, act, s);
-  detail::conv5_forward<T>(x, w, b, y, detail::DenseConn{int(C)}, N, C, H, W, O, act, detail::as_stream(s));
+void conv5x5_forward(const T* x, const T* w, const T* b, T* y, ConvShape s, Act act, Stream stream) {
+  if (s.H == 5 && s.W == 5) return full_forward<T>(x, w, b, y, FullShape{s.N, s.C * 25, s.O}, act, stream);
+  detail::conv5_forward<T>(x, w, b, y, detail::DenseConn{int(s.C)}, s, act, detail::as_stream(stream));
 }
 
 template <class T>
-void conv5x5_backward(const T* gy, const T* y, const T* x, const T* w, T* gx, T* gw, T* gb, int64_t N,
-                      int64_t C, int64_t H, int64_t W, int64_t O, int act, bool gauss_newton, Stream s) {
-  if (H == 5 && W == 5) return full_backward<T>(gy, y, x, w, gx, gw, gb, N, C * 25, O, act, gauss_newton, s);
-  const cudaStream_t st = detail::as_stream(s);
-  const detail::DenseConn conn{int(C)};
+void conv5x5_backward(const T* gy, const T* y, const T* x, const T* w, T* gx, T* gw, T* gb, ConvShape s,
+                      Act act, bool gauss_newton, Stream stream) {
+  if (s.H == 5 && s.W == 5)
+    return full_backward<T>(gy, y, x, w, gx, gw, gb, FullShape{s.N, s.C * 25, s.O}, act, gauss_newton, stream);
+  const cudaStream_t st = detail::as_stream(stream);
+  const detail::DenseConn conn{int(s.C)};
   // Weight/bias gradients first: they may use gx as scratch.
-  detail::conv5_backward_filter<T>(gy, y, x, gw, gb, conn, C, O * C, N, C, H, W, O, act, gauss_newton, gx,
-                                   gx ? N * C * H * W : 0, st);
-  if (gx) detail::conv5_backward_data<T>(gy, y, w, gx, conn, N, C, H, W, O, act, gauss_newton, st);
+  detail::conv5_backward_filter<T>(gy, y, x, gw, gb, conn, s.C, s.O * s.C, s, act, gauss_newton, gx,
+                                   gx ? s.N * s.C * s.H * s.W : 0, st);
+  if (gx) detail::conv5_backward_data<T>(gy, y, w, gx, conn, s, act, gauss_newton, st);
 }
 
-#define LENET5_INSTANTIATE(T)                                                                         \
-  template void conv5x5_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, \
-                                   int64_t, int, Stream);                                             \
-  template void conv5x5_backward<T>(const T*, const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t, \
-                                    int64_t, int64_t, int64_t, int, bool, Stream);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(conv5x5_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(conv5x5_backward)
 
 }  // namespace cuda
 }  // namespace lenet5

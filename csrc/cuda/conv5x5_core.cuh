@@ -89,8 +89,10 @@ __device__ __forceinline__ void conv5_stage_fwd(T* ws, int* cmask, const T* __re
 template <class T, int OB, class Conn>
 __global__ void __launch_bounds__(kConvBS)
 conv5_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
-                     T* __restrict__ y, Conn conn, int64_t N, int C, int H, int W, int O, int act) {
+                     T* __restrict__ y, Conn conn, ConvShape s, int act) {
   constexpr int CC = FwdChunk<T, OB>::CC;
+  const int64_t N = s.N;
+  const int C = int(s.C), H = int(s.H), W = int(s.W), O = int(s.O);
   __shared__ __align__(16) T ws[CC * 25 * OB];
   __shared__ int cmask[Conn::kDense ? 1 : CC];
   const int o0 = blockIdx.y * OB;
@@ -149,25 +151,24 @@ conv5_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* 
 }
 
 template <class T, int OB, class Conn>
-void conv5_forward_launch(const T* x, const T* w, const T* b, T* y, Conn conn, int64_t N, int64_t C,
-                          int64_t H, int64_t W, int64_t O, int act, cudaStream_t st) {
-  const int64_t total = N * (H - 4) * (W - 4);
-  const dim3 grid(grid_blocks(total, kConvBS), static_cast<unsigned>(ceil_div(O, OB)));
-  conv5_forward_kernel<T, OB, Conn><<<grid, kConvBS, 0, st>>>(x, w, b, y, conn, N, int(C), int(H), int(W),
-                                                             int(O), act);
+void conv5_forward_launch(const T* x, const T* w, const T* b, T* y, Conn conn, const ConvShape& s, int act,
+                          cudaStream_t st) {
+  const int64_t total = s.N * s.out_h() * s.out_w();
+  const dim3 grid(grid_blocks(total, kConvBS), static_cast<unsigned>(ceil_div(s.O, OB)));
+  conv5_forward_kernel<T, OB, Conn><<<grid, kConvBS, 0, st>>>(x, w, b, y, conn, s, act);
   LENET5_CHECK_LAUNCH("conv5x5 forward");
 }
 
 template <class T, class Conn>
-void conv5_forward(const T* x, const T* w, const T* b, T* y, Conn conn, int64_t N, int64_t C, int64_t H,
-                   int64_t W, int64_t O, int act, cudaStream_t st) {
-  if (N <= 0 || O <= 0 || H < 5 || W < 5) return;
-  switch (conv_group(O)) {
-    case 1: return conv5_forward_launch<T, 1>(x, w, b, y, conn, N, C, H, W, O, act, st);
-    case 2: return conv5_forward_launch<T, 2>(x, w, b, y, conn, N, C, H, W, O, act, st);
-    case 4: return conv5_forward_launch<T, 4>(x, w, b, y, conn, N, C, H, W, O, act, st);
-    case 6: return conv5_forward_launch<T, 6>(x, w, b, y, conn, N, C, H, W, O, act, st);
-    default: return conv5_forward_launch<T, 8>(x, w, b, y, conn, N, C, H, W, O, act, st);
+void conv5_forward(const T* x, const T* w, const T* b, T* y, Conn conn, const ConvShape& s, int act,
+                   cudaStream_t st) {
+  if (s.N <= 0 || s.O <= 0 || s.H < 5 || s.W < 5) return;
+  switch (conv_group(s.O)) {
+    case 1: return conv5_forward_launch<T, 1>(x, w, b, y, conn, s, act, st);
+    case 2: return conv5_forward_launch<T, 2>(x, w, b, y, conn, s, act, st);
+    case 4: return conv5_forward_launch<T, 4>(x, w, b, y, conn, s, act, st);
+    case 6: return conv5_forward_launch<T, 6>(x, w, b, y, conn, s, act, st);
+    default: return conv5_forward_launch<T, 8>(x, w, b, y, conn, s, act, st);
   }
 }
 
@@ -215,9 +216,10 @@ __device__ __forceinline__ void conv5_stage_data(T* wd, int* omask, const T* __r
 template <class T, int CB, class Conn>
 __global__ void __launch_bounds__(kConvBS)
 conv5_backward_data_kernel(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ w,
-                           T* __restrict__ gx, Conn conn, int64_t N, int C, int H, int W, int O, int act,
-                           bool gn) {
+                           T* __restrict__ gx, Conn conn, ConvShape s, int act, bool gn) {
   constexpr int OC = DataChunk<T, CB>::OC;
+  const int64_t N = s.N;
+  const int C = int(s.C), H = int(s.H), W = int(s.W), O = int(s.O);
   __shared__ __align__(16) T wd[OC * 25 * CB];
   __shared__ int omask[Conn::kDense ? 1 : OC];
   const int c0 = blockIdx.y * CB;
@@ -278,25 +280,24 @@ conv5_backward_data_kernel(const T* __restrict__ gy, const T* __restrict__ y, co
 }
 
 template <class T, int CB, class Conn>
-void conv5_backward_data_launch(const T* gy, const T* y, const T* w, T* gx, Conn conn, int64_t N, int64_t C,
-                                int64_t H, int64_t W, int64_t O, int act, bool gn, cudaStream_t st) {
-  const int64_t total = N * H * W;
-  const dim3 grid(grid_blocks(total, kConvBS), static_cast<unsigned>(ceil_div(C, CB)));
-  conv5_backward_data_kernel<T, CB, Conn><<<grid, kConvBS, 0, st>>>(gy, y, w, gx, conn, N, int(C), int(H),
-                                                                   int(W), int(O), act, gn);
+void conv5_backward_data_launch(const T* gy, const T* y, const T* w, T* gx, Conn conn, const ConvShape& s,
+                                int act, bool gn, cudaStream_t st) {
+  const int64_t total = s.N * s.H * s.W;
+  const dim3 grid(grid_blocks(total, kConvBS), static_cast<unsigned>(ceil_div(s.C, CB)));
+  conv5_backward_data_kernel<T, CB, Conn><<<grid, kConvBS, 0, st>>>(gy, y, w, gx, conn, s, act, gn);
   LENET5_CHECK_LAUNCH("conv5x5 backward (input gradient)");
 }
 
 template <class T, class Conn>
-void conv5_backward_data(const T* gy, const T* y, const T* w, T* gx, Conn conn, int64_t N, int64_t C,
-                         int64_t H, int64_t W, int64_t O, int act, bool gn, cudaStream_t st) {
-  if (N <= 0 || C <= 0 || H <= 0 || W <= 0) return;
-  switch (conv_group(C)) {
-    case 1: return conv5_backward_data_launch<T, 1>(gy, y, w, gx, conn, N, C, H, W, O, act, gn, st);
-    case 2: return conv5_backward_data_launch<T, 2>(gy, y, w, gx, conn, N, C, H, W, O, act, gn, st);
-    case 4: return conv5_backward_data_launch<T, 4>(gy, y, w, gx, conn, N, C, H, W, O, act, gn, st);
-    case 6: return conv5_backward_data_launch<T, 6>(gy, y, w, gx, conn, N, C, H, W, O, act, gn, st);
-    default: return conv5_backward_data_launch<T, 8>(gy, y, w, gx, conn, N, C, H, W, O, act, gn, st);
+void conv5_backward_data(const T* gy, const T* y, const T* w, T* gx, Conn conn, const ConvShape& s, int act,
+                         bool gn, cudaStream_t st) {
+  if (s.N <= 0 || s.C <= 0 || s.H <= 0 || s.W <= 0) return;
+  switch (conv_group(s.C)) {
+    case 1: return conv5_backward_data_launch<T, 1>(gy, y, w, gx, conn, s, act, gn, st);
+    case 2: return conv5_backward_data_launch<T, 2>(gy, y, w, gx, conn, s, act, gn, st);
+    case 4: return conv5_backward_data_launch<T, 4>(gy, y, w, gx, conn, s, act, gn, st);
+    case 6: return conv5_backward_data_launch<T, 6>(gy, y, w, gx, conn, s, act, gn, st);
+    default: return conv5_backward_data_launch<T, 8>(gy, y, w, gx, conn, s, act, gn, st);
   }
 }
 
@@ -311,8 +312,9 @@ template <class T, int KR, class Conn>
 __global__ void __launch_bounds__(kConvBS)
 conv5_backward_filter_kernel(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ x,
                              T* __restrict__ gw_out, T* __restrict__ gb_out, int64_t gw_cs, int64_t gb_cs,
-                             Conn conn, int64_t S, int64_t N, int64_t per, int C, int H, int W, int O,
-                             int act, bool gn) {
+                             Conn conn, int64_t S, int64_t per, ConvShape shape, int act, bool gn) {
+  const int64_t N = shape.N;
+  const int C = int(shape.C), H = int(shape.H), W = int(shape.W), O = int(shape.O);
   constexpr int KB = 5 / KR;       // row blocks per kernel
   constexpr int NV = KR * 5 + 1;   // taps of this row block + the bias
   __shared__ T red[(kConvBS / 32) * NV];
@@ -376,11 +378,12 @@ conv5_backward_filter_kernel(const T* __restrict__ gy, const T* __restrict__ y, 
 // chunks whose partials are then summed in order; K is the kernel count (needed for that layout).
 template <class T, class Conn>
 void conv5_backward_filter(const T* gy, const T* y, const T* x, T* gw, T* gb, Conn conn, int64_t S,
-                           int64_t K, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act,
-                           bool gn, T* scratch, int64_t scratch_elems, cudaStream_t st) {
+                           int64_t K, const ConvShape& shape, int act, bool gn, T* scratch,
+                           int64_t scratch_elems, cudaStream_t st) {
+  const int64_t N = shape.N, O = shape.O;
   if (O <= 0) return;
   S = max64(1, S);
-  const int64_t Ho = max64(H - 4, 0), Wo = max64(W - 4, 0);
+  const int64_t Ho = max64(shape.out_h(), 0), Wo = max64(shape.out_w(), 0);
   const int64_t per_img = Ho * ceil_div(Wo, 4);
   const ChunkPlan plan = plan_chunks(N, O * S, per_img, scratch ? scratch_elems : 0, K * 25 + O);
   // Few kernels (C1: 6): split each 5x5 into its 5 rows, 5x more blocks.
@@ -398,10 +401,10 @@ void conv5_backward_filter(const T* gy, const T* y, const T* x, T* gw, T* gb, Co
   }
   if (split_rows)
     conv5_backward_filter_kernel<T, 1, Conn><<<grid, kConvBS, 0, st>>>(gy, y, x, gw_out, gb_out, gw_cs, gb_cs,
-        conn, S, N, plan.per, int(C), int(H), int(W), int(O), act, gn);
+        conn, S, plan.per, shape, act, gn);
   else
     conv5_backward_filter_kernel<T, 5, Conn><<<grid, kConvBS, 0, st>>>(gy, y, x, gw_out, gb_out, gw_cs, gb_cs,
-        conn, S, N, plan.per, int(C), int(H), int(W), int(O), act, gn);
+        conn, S, plan.per, shape, act, gn);
   LENET5_CHECK_LAUNCH("conv5x5 backward (weight gradient)");
   if (plan.chunks > 1) {
     sum_chunks(gw_out, plan.chunks, gw_cs, gw, K * 25, st);

@@ -19,8 +19,8 @@ constexpr int kRbfBS = 256;
 template <class T>
 __global__ void __launch_bounds__(kRbfBS)
 rbf_backward_input_kernel(const T* __restrict__ gy, const T* __restrict__ x, const T* __restrict__ w,
-                          T* __restrict__ gx, int64_t N, int64_t D, int64_t M, bool gn) {
-  const int64_t total = N * D;
+                          T* __restrict__ gx, FullShape s, bool gn) {
+  const int64_t D = s.D, M = s.O, total = s.N * D;
   for (int64_t q = blockIdx.x * int64_t(kRbfBS) + threadIdx.x; q < total; q += int64_t(gridDim.x) * kRbfBS) {
     const int64_t n = q / D, j = q - n * D;
     const T xv = x[q];
@@ -40,11 +40,10 @@ rbf_backward_input_kernel(const T* __restrict__ gy, const T* __restrict__ x, con
 template <class T>
 __global__ void __launch_bounds__(kRbfBS)
 rbf_backward_weight_kernel(const T* __restrict__ gy, const T* __restrict__ x, const T* __restrict__ w,
-                           T* __restrict__ out, int64_t cs, int64_t N, int64_t per, int64_t D, int64_t M,
-                           bool gn) {
-  const int64_t total = M * D;
+                           T* __restrict__ out, int64_t cs, int64_t per, FullShape s, bool gn) {
+  const int64_t D = s.D, M = s.O, total = M * D;
   const int64_t chunk = blockIdx.y;
-  const int64_t n0 = chunk * per, n1 = min64(N, n0 + per);
+  const int64_t n0 = chunk * per, n1 = min64(s.N, n0 + per);
   for (int64_t q = blockIdx.x * int64_t(kRbfBS) + threadIdx.x; q < total; q += int64_t(gridDim.x) * kRbfBS) {
     const int64_t i = q / D, j = q - i * D;
     const T wv = w[q];
@@ -65,18 +64,20 @@ rbf_backward_weight_kernel(const T* __restrict__ gy, const T* __restrict__ x, co
 }  // namespace detail
 
 template <class T>
-void euclidean_rbf_forward(const T* x, const T* w, T* y, int64_t N, int64_t D, int64_t M, Stream s) {
+void euclidean_rbf_forward(const T* x, const T* w, T* y, FullShape s, Stream stream) {
   using namespace detail;
+  const int64_t N = s.N, D = s.D, M = s.O;
   if (N <= 0 || M <= 0) return;
-  gemm_tile<T, OpSqDiff>(N, M, D, 1, D, RowLoad<T>{x, D}, RowLoadT<T>{w, D}, RowStore<T>{y, M}, as_stream(s),
+  gemm_tile<T, OpSqDiff>(N, M, D, 1, D, RowLoad<T>{x, D}, RowLoadT<T>{w, D}, RowStore<T>{y, M}, as_stream(stream),
                          "euclidean_rbf forward");
 }
 
 template <class T>
-void euclidean_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, int64_t N, int64_t D,
-                            int64_t M, bool gauss_newton, Stream s) {
+void euclidean_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, FullShape s, bool gauss_newton,
+                            Stream stream) {
   using namespace detail;
-  const cudaStream_t st = as_stream(s);
+  const cudaStream_t st = as_stream(stream);
+  const int64_t N = s.N, D = s.D, M = s.O;
   // 1) gw, possibly in batch chunks whose partials borrow gx.
   if (gw && M > 0 && D > 0) {
     const int64_t total = M * D;
@@ -84,27 +85,21 @@ void euclidean_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, i
     const ChunkPlan plan = plan_chunks(N, blocks, kRbfBS, gx ? N * D : 0, total);
     T* out = plan.chunks > 1 ? gx : gw;
     const dim3 grid(grid_blocks(total, kRbfBS), static_cast<unsigned>(plan.chunks));
-    rbf_backward_weight_kernel<T><<<grid, kRbfBS, 0, st>>>(gy, x, w, out, plan.chunks > 1 ? total : 0, N,
-                                                          plan.per, D, M, gauss_newton);
+    rbf_backward_weight_kernel<T><<<grid, kRbfBS, 0, st>>>(gy, x, w, out, plan.chunks > 1 ? total : 0, plan.per, s,
+                                                          gauss_newton);
     LENET5_CHECK_LAUNCH("euclidean_rbf backward (weight gradient)");
     if (plan.chunks > 1) sum_chunks(out, plan.chunks, total, gw, total, st);
   }
   // 2) gx (overwrites the partials).
   if (gx && N > 0 && D > 0) {
     const int64_t total = N * D;
-    rbf_backward_input_kernel<T><<<grid_blocks(total, kRbfBS), kRbfBS, 0, st>>>(gy, x, w, gx, N, D, M,
-                                                                                gauss_newton);
+    rbf_backward_input_kernel<T><<<grid_blocks(total, kRbfBS), kRbfBS, 0, st>>>(gy, x, w, gx, s, gauss_newton);
     LENET5_CHECK_LAUNCH("euclidean_rbf backward (input gradient)");
   }
 }
 
-#define LENET5_INSTANTIATE(T)                                                                     \
-  template void euclidean_rbf_forward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, Stream); \
-  template void euclidean_rbf_backward<T>(const T*, const T*, const T*, T*, T*, int64_t, int64_t,    \
-                                          int64_t, bool, Stream);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(euclidean_rbf_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(euclidean_rbf_backward)
 
 }  // namespace cuda
 }  // namespace lenet5

@@ -83,22 +83,24 @@ template <class T> struct EpiWeights {
 }  // namespace detail
 
 template <class T>
-void full_forward(const T* x, const T* w, const T* b, T* y, int64_t N, int64_t D, int64_t O, int act, Stream s) {
+void full_forward(const T* x, const T* w, const T* b, T* y, FullShape s, Act act, Stream stream) {
   using namespace detail;
+  const int64_t N = s.N, D = s.D, O = s.O;
   if (N <= 0 || O <= 0) return;
   gemm_tile<T, OpMul>(N, O, D, 1, D, RowLoad<T>{x, D}, RowLoadT<T>{w, D}, EpiForward<T>{y, b, O, act},
-                      as_stream(s), "full forward");
+                      as_stream(stream), "full forward");
 }
 
 template <class T>
-void full_backward(const T* gy, const T* y, const T* x, const T* w, T* gx, T* gw, T* gb, int64_t N,
-                   int64_t D, int64_t O, int act, bool gauss_newton, Stream s) {
+void full_backward(const T* gy, const T* y, const T* x, const T* w, T* gx, T* gw, T* gb, FullShape s, Act act,
+                   bool gauss_newton, Stream stream) {
   using namespace detail;
+  const int64_t N = s.N, D = s.D, O = s.O;
+  const cudaStream_t st = as_stream(stream);
   if (O <= 0) {
-    if (gx) zero_async(gx, N * D, as_stream(s), "full backward");
+    if (gx) zero_async(gx, N * D, st, "full backward");
     return;
   }
-  const cudaStream_t st = as_stream(s);
   const bool gn = gauss_newton;
   // 1) [gw | gb] = ga^T [x | 1]: reduction over the batch, in chunks whose partials borrow gx.
   const int64_t per_chunk = O * D + O;
@@ -120,13 +122,8 @@ void full_backward(const T* gy, const T* y, const T* x, const T* w, T* gx, T* gw
                         RowStore<T>{gx, D}, st, "full backward (input gradient)");
 }
 
-#define LENET5_INSTANTIATE(T)                                                                        \
-  template void full_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int, Stream); \
-  template void full_backward<T>(const T*, const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t,     \
-                                 int64_t, int, bool, Stream);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(full_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(full_backward)
 
 }  // namespace cuda
 }  // namespace lenet5

@@ -18,8 +18,8 @@ constexpr int kPoolBS = 256;
 
 template <class T>
 __global__ void __launch_bounds__(kPoolBS)
-maxpool_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t total, int64_t H, int64_t W) {
-  const int64_t Ho = H / 2, Wo = W / 2, P = Ho * Wo;
+maxpool_forward_kernel(const T* __restrict__ x, T* __restrict__ y, PoolShape s) {
+  const int64_t H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w(), P = Ho * Wo, total = s.N * s.C * P;
   for (int64_t q = blockIdx.x * int64_t(kPoolBS) + threadIdx.x; q < total; q += int64_t(gridDim.x) * kPoolBS) {
     const int64_t plane = q / P, p = q - plane * P;
     const int64_t i = p / Wo, j = p - i * Wo;
@@ -37,8 +37,8 @@ maxpool_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t total
 template <class T>
 __global__ void __launch_bounds__(kPoolBS)
 maxpool_backward_kernel(const T* __restrict__ gy, const T* __restrict__ x, const T* __restrict__ y,
-                        T* __restrict__ gx, int64_t total, int64_t H, int64_t W) {
-  const int64_t Ho = H / 2, Wo = W / 2, P = Ho * Wo;
+                        T* __restrict__ gx, PoolShape s) {
+  const int64_t H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w(), P = Ho * Wo, total = s.N * s.C * P;
   const bool odd_h = H & 1, odd_w = W & 1;
   for (int64_t q = blockIdx.x * int64_t(kPoolBS) + threadIdx.x; q < total; q += int64_t(gridDim.x) * kPoolBS) {
     const int64_t plane = q / P, p = q - plane * P;
@@ -75,32 +75,26 @@ maxpool_backward_kernel(const T* __restrict__ gy, const T* __restrict__ x, const
 }  // namespace detail
 
 template <class T>
-void maxpool2x2_forward(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W, Stream s) {
+void maxpool2x2_forward(const T* x, T* y, PoolShape s, Stream stream) {
   using namespace detail;
-  const int64_t total = N * C * (H / 2) * (W / 2);
+  const int64_t total = s.N * s.C * s.out_h() * s.out_w();
   if (total <= 0) return;
-  maxpool_forward_kernel<T><<<grid_blocks(total, kPoolBS), kPoolBS, 0, as_stream(s)>>>(x, y, total, H, W);
+  maxpool_forward_kernel<T><<<grid_blocks(total, kPoolBS), kPoolBS, 0, as_stream(stream)>>>(x, y, s);
   LENET5_CHECK_LAUNCH("maxpool2x2 forward");
 }
 
 template <class T>
-void maxpool2x2_backward(const T* gy, const T* x, const T* y, T* gx, int64_t N, int64_t C, int64_t H, int64_t W,
-                         Stream s) {
+void maxpool2x2_backward(const T* gy, const T* x, const T* y, T* gx, PoolShape s, Stream stream) {
   using namespace detail;
-  const cudaStream_t st = as_stream(s);
-  const int64_t total = N * C * (H / 2) * (W / 2);
-  if (total <= 0) return zero_async(gx, N * C * H * W, st, "maxpool2x2 backward");
-  maxpool_backward_kernel<T><<<grid_blocks(total, kPoolBS), kPoolBS, 0, st>>>(gy, x, y, gx, total, H, W);
+  const cudaStream_t st = as_stream(stream);
+  const int64_t total = s.N * s.C * s.out_h() * s.out_w();
+  if (total <= 0) return zero_async(gx, s.N * s.C * s.H * s.W, st, "maxpool2x2 backward");
+  maxpool_backward_kernel<T><<<grid_blocks(total, kPoolBS), kPoolBS, 0, st>>>(gy, x, y, gx, s);
   LENET5_CHECK_LAUNCH("maxpool2x2 backward");
 }
 
-#define LENET5_INSTANTIATE(T)                                                                      \
-  template void maxpool2x2_forward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, Stream);   \
-  template void maxpool2x2_backward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, \
-                                       int64_t, Stream);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(maxpool2x2_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(maxpool2x2_backward)
 
 }  // namespace cuda
 }  // namespace lenet5

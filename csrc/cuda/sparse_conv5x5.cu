@@ -16,35 +16,27 @@ namespace lenet5 {
 namespace cuda {
 
 template <class T>
-void sparse_conv5x5_forward(const T* x, const T* w, const T* b, const int32_t* offsets, const int32_t* inputs,
-                            T* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int act, Stream s) {
-  detail::conv5_forward<T>(x, w, b, y, detail::CsrConn{offsets, inputs}, N, C, H, W, O, act,
-                           detail::as_stream(s));
+void sparse_conv5x5_forward(const T* x, const T* w, const T* b, ConnTable table, T* y, ConvShape s, Act act,
+                            Stream stream) {
+  detail::conv5_forward<T>(x, w, b, y, detail::CsrConn{table.offsets, table.inputs}, s, act,
+                           detail::as_stream(stream));
 }
 
 template <class T>
-void sparse_conv5x5_backward(const T* gy, const T* y, const T* x, const T* w, const int32_t* offsets,
-                             const int32_t* inputs, T* gx, T* gw, T* gb, int64_t N, int64_t C, int64_t H,
-                             int64_t W, int64_t O, int act, bool gauss_newton, Stream s) {
-  const cudaStream_t st = detail::as_stream(s);
-  const detail::CsrConn conn{offsets, inputs};
+void sparse_conv5x5_backward(const T* gy, const T* y, const T* x, const T* w, ConnTable table, T* gx, T* gw,
+                             T* gb, ConvShape s, Act act, bool gauss_newton, Stream stream) {
+  const cudaStream_t st = detail::as_stream(stream);
+  const detail::CsrConn conn{table.offsets, table.inputs};
   // Kernel slots per output map: the fan-in without duplicate connections is at most C; maps
   // with more kernels than slots loop over them.
-  const int64_t slots = detail::min64(detail::max64(C, 1), 64);
-  detail::conv5_backward_filter<T>(gy, y, x, gw, gb, conn, slots, 0, N, C, H, W, O, act, gauss_newton,
+  const int64_t slots = detail::min64(detail::max64(s.C, 1), 64);
+  detail::conv5_backward_filter<T>(gy, y, x, gw, gb, conn, slots, 0, s, act, gauss_newton,
                                    static_cast<T*>(nullptr), 0, st);
-  if (gx) detail::conv5_backward_data<T>(gy, y, w, gx, conn, N, C, H, W, O, act, gauss_newton, st);
+  if (gx) detail::conv5_backward_data<T>(gy, y, w, gx, conn, s, act, gauss_newton, st);
 }
 
-#define LENET5_INSTANTIATE(T)                                                                           \
-  template void sparse_conv5x5_forward<T>(const T*, const T*, const T*, const int32_t*, const int32_t*, T*, \
-                                          int64_t, int64_t, int64_t, int64_t, int64_t, int, Stream);       \
-  template void sparse_conv5x5_backward<T>(const T*, const T*, const T*, const T*, const int32_t*,         \
-                                           const int32_t*, T*, T*, T*, int64_t, int64_t, int64_t, int64_t, \
-                                           int64_t, int, bool, Stream);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(sparse_conv5x5_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(sparse_conv5x5_backward)
 
 }  // namespace cuda
 }  // namespace lenet5

@@ -25,8 +25,8 @@ template <class T> __device__ __forceinline__ T window_sum(const T* r0, int64_t 
 template <class T>
 __global__ void __launch_bounds__(kSubBS)
 subsample_forward_kernel(const T* __restrict__ x, const T* __restrict__ coef, const T* __restrict__ bias,
-                         T* __restrict__ y, int64_t total, int64_t C, int64_t H, int64_t W, int act) {
-  const int64_t Ho = H / 2, Wo = W / 2, P = Ho * Wo;
+                         T* __restrict__ y, PoolShape s, int act) {
+  const int64_t C = s.C, H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w(), P = Ho * Wo, total = s.N * C * P;
   for (int64_t q = blockIdx.x * int64_t(kSubBS) + threadIdx.x; q < total; q += int64_t(gridDim.x) * kSubBS) {
     const int64_t plane = q / P, p = q - plane * P;
     const int64_t i = p / Wo, j = p - i * Wo;
@@ -40,9 +40,8 @@ subsample_forward_kernel(const T* __restrict__ x, const T* __restrict__ coef, co
 template <class T>
 __global__ void __launch_bounds__(kSubBS)
 subsample_backward_input_kernel(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ coef,
-                                T* __restrict__ gx, int64_t total, int64_t C, int64_t H, int64_t W, int act,
-                                bool gn) {
-  const int64_t Ho = H / 2, Wo = W / 2, P = Ho * Wo;
+                                T* __restrict__ gx, PoolShape s, int act, bool gn) {
+  const int64_t C = s.C, H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w(), P = Ho * Wo, total = s.N * C * P;
   const bool odd_h = H & 1, odd_w = W & 1;
   for (int64_t q = blockIdx.x * int64_t(kSubBS) + threadIdx.x; q < total; q += int64_t(gridDim.x) * kSubBS) {
     const int64_t plane = q / P, p = q - plane * P;
@@ -72,12 +71,12 @@ subsample_backward_input_kernel(const T* __restrict__ gy, const T* __restrict__ 
 template <class T>
 __global__ void __launch_bounds__(kSubBS)
 subsample_backward_param_kernel(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ x,
-                                T* __restrict__ gc_out, T* __restrict__ gb_out, int64_t cs, int64_t N,
-                                int64_t per, int64_t C, int64_t H, int64_t W, int act, bool gn) {
+                                T* __restrict__ gc_out, T* __restrict__ gb_out, int64_t cs, int64_t per,
+                                PoolShape s, int act, bool gn) {
   __shared__ T red[(kSubBS / 32) * 2];
+  const int64_t C = s.C, H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w(), P = Ho * Wo;
   const int64_t c = blockIdx.x, chunk = blockIdx.y;
-  const int64_t n0 = chunk * per, n1 = min64(N, n0 + per);
-  const int64_t Ho = H / 2, Wo = W / 2, P = Ho * Wo;
+  const int64_t n0 = chunk * per, n1 = min64(s.N, n0 + per);
   const int64_t items = n1 > n0 ? (n1 - n0) * P : 0;
   T acc[2] = {T(0), T(0)};
   for (int64_t it = threadIdx.x; it < items; it += kSubBS) {
@@ -98,25 +97,25 @@ subsample_backward_param_kernel(const T* __restrict__ gy, const T* __restrict__ 
 }  // namespace detail
 
 template <class T>
-void subsample2x2_forward(const T* x, const T* coef, const T* bias, T* y, int64_t N, int64_t C, int64_t H,
-                          int64_t W, int act, Stream s) {
+void subsample2x2_forward(const T* x, const T* coef, const T* bias, T* y, PoolShape s, Act act, Stream stream) {
   using namespace detail;
-  const int64_t total = N * C * (H / 2) * (W / 2);
+  const int64_t total = s.N * s.C * s.out_h() * s.out_w();
   if (total <= 0) return;
-  subsample_forward_kernel<T><<<grid_blocks(total, kSubBS), kSubBS, 0, as_stream(s)>>>(x, coef, bias, y, total,
-                                                                                       C, H, W, act);
+  subsample_forward_kernel<T><<<grid_blocks(total, kSubBS), kSubBS, 0, as_stream(stream)>>>(x, coef, bias, y, s,
+                                                                                            act);
   LENET5_CHECK_LAUNCH("subsample2x2 forward");
 }
 
 template <class T>
 void subsample2x2_backward(const T* gy, const T* y, const T* x, const T* coef, T* gx, T* gcoef, T* gbias,
-                           int64_t N, int64_t C, int64_t H, int64_t W, int act, bool gauss_newton, Stream s) {
+                           PoolShape s, Act act, bool gauss_newton, Stream stream) {
   using namespace detail;
-  const cudaStream_t st = as_stream(s);
+  const cudaStream_t st = as_stream(stream);
+  const int64_t N = s.N, C = s.C;
   if (C <= 0) return;
-  const int64_t P = (H / 2) * (W / 2);
+  const int64_t P = s.out_h() * s.out_w();
   // 1) coefficient and bias gradients, possibly in batch chunks whose partials borrow gx.
-  const ChunkPlan plan = plan_chunks(N, C, P, gx ? N * C * H * W : 0, 2 * C);
+  const ChunkPlan plan = plan_chunks(N, C, P, gx ? N * C * s.H * s.W : 0, 2 * C);
   T* gc_out = gcoef;
   T* gb_out = gbias;
   int64_t cs = 0;
@@ -126,8 +125,8 @@ void subsample2x2_backward(const T* gy, const T* y, const T* x, const T* coef, T
     cs = 2 * C;
   }
   const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>(plan.chunks));
-  subsample_backward_param_kernel<T><<<grid, kSubBS, 0, st>>>(gy, y, x, gc_out, gb_out, cs, N, plan.per, C, H,
-                                                              W, act, gauss_newton);
+  subsample_backward_param_kernel<T><<<grid, kSubBS, 0, st>>>(gy, y, x, gc_out, gb_out, cs, plan.per, s, act,
+                                                              gauss_newton);
   LENET5_CHECK_LAUNCH("subsample2x2 backward (coefficient gradient)");
   if (plan.chunks > 1) {
     sum_chunks(gc_out, plan.chunks, cs, gcoef, C, st);
@@ -136,20 +135,14 @@ void subsample2x2_backward(const T* gy, const T* y, const T* x, const T* coef, T
   // 2) gx (overwrites the partials).
   if (!gx || N <= 0) return;
   const int64_t total = N * C * P;
-  if (total <= 0) return zero_async(gx, N * C * H * W, st, "subsample2x2 backward");
-  subsample_backward_input_kernel<T><<<grid_blocks(total, kSubBS), kSubBS, 0, st>>>(gy, y, coef, gx, total, C,
-                                                                                    H, W, act, gauss_newton);
+  if (total <= 0) return zero_async(gx, N * C * s.H * s.W, st, "subsample2x2 backward");
+  subsample_backward_input_kernel<T><<<grid_blocks(total, kSubBS), kSubBS, 0, st>>>(gy, y, coef, gx, s, act,
+                                                                                    gauss_newton);
   LENET5_CHECK_LAUNCH("subsample2x2 backward (input gradient)");
 }
 
-#define LENET5_INSTANTIATE(T)                                                                            \
-  template void subsample2x2_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, \
-                                        int, Stream);                                                     \
-  template void subsample2x2_backward<T>(const T*, const T*, const T*, const T*, T*, T*, T*, int64_t,         \
-                                         int64_t, int64_t, int64_t, int, bool, Stream);
-LENET5_INSTANTIATE(float)
-LENET5_INSTANTIATE(double)
-#undef LENET5_INSTANTIATE
+LENET5_INSTANTIATE_FLOAT_DOUBLE(subsample2x2_forward)
+LENET5_INSTANTIATE_FLOAT_DOUBLE(subsample2x2_backward)
 
 }  // namespace cuda
 }  // namespace lenet5

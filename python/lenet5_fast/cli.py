@@ -242,14 +242,26 @@ def _float_or_none(text: str):
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
+def _version() -> str:
+    from . import __version__
+
+    import torch
+
+    return f"lenet5-fast {__version__} (torch {torch.__version__})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lenet5-fast", description="LeNet-5 (LeCun et al. 1998) on native kernels")
+    p.add_argument("--version", action="version", version=_version(),
+                   help="print the version of lenet5_fast (and of torch) and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("summary", help="per-layer maps, parameters and connections")
     s.add_argument("--json", action="store_true", help="print JSON")
-    s.add_argument("--variant", default="classic", choices=["classic", "modern", "keras"])
-    s.add_argument("--in-channels", type=int, default=1)
+    s.add_argument("--variant", default="classic", choices=["classic", "modern", "keras"],
+                   help="the paper's network (classic, default), the ReLU/max-pool/softmax one (modern), "
+                        "or the Keras write-up's plain-tanh/average-pool one (keras)")
+    s.add_argument("--in-channels", type=int, default=1, help="input channels (default 1; 3 for CIFAR-10)")
     s.set_defaults(func=_cmd_summary)
 
     c = sub.add_parser("codes", help="print the 10 stylized 7x12 output codes")
@@ -260,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--download", action="store_true", help="download MNIST into --data when missing (md5-checked)")
     t.add_argument("--out", required=True, help="run directory: checkpoints, metrics.json, errors.png")
     t.add_argument("--epochs", type=int, default=20, help="passes over the training set (default 20)")
-    t.add_argument("--optimizer", default="sdlm", choices=["sdlm", "sgd", "adam"])
+    t.add_argument("--optimizer", default="sdlm", choices=["sdlm", "sgd", "adam"],
+                   help="sdlm (the paper's, default), sgd (with --momentum) or adam")
     t.add_argument("--batch-size", type=int, default=1, help="1 = per-sample updates, as in the paper")
     t.add_argument("--lr", type=float, default=None,
                    help="learning rate (sgd 0.01, adam 0.001); for sdlm a constant eta instead of the paper's schedule")
@@ -276,8 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mnist (default), fashion-mnist (default --data: the directory of Debian's "
                         "dataset-fashion-mnist), cifar10 (3 channels; --download fetches it)")
     t.add_argument("--distort", action="store_true", help="random affine distortions on the fly")
-    t.add_argument("--variant", default="classic", choices=["classic", "modern", "keras"])
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--variant", default="classic", choices=["classic", "modern", "keras"],
+                   help="the paper's network (classic, default), the ReLU/max-pool/softmax one (modern), "
+                        "or the Keras write-up's plain-tanh/average-pool one (keras)")
+    t.add_argument("--seed", type=int, default=0, help="seed of everything random in the run (default 0)")
     t.add_argument("--train-limit", type=int, default=None, help="use only the first N training samples")
     t.add_argument("--test-limit", type=int, default=None, help="use only the first N test samples")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -286,17 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="test error of a checkpoint, and a gallery of its mistakes")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help="checkpoint file written by `lenet5-fast train`")
     e.add_argument("--data", default=None, help="directory with the MNIST test files")
     e.add_argument("--download", action="store_true", help="download MNIST into --data when missing (md5-checked)")
     e.add_argument("--json", action="store_true", help="print JSON (test_error in percent)")
     e.add_argument("--gallery", default=None, help="PNG path (default: misclassified.png next to the checkpoint)")
     e.add_argument("--gallery-max", type=int, default=100, help="at most this many digits in the gallery")
-    e.add_argument("--no-gallery", action="store_true")
+    e.add_argument("--no-gallery", action="store_true", help="do not draw the misclassified digits")
     e.add_argument("--limit", type=int, default=None, help="use only the first N test samples")
     e.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
                    help="test set to use (default: the one the checkpoint was trained on)")
-    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     e.set_defaults(func=_cmd_eval)
 
     r = sub.add_parser("predict", help="classify photos or scans of handwritten digits")
@@ -311,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the 32x32 input the network saw next to each image (IMAGE.lenet5.png)")
     r.add_argument("--debug-dir", default=None, help="write those inputs to this directory instead")
     r.add_argument("--json", action="store_true", help="one JSON object per image ('error' where it failed)")
-    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     r.set_defaults(func=_cmd_predict)
 
     w = sub.add_parser("show", help="draw what each layer computes for one image (the paper's Fig. 13)")

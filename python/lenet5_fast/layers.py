@@ -1,9 +1,17 @@
 """Drop-in ``nn.Module`` layers on the native ops, initialised as in the paper.
 
 Every trainable weight starts uniform in ``[-2.4/F, 2.4/F]``, F the fan-in of the unit it
-feeds (LeCun et al. 1998, section II and appendix C). Each layer can ``describe()`` itself for
-a given input shape: maps, map size, trainable parameters and connections, as the paper
-counts them (a connection is one multiply-add into a unit, the bias counted as one).
+feeds (LeCun et al. 1998, section II and appendix C). Each layer
+
+* checks its input's shape at the boundary and says what it expects (any strides, any batch
+  size, 0 included);
+* runs its backward op for a given incoming term, input and output with
+  :meth:`~_Layer.backward_terms` (gradients, or SDLM's Gauss-Newton terms), returning the
+  input's term and one term per trainable parameter: what ``optim.gauss_newton_diagonal``
+  chains through the network;
+* can ``describe()`` itself for a given input shape: maps, map size, trainable parameters and
+  connections, as the paper counts them (a connection is one multiply-add into a unit, the bias
+  counted as one).
 """
 from __future__ import annotations
 
@@ -12,7 +20,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import ops
+from . import _validate, ops
 
 __all__ = [
     "PAPER_C3_TABLE", "Convolution", "SparseConvolution", "Subsampling", "MaxPool", "ScaledTanh",
@@ -27,14 +35,9 @@ PAPER_C3_TABLE: Tuple[Tuple[int, ...], ...] = tuple(
     + [tuple(range(6))]                                              # map 15: all six
 )
 
-
-def _input(layer: nn.Module, x, min_dim: int = 0) -> Tensor:
-    """The layer's input, contiguous (the ops need it; any strides are accepted here)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{type(layer).__name__}: input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < min_dim:
-        raise ValueError(f"{type(layer).__name__}: input must be a batch [N, ...], got shape {tuple(x.shape)}")
-    return x.contiguous()
+# What backward_terms returns: the input's term (None when not asked for) and (parameter, term)
+# pairs for the layer's trainable parameters.
+Terms = Tuple[Optional[Tensor], Tuple[Tuple[Tensor, Tensor], ...]]
 
 
 def _uniform_fan_in_(t: Tensor, fan_in: float) -> None:
@@ -43,12 +46,47 @@ def _uniform_fan_in_(t: Tensor, fan_in: float) -> None:
         t.uniform_(-bound, bound)
 
 
+def _shape(x) -> str:
+    return str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+
+
 class _Layer(nn.Module):
     def describe(self, in_shape: Sequence[int]) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def backward_terms(self, grad: Tensor, x: Tensor, y: Tensor, gauss_newton: bool = False,
+                       input_grad: bool = True) -> Terms:  # pragma: no cover - abstract
+        """This layer's backward op for output ``y = self(x)`` and the incoming term ``grad``
+        (dE/dy, or d2E/dy2 with ``gauss_newton=True``): ``(term of x, ((parameter, term), ...))``
+        for the trainable parameters; the term of x is None unless ``input_grad``."""
+        raise NotImplementedError
+
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def _expects(self, what: str, x) -> None:
+        raise (TypeError if not isinstance(x, Tensor) else ValueError)(
+            f"{self._name()} expects {what}, got {_shape(x)}")
+
+    def _maps(self, x, maps: Optional[int], min_hw: int) -> None:
+        """x is [N, maps, H, W] with H, W >= min_hw (maps None: any number)."""
+        if (isinstance(x, Tensor) and x.dim() == 4 and (maps is None or x.shape[1] == maps)
+                and x.shape[2] >= min_hw and x.shape[3] >= min_hw):
+            return
+        c = "C" if maps is None else maps
+        self._expects(f"input [N, {c}, H, W] with H, W >= {min_hw}", x)
+
+    def _features(self, x, features: int) -> Tensor:
+        """x as [N, features]: [N, features] itself or [N, ...] with that many values per sample."""
+        if isinstance(x, Tensor) and x.dim() >= 2 and x.shape[1:].numel() == features:
+            return x.reshape(x.shape[0], features)
+        self._expects(f"input [N, {features}] (or [N, ...] with {features} values per sample)", x)
+
+    def _name(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def _params(self, *pairs) -> Tuple[Tuple[Tensor, Tensor], ...]:
+        return tuple((p, t) for p, t in pairs if isinstance(p, nn.Parameter) and p.requires_grad)
 
 
 class Convolution(_Layer):
@@ -67,7 +105,12 @@ class Convolution(_Layer):
         _uniform_fan_in_(self.bias, self.in_maps * 25)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops._conv5x5(_input(self, x), self.weight, self.bias, self.act)
+        self._maps(x, self.in_maps, 5)
+        return ops.conv5x5(x, self.weight, self.bias, self.act)
+
+    def backward_terms(self, grad, x, y, gauss_newton=False, input_grad=True) -> Terms:
+        gx, gw, gb = ops.conv5x5_backward(grad, y, x, self.weight, self.act, gauss_newton, input_grad)
+        return (gx if input_grad else None), self._params((self.weight, gw), (self.bias, gb))
 
     def describe(self, in_shape):
         _, h, w = in_shape
@@ -77,7 +120,7 @@ class Convolution(_Layer):
                     connections=units * (self.in_maps * 25 + 1), out_shape=out)
 
     def extra_repr(self) -> str:
-        return f"{self.in_maps}, {self.out_maps}, activation={self.act}"
+        return f"{self.in_maps}, {self.out_maps}, activation={ops.activation_name(self.act)!r}"
 
 
 class SparseConvolution(_Layer):
@@ -85,7 +128,8 @@ class SparseConvolution(_Layer):
 
     Weights are stored compactly, one 5x5 kernel per connection (``weight[K,5,5]``), and the
     kernels visit only connected pairs. The default table is the paper's Table I (60 kernels +
-    16 biases = 1,516 parameters). The table travels in the state_dict as two int32 buffers.
+    16 biases = 1,516 parameters). The table travels in the state_dict as two int32 buffers; it
+    is checked once, here (and read again only if the buffers are changed in place).
     """
 
     def __init__(self, in_maps: int = 6, table: Optional[Sequence[Sequence[int]]] = None,
@@ -98,9 +142,17 @@ class SparseConvolution(_Layer):
         self.act = ops.activation_code(activation)
         self.register_buffer("table_offsets", offsets)
         self.register_buffer("table_inputs", inputs)
+        _validate.mark_table_checked(offsets, inputs)
         self.weight = nn.Parameter(torch.empty(inputs.numel(), 5, 5))
         self.bias = nn.Parameter(torch.empty(self.out_maps))
         self.reset_parameters()
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device), .cuda() ... make new buffers holding the same table: checked if it was.
+        before = self.table_offsets, self.table_inputs
+        out = super()._apply(fn, *args, **kwargs)
+        _validate.carry_table_check(before, (self.table_offsets, self.table_inputs))
+        return out
 
     @property
     def table(self) -> Tuple[Tuple[int, ...], ...]:
@@ -116,7 +168,13 @@ class SparseConvolution(_Layer):
                 _uniform_fan_in_(self.bias[o:o + 1], fan_in)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops._sparse_conv5x5(_input(self, x), self.weight, self.bias, self.table_offsets, self.table_inputs, self.act)
+        self._maps(x, self.in_maps, 5)
+        return ops.sparse_conv5x5(x, self.weight, self.bias, self.table_offsets, self.table_inputs, self.act)
+
+    def backward_terms(self, grad, x, y, gauss_newton=False, input_grad=True) -> Terms:
+        gx, gw, gb = ops.sparse_conv5x5_backward(grad, y, x, self.weight, self.table_offsets, self.table_inputs,
+                                                 self.act, gauss_newton, input_grad)
+        return (gx if input_grad else None), self._params((self.weight, gw), (self.bias, gb))
 
     def describe(self, in_shape):
         _, h, w = in_shape
@@ -126,7 +184,8 @@ class SparseConvolution(_Layer):
                     connections=per_map * (self.table_inputs.numel() * 25 + self.out_maps), out_shape=out)
 
     def extra_repr(self) -> str:
-        return f"{self.in_maps}, {self.out_maps}, kernels={self.table_inputs.numel()}, activation={self.act}"
+        return (f"{self.in_maps}, {self.out_maps}, kernels={self.table_inputs.numel()}, "
+                f"activation={ops.activation_name(self.act)!r}")
 
 
 class Subsampling(_Layer):
@@ -146,7 +205,12 @@ class Subsampling(_Layer):
         _uniform_fan_in_(self.bias, 4)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops._subsample2x2(_input(self, x), self.coef, self.bias, self.act)
+        self._maps(x, self.maps, 2)
+        return ops.subsample2x2(x, self.coef, self.bias, self.act)
+
+    def backward_terms(self, grad, x, y, gauss_newton=False, input_grad=True) -> Terms:
+        gx, gc, gb = ops.subsample2x2_backward(grad, y, x, self.coef, self.act, gauss_newton, input_grad)
+        return (gx if input_grad else None), self._params((self.coef, gc), (self.bias, gb))
 
     def describe(self, in_shape):
         _, h, w = in_shape
@@ -155,14 +219,19 @@ class Subsampling(_Layer):
                     connections=out[0] * out[1] * out[2] * 5, out_shape=out)
 
     def extra_repr(self) -> str:
-        return f"{self.maps}, activation={self.act}"
+        return f"{self.maps}, activation={ops.activation_name(self.act)!r}"
 
 
 class MaxPool(_Layer):
     """2x2 max-pooling, stride 2 (modern variant)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops._maxpool2x2(_input(self, x))
+        self._maps(x, None, 2)
+        return ops.maxpool2x2(x)
+
+    def backward_terms(self, grad, x, y, gauss_newton=False, input_grad=True) -> Terms:
+        # The Gauss-Newton terms route like the gradient: to each window's maximum.
+        return (ops.maxpool2x2_backward(grad, x, y) if input_grad else None), ()
 
     def describe(self, in_shape):
         c, h, w = in_shape
@@ -175,7 +244,12 @@ class ScaledTanh(_Layer):
     """The paper's squashing f(a) = 1.7159 tanh(2a/3) as a stand-alone layer."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops._activation(_input(self, x), 1)
+        if not isinstance(x, Tensor):
+            self._expects("a tensor", x)
+        return ops.activation(x, 1)
+
+    def backward_terms(self, grad, x, y, gauss_newton=False, input_grad=True) -> Terms:
+        return (ops.activation_backward(grad, y, 1, gauss_newton) if input_grad else None), ()
 
     def describe(self, in_shape):
         return dict(maps=in_shape[0] if len(in_shape) > 1 else 1, size="", parameters=0,
@@ -198,15 +272,19 @@ class FullConnection(_Layer):
         _uniform_fan_in_(self.bias, self.in_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = _input(self, x, 1)
-        return ops._full(x.reshape(x.shape[0], -1), self.weight, self.bias, self.act)
+        return ops.full(self._features(x, self.in_features), self.weight, self.bias, self.act)
+
+    def backward_terms(self, grad, x, y, gauss_newton=False, input_grad=True) -> Terms:
+        x2 = self._features(x, self.in_features)
+        gx, gw, gb = ops.full_backward(grad, y, x2, self.weight, self.act, gauss_newton, input_grad)
+        return (gx.reshape(x.shape) if input_grad else None), self._params((self.weight, gw), (self.bias, gb))
 
     def describe(self, in_shape):
         return dict(maps=self.out_features, size="1x1", parameters=self.trainable_parameters(),
                     connections=self.out_features * (self.in_features + 1), out_shape=(self.out_features,))
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, activation={self.act}"
+        return f"{self.in_features}, {self.out_features}, activation={ops.activation_name(self.act)!r}"
 
 
 class EuclideanRBF(_Layer):
@@ -232,8 +310,13 @@ class EuclideanRBF(_Layer):
             self.register_buffer("weight", weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = _input(self, x, 1)
-        return ops._euclidean_rbf(x.reshape(x.shape[0], -1), self.weight)
+        return ops.euclidean_rbf(self._features(x, self.in_features), self.weight)
+
+    def backward_terms(self, grad, x, y, gauss_newton=False, input_grad=True) -> Terms:
+        x2 = self._features(x, self.in_features)
+        weight_grad = isinstance(self.weight, nn.Parameter) and self.weight.requires_grad
+        gx, gw = ops.euclidean_rbf_backward(grad, x2, self.weight, gauss_newton, input_grad, weight_grad)
+        return (gx.reshape(x.shape) if input_grad else None), self._params((self.weight, gw))
 
     def describe(self, in_shape):
         return dict(maps=self.out_features, size="1x1", parameters=self.trainable_parameters(),

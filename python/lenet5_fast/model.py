@@ -55,6 +55,18 @@ def map_loss(y: Tensor, target: Tensor, j: float = DEFAULT_MAP_J, reduction: str
     raise ValueError(f"map_loss: unknown reduction {reduction!r}")
 
 
+def check_input(model: "LeNet5", x) -> None:
+    """x must be a batch of [in_channels, 32, 32] images (any batch size, 0 included): the
+    error says so at the model's boundary rather than deep inside a layer."""
+    size = GEOMETRY["input"]
+    if isinstance(x, Tensor) and x.dim() == 4 and tuple(x.shape[1:]) == (model.in_channels, size, size):
+        return
+    got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+    hint = " (MNIST 28x28 must be padded by 2: lenet5_fast.data.preprocess)" if model.in_channels == 1 else ""
+    raise (ValueError if isinstance(x, Tensor) else TypeError)(
+        f"LeNet5 expects [N, {model.in_channels}, {size}, {size}]{hint}, got {got}")
+
+
 class LeNet5(nn.Module):
     def __init__(self, variant: str = "classic", in_channels: int = 1, num_classes: int = GEOMETRY["classes"],
                  c3_table=None, map_j: float = DEFAULT_MAP_J):
@@ -108,9 +120,11 @@ class LeNet5(nn.Module):
         return weights.load(name or weights.DEFAULT)
 
     def layers(self) -> List[nn.Module]:
-        return [getattr(self, n) for n in LAYER_NAMES]
+        modules = self._modules  # (nn.Module.__getattr__ costs about 1 us a layer)
+        return [modules[n] for n in LAYER_NAMES]
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x)
         for layer in self.layers():
             x = layer(x)
         return x

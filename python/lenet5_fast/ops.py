@@ -1,21 +1,43 @@
-"""The native kernels as PyTorch custom ops (namespace ``lenet5_fast``).
+"""The native kernels as PyTorch ops (namespace ``lenet5_fast``), and their Python API.
 
-Every op is registered with :func:`torch.library.custom_op`, with a fake (meta) kernel so it
-traces under ``torch.compile(fullgraph=True)``, and with an autograd formula whose backward is
-itself a custom op (so the backward also compiles, and SDLM can call it with
-``gauss_newton=True``). Inputs are validated here — dtype, device, shape, contiguity, empty
-batch — before any pointer reaches C++; the same checks run in the fake kernels, so a bad call
-fails the same way eagerly and under compile.
+Every layer kind has a forward op and a backward op (the backward also computes SDLM's
+Gauss-Newton terms with ``gauss_newton=True``), registered with ``torch.library.Library``
+(``define`` + CPU and CUDA kernels) plus ``register_fake`` (so they trace under
+``torch.compile(fullgraph=True)`` and ``torch.export``) and ``register_autograd`` (the
+backward of each forward op is its backward op). Measured against ``torch.library.custom_op``
+this costs nothing at import and, unlike ``custom_op``, does not import ``torch._dynamo`` at the
+first call (about 2.5 s); see the README's "Start-up and per-call cost".
 
-Activation codes (``act``): 0 identity, 1 scaled tanh ``1.7159 tanh(2a/3)`` (the paper's
-squashing), 2 ReLU, 3 plain ``tanh(a)``; the formulas are in ``csrc/activations.h``.
+The public functions below (:func:`conv5x5`, :func:`conv5x5_backward`, ...) take two paths to
+the same kernels:
+
+* eager on plain CPU/CUDA tensors: the kernel runs through one ``torch.autograd.Function`` (or
+  directly when no gradient is needed), without the dispatcher round trips, which at batch 1
+  cost more than the arithmetic;
+* anything else -- ``torch.compile``, ``torch.export``, ``jit.trace``, fake or meta tensors,
+  tensor subclasses, dispatch or function modes, functorch transforms: the registered op
+  ``torch.ops.lenet5_fast.<name>``, and under ``torch.onnx.export`` a decomposition into
+  standard operators (:mod:`lenet5_fast.reference`'s formulas), since ONNX has no lenet5_fast ops.
+
+Inputs may have any strides and memory format (the kernels copy them to contiguous memory when
+they are not) and any batch size, 0 included (empty outputs, zero parameter gradients).
+Outputs are always new contiguous tensors, in the real and the fake kernels alike. Arguments are
+checked in :mod:`lenet5_fast._validate`.
+
+Activation codes (``act``): 0 identity, 1 the paper's squashing ``1.7159 tanh(2a/3)``, 2 ReLU,
+3 plain ``tanh(a)``; the formulas are in ``csrc/activations.h``.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+import sys
+from typing import Callable, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from . import _validate as _v
+from ._validate import ACTIVATION_NAMES, ACTIVATIONS, activation_code
 
 try:
     from . import _C
@@ -26,26 +48,18 @@ except ImportError as e:  # pragma: no cover - only on a broken install
     ) from e
 
 __all__ = [
-    "ACTIVATIONS", "activation_code", "conv5x5", "sparse_conv5x5", "subsample2x2", "maxpool2x2",
-    "full", "euclidean_rbf", "activation", "connection_table_to_csr", "cuda_available",
+    "ACTIVATIONS", "ACTIVATION_NAMES", "activation_code", "activation_name", "connection_table_to_csr",
+    "cuda_available", "plain_eager",
+    "conv5x5", "conv5x5_backward", "sparse_conv5x5", "sparse_conv5x5_backward",
+    "subsample2x2", "subsample2x2_backward", "maxpool2x2", "maxpool2x2_backward",
+    "full", "full_backward", "euclidean_rbf", "euclidean_rbf_backward",
+    "activation", "activation_backward",
 ]
 
-ACTIVATIONS = {"identity": 0, "none": 0, "scaled_tanh": 1, "tanh": 1, "relu": 2, "plain_tanh": 3}
-ACTIVATION_NAMES = ("identity", "scaled_tanh", "relu", "plain_tanh")  # by code
-_FLOATS = (torch.float32, torch.float64)
 
-
-def activation_code(act) -> int:
-    """Maps an activation name (or code) to the integer code the kernels take."""
-    if isinstance(act, bool) or not isinstance(act, (int, str)):
-        raise TypeError(f"activation must be a name in {sorted(ACTIVATIONS)} or a code 0-3, got {act!r}")
-    if isinstance(act, str):
-        if act not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {act!r}; expected one of {sorted(ACTIVATIONS)}")
-        return ACTIVATIONS[act]
-    if act not in (0, 1, 2, 3):
-        raise ValueError(f"activation code must be 0, 1, 2 or 3, got {act}")
-    return act
+def activation_name(code: int) -> str:
+    """The name of activation code ``code`` (0-3): identity, scaled_tanh, relu, plain_tanh."""
+    return ACTIVATION_NAMES[activation_code(code)]
 
 
 def cuda_available() -> bool:
@@ -54,88 +68,61 @@ def cuda_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# validation (runs on real and fake tensors alike)
+# which path a call takes
 
-def _check_tensor(op: str, name: str, t, ndim: int, dtype=None, device=None) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"lenet5_fast.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOATS:
-        raise TypeError(f"lenet5_fast.{op}: {name} must be float32 or float64, got {t.dtype}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"lenet5_fast.{op}: {name} has dtype {t.dtype} but the input is {dtype}")
-    if t.device.type not in ("cpu", "cuda", "meta"):
-        raise ValueError(f"lenet5_fast.{op}: {name} is on {t.device}; only CPU and CUDA are supported")
-    if device is not None and t.device != device:
-        raise ValueError(f"lenet5_fast.{op}: {name} is on {t.device} but the input is on {device}")
-    if t.dim() != ndim:
-        raise ValueError(f"lenet5_fast.{op}: {name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    if not t.is_contiguous():
-        raise ValueError(f"lenet5_fast.{op}: {name} must be contiguous (call .contiguous() first)")
+_PLAIN = (Tensor, torch.nn.Parameter)
+_is_compiling = torch.compiler.is_compiling
+_is_dynamo_compiling = torch.compiler.is_dynamo_compiling
+_tracing_state = torch._C._get_tracing_state
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+_functorch_active = torch._C._are_functorch_transforms_active
 
 
-def _check_shape(op: str, name: str, t: Tensor, shape: Sequence[int]) -> None:
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"lenet5_fast.{op}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+def plain_eager(*tensors) -> bool:
+    """True when a call on ``tensors`` may run the native kernels directly: plain CPU or CUDA
+    tensors, eager, nothing tracing or intercepting (no torch.compile/export, jit tracing,
+    dispatch or function mode, functorch transform). Otherwise the registered op must be called,
+    so that whatever is tracing sees it. (A whole-network fused path should run only when this
+    holds, and so never under export.)"""
+    if _is_compiling() or _tracing_state() is not None or _dispatch_modes() or _function_modes() \
+            or _functorch_active():
+        return False
+    for t in tensors:
+        if type(t) not in _PLAIN or t.is_meta:
+            return False
+    return True
 
 
-def _check_out_maps(op: str, O: int) -> None:
-    # Zero outputs would hand the kernels null output pointers (undefined behaviour in memcpy).
-    if O == 0:
-        raise ValueError(f"lenet5_fast.{op}: weight has no outputs (its first dimension is 0)")
+def _needs_grad(*tensors) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t.requires_grad:
+            return True
+    return False
 
 
-def _check_input(op: str, x: Tensor, ndim: int, min_hw: int = 0) -> None:
-    _check_tensor(op, "input", x, ndim)
-    if x.shape[0] == 0:
-        raise ValueError(f"lenet5_fast.{op}: empty batch (input shape {tuple(x.shape)})")
-    if any(s == 0 for s in x.shape[1:]):
-        raise ValueError(f"lenet5_fast.{op}: input has a zero-sized dimension: {tuple(x.shape)}")
-    if min_hw and (x.shape[-1] < min_hw or x.shape[-2] < min_hw):
-        raise ValueError(f"lenet5_fast.{op}: input maps must be at least {min_hw}x{min_hw}, got shape {tuple(x.shape)}")
+def _onnx_exporting() -> bool:
+    # Only imported modules can be exporting: no torch.onnx import on the way here.
+    if ("torch.onnx._internal.exporter._flags" not in sys.modules
+            and "torch.onnx._internal.torchscript_exporter._globals" not in sys.modules):
+        return False
+    return torch.onnx.is_in_onnx_export()
 
 
-def _check_grad_and_output(op: str, grad, y, x: Tensor, shape: Sequence[int]) -> None:
-    """A backward op's incoming gradient and the forward's output: like x, of the output's shape."""
-    for name, t in (("grad", grad), ("output", y)):
-        _check_tensor(op, name, t, len(shape), x.dtype, x.device)
-        _check_shape(op, name, t, shape)
+# ---------------------------------------------------------------------------------------------
+# kernel launch
 
-
-def _check_table_tensors(op: str, offsets, inputs) -> None:
-    for name, t in (("table offsets", offsets), ("table inputs", inputs)):
-        if not isinstance(t, Tensor) or t.dtype != torch.int32 or t.dim() != 1 or not t.is_contiguous():
-            raise TypeError(f"lenet5_fast.{op}: {name} must be a contiguous 1-D int32 tensor")
-
-
-def _check_table(op: str, offsets: Tensor, inputs: Tensor, in_maps: int, out_maps: int) -> None:
-    _check_table_tensors(op, offsets, inputs)
-    if offsets.shape[0] != out_maps + 1:
-        raise ValueError(f"lenet5_fast.{op}: table offsets must have {out_maps + 1} entries, got {offsets.shape[0]}")
-    if inputs.shape[0] == 0:  # no kernels: the weight gradient would be a null pointer
-        raise ValueError(f"lenet5_fast.{op}: the table has no connections (table inputs is empty)")
-    # Table contents are checked on the CPU only: reading a CUDA table here would synchronise
-    # the stream. Tables on the GPU come from SparseConvolution, which checked them when built.
-    if offsets.device.type != "cpu" or inputs.device.type != "cpu" or _is_fake(offsets) or _is_fake(inputs):
-        return
-    off = offsets.cpu()
-    inp = inputs.cpu()
-    if int(off[0]) != 0 or bool((off[1:] < off[:-1]).any()) or int(off[-1]) != inp.shape[0]:
-        raise ValueError(f"lenet5_fast.{op}: table offsets must rise from 0 to len(inputs)={inp.shape[0]}")
-    if inp.numel() and (int(inp.min()) < 0 or int(inp.max()) >= in_maps):
-        raise ValueError(f"lenet5_fast.{op}: table inputs must be map indices in [0, {in_maps})")
-
-
-def _is_fake(t: Tensor) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(t, FakeTensor)
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
 
 
 def _launch(t: Tensor) -> Tuple[int, bool, int]:
     """(device code, is float64, extra) for a kernel call: extra is threads or the CUDA stream."""
     f64 = t.dtype == torch.float64
     if t.device.type == "cpu":
-        return 0, f64, max(1, torch.get_num_threads())
+        return 0, f64, _threads()
     if t.device.type == "cuda":
         if not _C.with_cuda:
             raise RuntimeError(
@@ -147,192 +134,254 @@ def _launch(t: Tensor) -> Tuple[int, bool, int]:
     raise ValueError(f"lenet5_fast: unsupported device {t.device}")
 
 
-def _ptr(t: Tensor) -> int:
-    return t.data_ptr() if t.numel() else 0
+def _run(kernel: Callable, like: Tensor, *args) -> None:
+    """kernel(device, f64, extra, *args) on like's device (made current for CUDA)."""
+    if like.is_cuda:
+        with torch.cuda.device(like.device):
+            kernel(*_launch(like), *args)
+    else:
+        kernel(0, like.dtype == torch.float64, _threads(), *args)
 
 
-def _empty_like_missing(x: Tensor) -> Tensor:
-    return x.new_empty((0,))
+def _ptr(t) -> int:
+    """A tensor's address (0 for None, an output not asked for)."""
+    return 0 if t is None else t.data_ptr()
 
 
-class _on_device:
-    """Makes a CUDA tensor's device current while its kernel is launched."""
+def _dense(*tensors) -> Tuple[Tensor, ...]:
+    """The tensors in contiguous memory (the kernels' layout): copies only where needed."""
+    return tuple(t.contiguous() for t in tensors)
 
-    def __init__(self, t: Tensor):
-        self.ctx = torch.cuda.device(t.device) if t.device.type == "cuda" else None
 
-    def __enter__(self):
-        if self.ctx is not None:
-            self.ctx.__enter__()
+def _new(like: Tensor, shape) -> Tensor:
+    """A forward op's output (shape from its check, which runs first), new and contiguous."""
+    return like.new_empty(shape)
 
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
+
+def _allocate(like: Tensor, shapes: Sequence[Sequence[int]]) -> Tuple[Tensor, ...]:
+    """A backward op's outputs, new and contiguous: the one allocation of the real kernels and
+    of the fake ones. (0,) is an output that was not asked for."""
+    return tuple(like.new_empty(s) for s in shapes)
+
+
+def _zero(*tensors) -> None:
+    for t in tensors:
+        t.zero_()
+
+
+_lib = torch.library.Library("lenet5_fast", "DEF")
+
+
+def _define(schema: str, kernel: Callable, fake: Callable):
+    """Registers op lenet5_fast::<schema>: kernel for CPU and CUDA tensors, fake for fake and
+    meta tensors. Returns the op (an OpOverload)."""
+    name = schema[:schema.index("(")]
+    _lib.define(schema)
+    _lib.impl(name, kernel, "CPU")
+    _lib.impl(name, kernel, "CUDA")
+    torch.library.register_fake(f"lenet5_fast::{name}", fake, lib=_lib)
+    return getattr(torch.ops.lenet5_fast, name).default
+
+
+class _Forward:
+    """A forward op: its registered op, its eager autograd.Function, and its decomposition."""
+
+    def __init__(self, schema: str, kernel: Callable, fake: Callable, save: Callable, grad: Callable,
+                 backward_kernel: Callable, backward_op, decomposition: Callable):
+        self.kernel = kernel
+        self.op = _define(schema, kernel, fake)
+        self.decomposition = decomposition
+
+        def grad_traced(ctx, g):
+            return grad(ctx, g, backward_op)
+
+        torch.library.register_autograd(self.op, grad_traced, setup_context=save, lib=_lib)
+
+        class Function(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, *args):
+                out = kernel(*args)
+                save(ctx, args, out)
+                return out
+
+            @staticmethod
+            @once_differentiable
+            def backward(ctx, g):
+                return grad(ctx, g, backward_kernel)
+
+        Function.__name__ = Function.__qualname__ = f"{self.op._opname}_function"
+        # The C-level apply: Function.apply's Python wrapper only adds functorch and default-
+        # argument handling, which plain_eager calls never need (about 4 us a call).
+        c_apply = torch._C._FunctionBase.__dict__.get("apply")
+        self.apply = c_apply.__get__(None, Function) if c_apply is not None else Function.apply
+
+
+def _call_forward(f: _Forward, tensors: Tuple[Tensor, ...], args: tuple):
+    """The eager fast path when it applies, else the registered op (or, under ONNX export, the
+    decomposition)."""
+    if plain_eager(*tensors):
+        return f.apply(*args) if _needs_grad(*tensors) else f.kernel(*args)
+    if not _is_dynamo_compiling() and _onnx_exporting():
+        return f.decomposition(*args)
+    return f.op(*args)
+
+
+def _call_backward(kernel: Callable, op, tensors: Tuple[Tensor, ...], args: tuple):
+    if plain_eager(*tensors):
+        return kernel(*args)
+    return op(*args)
+
+
+def _reference():
+    from . import reference
+
+    return reference
 
 
 # ---------------------------------------------------------------------------------------------
 # conv5x5: x[N,C,H,W], weight[O,C,5,5], bias[O] -> [N,O,H-4,W-4]
 
-def _conv5x5_check(x, weight, bias, act):
-    _check_input("conv5x5", x, 4, min_hw=5)
-    _check_tensor("conv5x5", "weight", weight, 4, x.dtype, x.device)
-    O, C = weight.shape[0], x.shape[1]
-    _check_shape("conv5x5", "weight", weight, (O, C, 5, 5))
-    _check_out_maps("conv5x5", O)
-    _check_tensor("conv5x5", "bias", bias, 1, x.dtype, x.device)
-    _check_shape("conv5x5", "bias", bias, (O,))
-    activation_code(act)
-    N, _, H, W = x.shape
-    return N, C, H, W, O
-
-
-@torch.library.custom_op("lenet5_fast::conv5x5", mutates_args=())
-def _conv5x5(x: Tensor, weight: Tensor, bias: Tensor, act: int) -> Tensor:
-    N, C, H, W, O = _conv5x5_check(x, weight, bias, act)
-    y = x.new_empty((N, O, H - 4, W - 4))
-    with _on_device(x):
-        _C.conv5x5_forward(*_launch(x), _ptr(x), _ptr(weight), _ptr(bias), _ptr(y), N, C, H, W, O, act)
+def _conv5x5_kernel(x, weight, bias, act):
+    y = _new(x, _v.conv5x5(x, weight, bias, act))
+    if y.numel():
+        x, weight, bias = _dense(x, weight, bias)
+        _run(_C.conv5x5_forward, x, _ptr(x), _ptr(weight), _ptr(bias), _ptr(y), x.shape, y.shape, act)
     return y
 
 
-@_conv5x5.register_fake
-def _(x, weight, bias, act):
-    N, C, H, W, O = _conv5x5_check(x, weight, bias, act)
-    return x.new_empty((N, O, H - 4, W - 4))
+def _conv5x5_backward_outputs(grad, y, x, weight, act, gauss_newton, input_grad):
+    xs, ws, bs = _v.conv5x5_backward(grad, y, x, weight, act)
+    return _allocate(x, (xs if input_grad else (0,), ws, bs))
 
 
-def _conv5x5_backward_check(grad, y, x, weight, act):
-    _check_tensor("conv5x5_backward", "weight", weight, 4)
-    N, C, H, W, O = _conv5x5_check(x, weight, weight.new_empty(weight.shape[0]), act)
-    _check_grad_and_output("conv5x5_backward", grad, y, x, (N, O, H - 4, W - 4))
-    return N, C, H, W, O
+def _conv5x5_backward_kernel(grad, y, x, weight, act, gauss_newton, input_grad):
+    gx, gw, gb = outs = _conv5x5_backward_outputs(grad, y, x, weight, act, gauss_newton, input_grad)
+    if x.shape[0] == 0:
+        _zero(gw, gb)
+        return outs
+    grad, y, x, weight = _dense(grad, y, x, weight)
+    _run(_C.conv5x5_backward, x, _ptr(grad), _ptr(y), _ptr(x), _ptr(weight), _ptr(gx if input_grad else None),
+         _ptr(gw), _ptr(gb), x.shape, grad.shape, act, gauss_newton)
+    return outs
 
 
-@torch.library.custom_op("lenet5_fast::conv5x5_backward", mutates_args=())
-def _conv5x5_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, act: int,
-                      gauss_newton: bool, input_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    N, C, H, W, O = _conv5x5_backward_check(grad, y, x, weight, act)
-    gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
-    gw, gb = torch.empty_like(weight), weight.new_empty((O,))
-    with _on_device(x):
-        _C.conv5x5_backward(*_launch(x), _ptr(grad), _ptr(y), _ptr(x), _ptr(weight), _ptr(gx),
-                            _ptr(gw), _ptr(gb), N, C, H, W, O, act, gauss_newton)
-    return gx, gw, gb
+_conv5x5_backward_op = _define(
+    "conv5x5_backward(Tensor grad, Tensor y, Tensor x, Tensor weight, int act, bool gauss_newton, "
+    "bool input_grad) -> (Tensor, Tensor, Tensor)", _conv5x5_backward_kernel, _conv5x5_backward_outputs)
 
 
-@_conv5x5_backward.register_fake
-def _(grad, y, x, weight, act, gauss_newton, input_grad):
-    _conv5x5_backward_check(grad, y, x, weight, act)
-    gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
-    return gx, torch.empty_like(weight), weight.new_empty((weight.shape[0],))
+def _save_x_weight_y(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1], output)
+    ctx.act = inputs[-1]
 
 
-def _conv5x5_setup(ctx, inputs, output):
-    x, weight, _, act = inputs
-    ctx.save_for_backward(x, weight, output)
-    ctx.act = act
-
-
-def _conv5x5_grad(ctx, grad):
+def _conv_grad(ctx, g, backward):
     x, weight, y = ctx.saved_tensors
-    gx, gw, gb = _conv5x5_backward(grad.contiguous(), y, x, weight, ctx.act, False, ctx.needs_input_grad[0])
-    return (gx if ctx.needs_input_grad[0] else None), gw, gb, None
+    need_x = ctx.needs_input_grad[0]
+    gx, gw, gb = backward(g, y, x, weight, ctx.act, False, need_x)
+    return (gx if need_x else None), gw, gb, None
 
 
-_conv5x5.register_autograd(_conv5x5_grad, setup_context=_conv5x5_setup)
+_CONV5X5 = _Forward(
+    "conv5x5(Tensor x, Tensor weight, Tensor bias, int act) -> Tensor", _conv5x5_kernel,
+    lambda x, weight, bias, act: _new(x, _v.conv5x5(x, weight, bias, act)),
+    _save_x_weight_y, _conv_grad, _conv5x5_backward_kernel, _conv5x5_backward_op,
+    lambda x, weight, bias, act: _reference().conv5x5(x, weight, bias, act))
 
 
 def conv5x5(x: Tensor, weight: Tensor, bias: Tensor, act=0) -> Tensor:
-    """Valid 5x5 convolution with an optional fused activation (C1, C5, modern C3)."""
-    return _conv5x5(x, weight, bias, activation_code(act))
+    """Valid 5x5 convolution with a fused activation: ``act(conv2d(x, weight) + bias)``.
+
+    ``x[N, C, H, W]`` (H, W >= 5), ``weight[O, C, 5, 5]``, ``bias[O]`` -> ``[N, O, H-4, W-4]``.
+    C1, C5 and the modern C3. ``act``: a code 0-3 or a name (:data:`ACTIVATIONS`)."""
+    args = (x, weight, bias, activation_code(act))
+    return _call_forward(_CONV5X5, (x, weight, bias), args)
+
+
+def conv5x5_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, act=0, gauss_newton: bool = False,
+                     input_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    """Backward of :func:`conv5x5` from its input ``x``, output ``y`` and the incoming ``grad``:
+    ``(grad_x, grad_weight, grad_bias)``. With ``gauss_newton=True``, ``grad`` holds d2E/dy2 and
+    the results are SDLM's diagonal Gauss-Newton terms (squared weights, inputs and activation
+    derivative). ``grad_x`` is an empty tensor when ``input_grad=False``."""
+    args = (grad, y, x, weight, activation_code(act), bool(gauss_newton), bool(input_grad))
+    return _call_backward(_conv5x5_backward_kernel, _conv5x5_backward_op, (grad, y, x, weight), args)
 
 
 # ---------------------------------------------------------------------------------------------
 # sparse_conv5x5 (C3): x[N,C,H,W], weight[K,5,5], bias[O], table CSR (offsets[O+1], inputs[K])
 
-def _sparse_check(x, weight, bias, offsets, inputs, act):
-    _check_input("sparse_conv5x5", x, 4, min_hw=5)
-    _check_tensor("sparse_conv5x5", "weight", weight, 3, x.dtype, x.device)
-    _check_tensor("sparse_conv5x5", "bias", bias, 1, x.dtype, x.device)
-    O = bias.shape[0]
-    if O == 0:
-        raise ValueError("lenet5_fast.sparse_conv5x5: the table has no output maps")
-    _check_table("sparse_conv5x5", offsets, inputs, x.shape[1], O)
-    for name, t in (("table offsets", offsets), ("table inputs", inputs)):
-        if t.device != x.device:
-            raise ValueError(f"lenet5_fast.sparse_conv5x5: {name} is on {t.device} but the input is on {x.device}")
-    _check_shape("sparse_conv5x5", "weight", weight, (inputs.shape[0], 5, 5))
-    activation_code(act)
-    N, C, H, W = x.shape
-    return N, C, H, W, O
-
-
-@torch.library.custom_op("lenet5_fast::sparse_conv5x5", mutates_args=())
-def _sparse_conv5x5(x: Tensor, weight: Tensor, bias: Tensor, offsets: Tensor, inputs: Tensor,
-                    act: int) -> Tensor:
-    N, C, H, W, O = _sparse_check(x, weight, bias, offsets, inputs, act)
-    y = x.new_empty((N, O, H - 4, W - 4))
-    with _on_device(x):
-        _C.sparse_conv5x5_forward(*_launch(x), _ptr(x), _ptr(weight), _ptr(bias), _ptr(offsets),
-                                  _ptr(inputs), _ptr(y), N, C, H, W, O, act)
+def _sparse_kernel(x, weight, bias, offsets, inputs, act):
+    y = _new(x, _v.sparse_conv5x5(x, weight, bias, offsets, inputs, act))
+    _v.table_contents("sparse_conv5x5", offsets, inputs, x.shape[1])
+    if y.numel():
+        x, weight, bias, offsets, inputs = _dense(x, weight, bias, offsets, inputs)
+        _run(_C.sparse_conv5x5_forward, x, _ptr(x), _ptr(weight), _ptr(bias), _ptr(offsets), _ptr(inputs),
+             _ptr(y), x.shape, y.shape, act)
     return y
 
 
-@_sparse_conv5x5.register_fake
-def _(x, weight, bias, offsets, inputs, act):
-    N, C, H, W, O = _sparse_check(x, weight, bias, offsets, inputs, act)
-    return x.new_empty((N, O, H - 4, W - 4))
+def _sparse_backward_outputs(grad, y, x, weight, offsets, inputs, act, gauss_newton, input_grad):
+    xs, ws, bs = _v.sparse_conv5x5_backward(grad, y, x, weight, offsets, inputs, act)
+    return _allocate(x, (xs if input_grad else (0,), ws, bs))
 
 
-def _sparse_backward_check(grad, y, x, weight, offsets, inputs, act):
-    _check_tensor("sparse_conv5x5_backward", "weight", weight, 3)
-    _check_table_tensors("sparse_conv5x5_backward", offsets, inputs)
-    bias = weight.new_empty((max(offsets.shape[0] - 1, 0),))
-    N, C, H, W, O = _sparse_check(x, weight, bias, offsets, inputs, act)
-    _check_grad_and_output("sparse_conv5x5_backward", grad, y, x, (N, O, H - 4, W - 4))
-    return N, C, H, W, O
+def _sparse_backward_kernel(grad, y, x, weight, offsets, inputs, act, gauss_newton, input_grad):
+    gx, gw, gb = outs = _sparse_backward_outputs(grad, y, x, weight, offsets, inputs, act, gauss_newton, input_grad)
+    _v.table_contents("sparse_conv5x5_backward", offsets, inputs, x.shape[1])
+    if x.shape[0] == 0:
+        _zero(gw, gb)
+        return outs
+    grad, y, x, weight, offsets, inputs = _dense(grad, y, x, weight, offsets, inputs)
+    _run(_C.sparse_conv5x5_backward, x, _ptr(grad), _ptr(y), _ptr(x), _ptr(weight), _ptr(offsets),
+         _ptr(inputs), _ptr(gx if input_grad else None), _ptr(gw), _ptr(gb), x.shape, grad.shape, act,
+         gauss_newton)
+    return outs
 
 
-@torch.library.custom_op("lenet5_fast::sparse_conv5x5_backward", mutates_args=())
-def _sparse_conv5x5_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, offsets: Tensor,
-                             inputs: Tensor, act: int, gauss_newton: bool,
-                             input_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    N, C, H, W, O = _sparse_backward_check(grad, y, x, weight, offsets, inputs, act)
-    gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
-    gw, gb = torch.empty_like(weight), weight.new_empty((O,))
-    with _on_device(x):
-        _C.sparse_conv5x5_backward(*_launch(x), _ptr(grad), _ptr(y), _ptr(x), _ptr(weight),
-                                   _ptr(offsets), _ptr(inputs), _ptr(gx), _ptr(gw), _ptr(gb),
-                                   N, C, H, W, O, act, gauss_newton)
-    return gx, gw, gb
+_sparse_backward_op = _define(
+    "sparse_conv5x5_backward(Tensor grad, Tensor y, Tensor x, Tensor weight, Tensor offsets, Tensor inputs, "
+    "int act, bool gauss_newton, bool input_grad) -> (Tensor, Tensor, Tensor)",
+    _sparse_backward_kernel, _sparse_backward_outputs)
 
 
-@_sparse_conv5x5_backward.register_fake
-def _(grad, y, x, weight, offsets, inputs, act, gauss_newton, input_grad):
-    _sparse_backward_check(grad, y, x, weight, offsets, inputs, act)
-    gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
-    return gx, torch.empty_like(weight), weight.new_empty((offsets.shape[0] - 1,))
-
-
-def _sparse_setup(ctx, inputs, output):
+def _save_sparse(ctx, inputs, output):
     x, weight, _, offsets, table_inputs, act = inputs
     ctx.save_for_backward(x, weight, offsets, table_inputs, output)
     ctx.act = act
 
 
-def _sparse_grad(ctx, grad):
+def _sparse_grad(ctx, g, backward):
     x, weight, offsets, table_inputs, y = ctx.saved_tensors
-    gx, gw, gb = _sparse_conv5x5_backward(grad.contiguous(), y, x, weight, offsets, table_inputs,
-                                          ctx.act, False, ctx.needs_input_grad[0])
-    return (gx if ctx.needs_input_grad[0] else None), gw, gb, None, None, None
+    need_x = ctx.needs_input_grad[0]
+    gx, gw, gb = backward(g, y, x, weight, offsets, table_inputs, ctx.act, False, need_x)
+    return (gx if need_x else None), gw, gb, None, None, None
 
 
-_sparse_conv5x5.register_autograd(_sparse_grad, setup_context=_sparse_setup)
+_SPARSE = _Forward(
+    "sparse_conv5x5(Tensor x, Tensor weight, Tensor bias, Tensor offsets, Tensor inputs, int act) -> Tensor",
+    _sparse_kernel,
+    lambda x, weight, bias, offsets, inputs, act: _new(x, _v.sparse_conv5x5(x, weight, bias, offsets, inputs, act)),
+    _save_sparse, _sparse_grad, _sparse_backward_kernel, _sparse_backward_op,
+    lambda x, weight, bias, offsets, inputs, act: _reference().sparse_conv5x5(x, weight, bias, offsets, inputs, act))
 
 
 def sparse_conv5x5(x: Tensor, weight: Tensor, bias: Tensor, offsets: Tensor, inputs: Tensor, act=0) -> Tensor:
-    """5x5 convolution through a connection table in CSR form (C3). See connection_table_to_csr."""
-    return _sparse_conv5x5(x, weight, bias, offsets, inputs, activation_code(act))
+    """5x5 convolution through a connection table (C3): output map ``o`` sums the kernels
+    ``weight[k]``, ``k`` in ``[offsets[o], offsets[o+1])``, each over input map ``inputs[k]``;
+    plus ``bias[o]``, then ``act``. ``x[N, C, H, W]``, ``weight[K, 5, 5]``, ``bias[O]``, int32
+    ``offsets[O+1]`` and ``inputs[K]`` (:func:`connection_table_to_csr`) -> ``[N, O, H-4, W-4]``.
+    A table's contents are checked the first time it is used (and again after an in-place change)."""
+    args = (x, weight, bias, offsets, inputs, activation_code(act))
+    return _call_forward(_SPARSE, (x, weight, bias, offsets, inputs), args)
+
+
+def sparse_conv5x5_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, offsets: Tensor, inputs: Tensor,
+                            act=0, gauss_newton: bool = False, input_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    """Backward of :func:`sparse_conv5x5`: ``(grad_x, grad_weight, grad_bias)``, or the
+    Gauss-Newton terms with ``gauss_newton=True`` (see :func:`conv5x5_backward`)."""
+    args = (grad, y, x, weight, offsets, inputs, activation_code(act), bool(gauss_newton), bool(input_grad))
+    return _call_backward(_sparse_backward_kernel, _sparse_backward_op, (grad, y, x, weight, offsets, inputs), args)
 
 
 def connection_table_to_csr(table: Sequence[Sequence[int]], in_maps: int) -> Tuple[Tensor, Tensor]:
@@ -356,359 +405,291 @@ def connection_table_to_csr(table: Sequence[Sequence[int]], in_maps: int) -> Tup
 # ---------------------------------------------------------------------------------------------
 # subsample2x2 (S2, S4): y = act(coef[c] * window sum + bias[c]), x[N,C,H,W] -> [N,C,H/2,W/2]
 
-def _subsample_check(x, coef, bias, act):
-    _check_input("subsample2x2", x, 4, min_hw=2)
-    C = x.shape[1]
-    for name, t in (("coef", coef), ("bias", bias)):
-        _check_tensor("subsample2x2", name, t, 1, x.dtype, x.device)
-        _check_shape("subsample2x2", name, t, (C,))
-    activation_code(act)
-    N, C, H, W = x.shape
-    return N, C, H, W
-
-
-@torch.library.custom_op("lenet5_fast::subsample2x2", mutates_args=())
-def _subsample2x2(x: Tensor, coef: Tensor, bias: Tensor, act: int) -> Tensor:
-    N, C, H, W = _subsample_check(x, coef, bias, act)
-    y = x.new_empty((N, C, H // 2, W // 2))
-    with _on_device(x):
-        _C.subsample2x2_forward(*_launch(x), _ptr(x), _ptr(coef), _ptr(bias), _ptr(y), N, C, H, W, act)
+def _subsample_kernel(x, coef, bias, act):
+    y = _new(x, _v.subsample2x2(x, coef, bias, act))
+    if y.numel():
+        x, coef, bias = _dense(x, coef, bias)
+        _run(_C.subsample2x2_forward, x, _ptr(x), _ptr(coef), _ptr(bias), _ptr(y), x.shape, y.shape, act)
     return y
 
 
-@_subsample2x2.register_fake
-def _(x, coef, bias, act):
-    N, C, H, W = _subsample_check(x, coef, bias, act)
-    return x.new_empty((N, C, H // 2, W // 2))
+def _subsample_backward_outputs(grad, y, x, coef, act, gauss_newton, input_grad):
+    xs, cs, bs = _v.subsample2x2_backward(grad, y, x, coef, act)
+    return _allocate(x, (xs if input_grad else (0,), cs, bs))
 
 
-def _subsample_backward_check(grad, y, x, coef, act):
-    N, C, H, W = _subsample_check(x, coef, coef, act)
-    _check_grad_and_output("subsample2x2_backward", grad, y, x, (N, C, H // 2, W // 2))
-    return N, C, H, W
+def _subsample_backward_kernel(grad, y, x, coef, act, gauss_newton, input_grad):
+    gx, gc, gb = outs = _subsample_backward_outputs(grad, y, x, coef, act, gauss_newton, input_grad)
+    if x.shape[0] == 0:
+        _zero(gc, gb)
+        return outs
+    grad, y, x, coef = _dense(grad, y, x, coef)
+    _run(_C.subsample2x2_backward, x, _ptr(grad), _ptr(y), _ptr(x), _ptr(coef), _ptr(gx if input_grad else None),
+         _ptr(gc), _ptr(gb), x.shape, grad.shape, act, gauss_newton)
+    return outs
 
 
-@torch.library.custom_op("lenet5_fast::subsample2x2_backward", mutates_args=())
-def _subsample2x2_backward(grad: Tensor, y: Tensor, x: Tensor, coef: Tensor, act: int,
-                           gauss_newton: bool, input_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    N, C, H, W = _subsample_backward_check(grad, y, x, coef, act)
-    gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
-    gc, gb = torch.empty_like(coef), torch.empty_like(coef)
-    with _on_device(x):
-        _C.subsample2x2_backward(*_launch(x), _ptr(grad), _ptr(y), _ptr(x), _ptr(coef), _ptr(gx),
-                                 _ptr(gc), _ptr(gb), N, C, H, W, act, gauss_newton)
-    return gx, gc, gb
+_subsample_backward_op = _define(
+    "subsample2x2_backward(Tensor grad, Tensor y, Tensor x, Tensor coef, int act, bool gauss_newton, "
+    "bool input_grad) -> (Tensor, Tensor, Tensor)", _subsample_backward_kernel, _subsample_backward_outputs)
 
 
-@_subsample2x2_backward.register_fake
-def _(grad, y, x, coef, act, gauss_newton, input_grad):
-    _subsample_backward_check(grad, y, x, coef, act)
-    gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
-    return gx, torch.empty_like(coef), torch.empty_like(coef)
-
-
-def _subsample_setup(ctx, inputs, output):
-    x, coef, _, act = inputs
-    ctx.save_for_backward(x, coef, output)
-    ctx.act = act
-
-
-def _subsample_grad(ctx, grad):
+def _subsample_grad(ctx, g, backward):
     x, coef, y = ctx.saved_tensors
-    gx, gc, gb = _subsample2x2_backward(grad.contiguous(), y, x, coef, ctx.act, False, ctx.needs_input_grad[0])
-    return (gx if ctx.needs_input_grad[0] else None), gc, gb, None
+    need_x = ctx.needs_input_grad[0]
+    gx, gc, gb = backward(g, y, x, coef, ctx.act, False, need_x)
+    return (gx if need_x else None), gc, gb, None
 
 
-_subsample2x2.register_autograd(_subsample_grad, setup_context=_subsample_setup)
+_SUBSAMPLE = _Forward(
+    "subsample2x2(Tensor x, Tensor coef, Tensor bias, int act) -> Tensor", _subsample_kernel,
+    lambda x, coef, bias, act: _new(x, _v.subsample2x2(x, coef, bias, act)),
+    _save_x_weight_y, _subsample_grad, _subsample_backward_kernel, _subsample_backward_op,
+    lambda x, coef, bias, act: _reference().subsample2x2(x, coef, bias, act))
 
 
 def subsample2x2(x: Tensor, coef: Tensor, bias: Tensor, act=0) -> Tensor:
-    """The paper's trainable subsampling: coef * (sum of each 2x2 window) + bias, then act."""
-    return _subsample2x2(x, coef, bias, activation_code(act))
+    """The paper's trainable subsampling (S2, S4): ``act(coef[c] * s + bias[c])``, ``s`` the sum
+    of each 2x2 window (stride 2). ``x[N, C, H, W]`` -> ``[N, C, H//2, W//2]`` (an odd last
+    row/column is ignored)."""
+    args = (x, coef, bias, activation_code(act))
+    return _call_forward(_SUBSAMPLE, (x, coef, bias), args)
+
+
+def subsample2x2_backward(grad: Tensor, y: Tensor, x: Tensor, coef: Tensor, act=0, gauss_newton: bool = False,
+                          input_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    """Backward of :func:`subsample2x2`: ``(grad_x, grad_coef, grad_bias)``, or the Gauss-Newton
+    terms with ``gauss_newton=True``."""
+    args = (grad, y, x, coef, activation_code(act), bool(gauss_newton), bool(input_grad))
+    return _call_backward(_subsample_backward_kernel, _subsample_backward_op, (grad, y, x, coef), args)
 
 
 # ---------------------------------------------------------------------------------------------
 # maxpool2x2 (modern variant)
 
-def _maxpool_check(x):
-    _check_input("maxpool2x2", x, 4, min_hw=2)
-    return tuple(x.shape)
-
-
-@torch.library.custom_op("lenet5_fast::maxpool2x2", mutates_args=())
-def _maxpool2x2(x: Tensor) -> Tensor:
-    N, C, H, W = _maxpool_check(x)
-    y = x.new_empty((N, C, H // 2, W // 2))
-    with _on_device(x):
-        _C.maxpool2x2_forward(*_launch(x), _ptr(x), _ptr(y), N, C, H, W)
+def _maxpool_kernel(x):
+    y = _new(x, _v.maxpool2x2(x))
+    if y.numel():
+        (x,) = _dense(x)
+        _run(_C.maxpool2x2_forward, x, _ptr(x), _ptr(y), x.shape, y.shape)
     return y
 
 
-@_maxpool2x2.register_fake
-def _(x):
-    N, C, H, W = _maxpool_check(x)
-    return x.new_empty((N, C, H // 2, W // 2))
+def _maxpool_backward_outputs(grad, x, y):
+    return _allocate(x, (_v.maxpool2x2_backward(grad, x, y),))[0]
 
 
-def _maxpool_backward_check(grad, x, y):
-    N, C, H, W = _maxpool_check(x)
-    _check_grad_and_output("maxpool2x2_backward", grad, y, x, (N, C, H // 2, W // 2))
-    return N, C, H, W
-
-
-@torch.library.custom_op("lenet5_fast::maxpool2x2_backward", mutates_args=())
-def _maxpool2x2_backward(grad: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    N, C, H, W = _maxpool_backward_check(grad, x, y)
-    gx = torch.empty_like(x)
-    with _on_device(x):
-        _C.maxpool2x2_backward(*_launch(x), _ptr(grad), _ptr(x), _ptr(y), _ptr(gx), N, C, H, W)
+def _maxpool_backward_kernel(grad, x, y):
+    gx = _maxpool_backward_outputs(grad, x, y)
+    if gx.numel():
+        grad, x, y = _dense(grad, x, y)
+        _run(_C.maxpool2x2_backward, x, _ptr(grad), _ptr(x), _ptr(y), _ptr(gx), x.shape, grad.shape)
     return gx
 
 
-@_maxpool2x2_backward.register_fake
-def _(grad, x, y):
-    _maxpool_backward_check(grad, x, y)
-    return torch.empty_like(x)
+_maxpool_backward_op = _define("maxpool2x2_backward(Tensor grad, Tensor x, Tensor y) -> Tensor",
+                               _maxpool_backward_kernel, _maxpool_backward_outputs)
 
 
-def _maxpool_setup(ctx, inputs, output):
+def _save_maxpool(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], output)
 
 
-def _maxpool_grad(ctx, grad):
+def _maxpool_grad(ctx, g, backward):
     x, y = ctx.saved_tensors
-    return _maxpool2x2_backward(grad.contiguous(), x, y)
+    return backward(g, x, y)
 
 
-_maxpool2x2.register_autograd(_maxpool_grad, setup_context=_maxpool_setup)
+_MAXPOOL = _Forward(
+    "maxpool2x2(Tensor x) -> Tensor", _maxpool_kernel, lambda x: _new(x, _v.maxpool2x2(x)),
+    _save_maxpool, _maxpool_grad, _maxpool_backward_kernel, _maxpool_backward_op,
+    lambda x: torch.nn.functional.max_pool2d(x, 2))
 
 
 def maxpool2x2(x: Tensor) -> Tensor:
-    """2x2 max-pooling, stride 2 (modern variant)."""
-    return _maxpool2x2(x)
+    """2x2 max-pooling, stride 2 (modern variant): ``x[N, C, H, W]`` -> ``[N, C, H//2, W//2]``.
+    NaN propagates; the gradient goes to the first maximum of each window."""
+    return _call_forward(_MAXPOOL, (x,), (x,))
+
+
+def maxpool2x2_backward(grad: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """Backward of :func:`maxpool2x2`: ``grad_x`` (each window's gradient to its first maximum;
+    the Gauss-Newton terms route the same way)."""
+    return _call_backward(_maxpool_backward_kernel, _maxpool_backward_op, (grad, x, y), (grad, x, y))
 
 
 # ---------------------------------------------------------------------------------------------
 # full: x[N,D], weight[O,D], bias[O] -> [N,O]
 
-def _full_check(x, weight, bias, act):
-    _check_input("full", x, 2)
-    _check_tensor("full", "weight", weight, 2, x.dtype, x.device)
-    O, D = weight.shape[0], x.shape[1]
-    _check_shape("full", "weight", weight, (O, D))
-    _check_out_maps("full", O)
-    _check_tensor("full", "bias", bias, 1, x.dtype, x.device)
-    _check_shape("full", "bias", bias, (O,))
-    activation_code(act)
-    return x.shape[0], D, O
-
-
-@torch.library.custom_op("lenet5_fast::full", mutates_args=())
-def _full(x: Tensor, weight: Tensor, bias: Tensor, act: int) -> Tensor:
-    N, D, O = _full_check(x, weight, bias, act)
-    y = x.new_empty((N, O))
-    with _on_device(x):
-        _C.full_forward(*_launch(x), _ptr(x), _ptr(weight), _ptr(bias), _ptr(y), N, D, O, act)
+def _full_kernel(x, weight, bias, act):
+    y = _new(x, _v.full(x, weight, bias, act))
+    if y.numel():
+        x, weight, bias = _dense(x, weight, bias)
+        _run(_C.full_forward, x, _ptr(x), _ptr(weight), _ptr(bias), _ptr(y), x.shape, y.shape, act)
     return y
 
 
-@_full.register_fake
-def _(x, weight, bias, act):
-    N, D, O = _full_check(x, weight, bias, act)
-    return x.new_empty((N, O))
+def _full_backward_outputs(grad, y, x, weight, act, gauss_newton, input_grad):
+    xs, ws, bs = _v.full_backward(grad, y, x, weight, act)
+    return _allocate(x, (xs if input_grad else (0,), ws, bs))
 
 
-def _full_backward_check(grad, y, x, weight, act):
-    _check_tensor("full_backward", "weight", weight, 2)
-    N, D, O = _full_check(x, weight, weight.new_empty((weight.shape[0],)), act)
-    _check_grad_and_output("full_backward", grad, y, x, (N, O))
-    return N, D, O
+def _full_backward_kernel(grad, y, x, weight, act, gauss_newton, input_grad):
+    gx, gw, gb = outs = _full_backward_outputs(grad, y, x, weight, act, gauss_newton, input_grad)
+    if x.shape[0] == 0:
+        _zero(gw, gb)
+        return outs
+    grad, y, x, weight = _dense(grad, y, x, weight)
+    _run(_C.full_backward, x, _ptr(grad), _ptr(y), _ptr(x), _ptr(weight), _ptr(gx if input_grad else None),
+         _ptr(gw), _ptr(gb), x.shape, grad.shape, act, gauss_newton)
+    return outs
 
 
-@torch.library.custom_op("lenet5_fast::full_backward", mutates_args=())
-def _full_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, act: int,
-                   gauss_newton: bool, input_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    N, D, O = _full_backward_check(grad, y, x, weight, act)
-    gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
-    gw, gb = torch.empty_like(weight), weight.new_empty((O,))
-    with _on_device(x):
-        _C.full_backward(*_launch(x), _ptr(grad), _ptr(y), _ptr(x), _ptr(weight), _ptr(gx),
-                         _ptr(gw), _ptr(gb), N, D, O, act, gauss_newton)
-    return gx, gw, gb
+_full_backward_op = _define(
+    "full_backward(Tensor grad, Tensor y, Tensor x, Tensor weight, int act, bool gauss_newton, "
+    "bool input_grad) -> (Tensor, Tensor, Tensor)", _full_backward_kernel, _full_backward_outputs)
 
 
-@_full_backward.register_fake
-def _(grad, y, x, weight, act, gauss_newton, input_grad):
-    _full_backward_check(grad, y, x, weight, act)
-    gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
-    return gx, torch.empty_like(weight), weight.new_empty((weight.shape[0],))
-
-
-def _full_setup(ctx, inputs, output):
-    x, weight, _, act = inputs
-    ctx.save_for_backward(x, weight, output)
-    ctx.act = act
-
-
-def _full_grad(ctx, grad):
-    x, weight, y = ctx.saved_tensors
-    gx, gw, gb = _full_backward(grad.contiguous(), y, x, weight, ctx.act, False, ctx.needs_input_grad[0])
-    return (gx if ctx.needs_input_grad[0] else None), gw, gb, None
-
-
-_full.register_autograd(_full_grad, setup_context=_full_setup)
+_FULL = _Forward(
+    "full(Tensor x, Tensor weight, Tensor bias, int act) -> Tensor", _full_kernel,
+    lambda x, weight, bias, act: _new(x, _v.full(x, weight, bias, act)),
+    _save_x_weight_y, _conv_grad, _full_backward_kernel, _full_backward_op,
+    lambda x, weight, bias, act: _reference().full(x, weight, bias, act))
 
 
 def full(x: Tensor, weight: Tensor, bias: Tensor, act=0) -> Tensor:
-    """Fully connected layer with an optional fused activation (F6)."""
-    return _full(x, weight, bias, activation_code(act))
+    """Fully connected layer with a fused activation (F6): ``act(x weight^T + bias)``,
+    ``x[N, D]``, ``weight[O, D]``, ``bias[O]`` -> ``[N, O]``."""
+    args = (x, weight, bias, activation_code(act))
+    return _call_forward(_FULL, (x, weight, bias), args)
+
+
+def full_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, act=0, gauss_newton: bool = False,
+                  input_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    """Backward of :func:`full`: ``(grad_x, grad_weight, grad_bias)``, or the Gauss-Newton
+    terms with ``gauss_newton=True``."""
+    args = (grad, y, x, weight, activation_code(act), bool(gauss_newton), bool(input_grad))
+    return _call_backward(_full_backward_kernel, _full_backward_op, (grad, y, x, weight), args)
 
 
 # ---------------------------------------------------------------------------------------------
 # euclidean_rbf: x[N,D], weight[M,D] -> y[N,M] = sum_j (x - w)^2
 
-def _rbf_check(x, weight):
-    _check_input("euclidean_rbf", x, 2)
-    _check_tensor("euclidean_rbf", "weight", weight, 2, x.dtype, x.device)
-    if weight.shape[1] != x.shape[1] or weight.shape[0] == 0:
-        raise ValueError(f"lenet5_fast.euclidean_rbf: weight must have shape (M, {x.shape[1]}) with M > 0, "
-                         f"got {tuple(weight.shape)}")
-    return x.shape[0], x.shape[1], weight.shape[0]
-
-
-@torch.library.custom_op("lenet5_fast::euclidean_rbf", mutates_args=())
-def _euclidean_rbf(x: Tensor, weight: Tensor) -> Tensor:
-    N, D, M = _rbf_check(x, weight)
-    y = x.new_empty((N, M))
-    with _on_device(x):
-        _C.euclidean_rbf_forward(*_launch(x), _ptr(x), _ptr(weight), _ptr(y), N, D, M)
+def _rbf_kernel(x, weight):
+    y = _new(x, _v.euclidean_rbf(x, weight))
+    if y.numel():
+        x, weight = _dense(x, weight)
+        _run(_C.euclidean_rbf_forward, x, _ptr(x), _ptr(weight), _ptr(y), x.shape, y.shape)
     return y
 
 
-@_euclidean_rbf.register_fake
-def _(x, weight):
-    N, D, M = _rbf_check(x, weight)
-    return x.new_empty((N, M))
+def _rbf_backward_outputs(grad, x, weight, gauss_newton, input_grad, weight_grad):
+    xs, ws = _v.euclidean_rbf_backward(grad, x, weight)
+    return _allocate(x, (xs if input_grad else (0,), ws if weight_grad else (0,)))
 
 
-def _rbf_backward_check(grad, x, weight):
-    N, D, M = _rbf_check(x, weight)
-    _check_tensor("euclidean_rbf_backward", "grad", grad, 2, x.dtype, x.device)
-    _check_shape("euclidean_rbf_backward", "grad", grad, (N, M))
-    return N, D, M
+def _rbf_backward_kernel(grad, x, weight, gauss_newton, input_grad, weight_grad):
+    gx, gw = outs = _rbf_backward_outputs(grad, x, weight, gauss_newton, input_grad, weight_grad)
+    if x.shape[0] == 0:
+        _zero(gw)
+        return outs
+    grad, x, weight = _dense(grad, x, weight)
+    _run(_C.euclidean_rbf_backward, x, _ptr(grad), _ptr(x), _ptr(weight), _ptr(gx if input_grad else None),
+         _ptr(gw if weight_grad else None), x.shape, grad.shape, gauss_newton)
+    return outs
 
 
-@torch.library.custom_op("lenet5_fast::euclidean_rbf_backward", mutates_args=())
-def _euclidean_rbf_backward(grad: Tensor, x: Tensor, weight: Tensor, gauss_newton: bool,
-                            input_grad: bool, weight_grad: bool) -> Tuple[Tensor, Tensor]:
-    N, D, M = _rbf_backward_check(grad, x, weight)
-    gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
-    gw = torch.empty_like(weight) if weight_grad else _empty_like_missing(x)
-    with _on_device(x):
-        _C.euclidean_rbf_backward(*_launch(x), _ptr(grad), _ptr(x), _ptr(weight), _ptr(gx),
-                                  _ptr(gw), N, D, M, gauss_newton)
-    return gx, gw
+_rbf_backward_op = _define(
+    "euclidean_rbf_backward(Tensor grad, Tensor x, Tensor weight, bool gauss_newton, bool input_grad, "
+    "bool weight_grad) -> (Tensor, Tensor)", _rbf_backward_kernel, _rbf_backward_outputs)
 
 
-@_euclidean_rbf_backward.register_fake
-def _(grad, x, weight, gauss_newton, input_grad, weight_grad):
-    _rbf_backward_check(grad, x, weight)
-    gx = torch.empty_like(x) if input_grad else _empty_like_missing(x)
-    gw = torch.empty_like(weight) if weight_grad else _empty_like_missing(x)
-    return gx, gw
-
-
-def _rbf_setup(ctx, inputs, output):
+def _save_rbf(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _rbf_grad(ctx, grad):
+def _rbf_grad(ctx, g, backward):
     x, weight = ctx.saved_tensors
-    gx, gw = _euclidean_rbf_backward(grad.contiguous(), x, weight, False, ctx.needs_input_grad[0],
-                                     ctx.needs_input_grad[1])
-    return (gx if ctx.needs_input_grad[0] else None), (gw if ctx.needs_input_grad[1] else None)
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    gx, gw = backward(g, x, weight, False, need_x, need_w)
+    return (gx if need_x else None), (gw if need_w else None)
 
 
-_euclidean_rbf.register_autograd(_rbf_grad, setup_context=_rbf_setup)
+_RBF = _Forward(
+    "euclidean_rbf(Tensor x, Tensor weight) -> Tensor", _rbf_kernel,
+    lambda x, weight: _new(x, _v.euclidean_rbf(x, weight)),
+    _save_rbf, _rbf_grad, _rbf_backward_kernel, _rbf_backward_op,
+    lambda x, weight: _reference().euclidean_rbf(x, weight))
 
 
 def euclidean_rbf(x: Tensor, weight: Tensor) -> Tensor:
-    """Euclidean RBF units: y[n,i] = sum_j (x[n,j] - weight[i,j])^2 (the paper's output layer)."""
-    return _euclidean_rbf(x, weight)
+    """Euclidean RBF units (the paper's output layer): ``y[n, i] = sum_j (x[n, j] - weight[i, j])^2``,
+    ``x[N, D]``, ``weight[M, D]`` -> ``[N, M]``."""
+    return _call_forward(_RBF, (x, weight), (x, weight))
+
+
+def euclidean_rbf_backward(grad: Tensor, x: Tensor, weight: Tensor, gauss_newton: bool = False,
+                           input_grad: bool = True, weight_grad: bool = True) -> Tuple[Tensor, Tensor]:
+    """Backward of :func:`euclidean_rbf`: ``(grad_x, grad_weight)`` (each an empty tensor when
+    not asked for), or the Gauss-Newton terms with ``gauss_newton=True``."""
+    args = (grad, x, weight, bool(gauss_newton), bool(input_grad), bool(weight_grad))
+    return _call_backward(_rbf_backward_kernel, _rbf_backward_op, (grad, x, weight), args)
 
 
 # ---------------------------------------------------------------------------------------------
-# activation (stand-alone ScaledTanh / ReLU), any shape
+# activation (stand-alone ScaledTanh / ReLU / tanh), any shape
 
-def _act_check(x, act):
-    if not isinstance(x, Tensor):
-        raise TypeError(f"lenet5_fast.activation: input must be a torch.Tensor, got {type(x).__name__}")
-    _check_tensor("activation", "input", x, x.dim())
-    if x.numel() == 0:
-        raise ValueError(f"lenet5_fast.activation: empty input (shape {tuple(x.shape)})")
-    activation_code(act)
-
-
-@torch.library.custom_op("lenet5_fast::activation", mutates_args=())
-def _activation(x: Tensor, act: int) -> Tensor:
-    _act_check(x, act)
-    y = torch.empty_like(x)
-    with _on_device(x):
-        _C.activation_forward(*_launch(x), _ptr(x), _ptr(y), x.numel(), act)
+def _activation_kernel(x, act):
+    y = _new(x, _v.activation(x, act))
+    if y.numel():
+        (x,) = _dense(x)
+        _run(_C.activation_forward, x, _ptr(x), _ptr(y), x.numel(), act)
     return y
 
 
-@_activation.register_fake
-def _(x, act):
-    _act_check(x, act)
-    return torch.empty_like(x)
+def _activation_backward_outputs(grad, y, act, gauss_newton):
+    return _allocate(y, (_v.activation_backward(grad, y, act),))[0]
 
 
-def _act_backward_check(grad, y, act):
-    _act_check(y, act)
-    _check_tensor("activation_backward", "grad", grad, y.dim(), y.dtype, y.device)
-    _check_shape("activation_backward", "grad", grad, y.shape)
-
-
-@torch.library.custom_op("lenet5_fast::activation_backward", mutates_args=())
-def _activation_backward(grad: Tensor, y: Tensor, act: int, gauss_newton: bool) -> Tensor:
-    _act_backward_check(grad, y, act)
-    gx = torch.empty_like(y)
-    with _on_device(y):
-        _C.activation_backward(*_launch(y), _ptr(grad), _ptr(y), _ptr(gx), y.numel(), act, gauss_newton)
+def _activation_backward_kernel(grad, y, act, gauss_newton):
+    gx = _activation_backward_outputs(grad, y, act, gauss_newton)
+    if gx.numel():
+        grad, y = _dense(grad, y)
+        _run(_C.activation_backward, y, _ptr(grad), _ptr(y), _ptr(gx), y.numel(), act, gauss_newton)
     return gx
 
 
-@_activation_backward.register_fake
-def _(grad, y, act, gauss_newton):
-    _act_backward_check(grad, y, act)
-    return torch.empty_like(y)
+_activation_backward_op = _define(
+    "activation_backward(Tensor grad, Tensor y, int act, bool gauss_newton) -> Tensor",
+    _activation_backward_kernel, _activation_backward_outputs)
 
 
-def _act_setup(ctx, inputs, output):
+def _save_activation(ctx, inputs, output):
     ctx.save_for_backward(output)
     ctx.act = inputs[1]
 
 
-def _act_grad(ctx, grad):
+def _activation_grad(ctx, g, backward):
     (y,) = ctx.saved_tensors
-    return _activation_backward(grad.contiguous(), y, ctx.act, False), None
+    return backward(g, y, ctx.act, False), None
 
 
-_activation.register_autograd(_act_grad, setup_context=_act_setup)
+_ACTIVATION = _Forward(
+    "activation(Tensor x, int act) -> Tensor", _activation_kernel,
+    lambda x, act: _new(x, _v.activation(x, act)),
+    _save_activation, _activation_grad, _activation_backward_kernel, _activation_backward_op,
+    lambda x, act: _reference().act(x, act))
 
 
 def activation(x: Tensor, act=1) -> Tensor:
-    """Element-wise activation: 1 (default) the paper's squashing 1.7159 tanh(2x/3), 2 ReLU,
-    3 plain tanh."""
-    return _activation(x, activation_code(act))
+    """Element-wise activation of any tensor: 1 (default) the paper's squashing
+    ``1.7159 tanh(2x/3)``, 2 ReLU, 3 plain tanh, 0 identity."""
+    args = (x, activation_code(act))
+    return _call_forward(_ACTIVATION, (x,), args)
 
 
-# The backward ops, for SDLM's Gauss-Newton pass (gauss_newton=True) and for fused users.
-conv5x5_backward = _conv5x5_backward
-sparse_conv5x5_backward = _sparse_conv5x5_backward
-subsample2x2_backward = _subsample2x2_backward
-maxpool2x2_backward = _maxpool2x2_backward
-full_backward = _full_backward
-euclidean_rbf_backward = _euclidean_rbf_backward
-activation_backward = _activation_backward
+def activation_backward(grad: Tensor, y: Tensor, act=1, gauss_newton: bool = False) -> Tensor:
+    """Backward of :func:`activation` from its output ``y``: ``grad * f'(a)``, or
+    ``grad * f'(a)^2`` with ``gauss_newton=True``."""
+    args = (grad, y, activation_code(act), bool(gauss_newton))
+    return _call_backward(_activation_backward_kernel, _activation_backward_op, (grad, y), args)

@@ -14,9 +14,10 @@ the damping becomes ``max(mu, eta / max_step)``. The trainer uses :data:`TRAININ
 0.0005, the largest step of the paper's own last passes (eta/mu = 0.00001/0.02), so those
 passes run exactly as published and the earlier ones are damped just enough.
 
-The Gauss-Newton terms are propagated backward through the network like a gradient, by the
-ops' own backward kernels in ``gauss_newton`` mode: the incoming tensor is d2E/dy2, every
-activation contributes f'(a)^2, weights and inputs enter squared (see ``csrc/lenet5.h``).
+The Gauss-Newton terms are propagated backward through the network like a gradient, by each
+layer's own backward (``layer.backward_terms``: the ops' backward kernels) in ``gauss_newton``
+mode: the incoming tensor is d2E/dy2, every activation contributes f'(a)^2, weights and inputs
+enter squared (see ``csrc/lenet5.h``).
 
 Typical use, one pass::
 
@@ -34,8 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from . import ops
-from .layers import Convolution, EuclideanRBF, FullConnection, MaxPool, SparseConvolution, Subsampling
+from .layers import EuclideanRBF, _Layer
 
 __all__ = ["SDLM", "paper_eta", "gauss_newton_diagonal", "PAPER_MU", "TRAINING_MAX_STEP",
            "PAPER_HESSIAN_SAMPLES"]
@@ -71,13 +71,12 @@ def gauss_newton_diagonal(model: nn.Module, x: Tensor, y: Tensor) -> List[Tensor
     Classic variant (MAP loss E = y_c + log(exp(-j) + sum_i exp(-y_i))): at the RBF outputs
     h_y_i = q_i (1 - q_i), q the softmax over [-j, -y_0..-y_9]; through the RBF layer this gives
     sum_i h_y_i 4 (x_j - w_ij)^2, plus 2 (the exact second derivative of the y_c term). Modern
-    variant (cross-entropy): h_z = p (1 - p) at the logits. Then every layer's backward kernel
-    in Gauss-Newton mode, down to C1. Returns tensors in ``[p for p in model.parameters() if
-    p.requires_grad]`` order, each shaped like its parameter.
+    variant (cross-entropy): h_z = p (1 - p) at the logits. Then every layer's own backward in
+    Gauss-Newton mode (``layer.backward_terms``), down to C1. Returns tensors in
+    ``[p for p in model.parameters() if p.requires_grad]`` order, each shaped like its parameter.
     """
     layers = model.layers() if hasattr(model, "layers") else None
-    if not layers or not all(isinstance(m, (Convolution, SparseConvolution, Subsampling, MaxPool,
-                                            FullConnection, EuclideanRBF)) for m in layers):
+    if not layers or not all(isinstance(m, _Layer) for m in layers):
         raise TypeError("gauss_newton_diagonal: the model must be a lenet5_fast.LeNet5 "
                         "(a .layers() list of lenet5_fast layers)")
     if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] == 0:
@@ -89,10 +88,10 @@ def gauss_newton_diagonal(model: nn.Module, x: Tensor, y: Tensor) -> List[Tensor
     y = y.to(device=x.device, dtype=torch.long)
 
     inputs, outputs = [], []
-    h = x.contiguous()
+    h = x
     for layer in layers:
         inputs.append(h)
-        h = layer(h).contiguous()
+        h = layer(h)
         outputs.append(h)
 
     out = outputs[-1]
@@ -102,47 +101,21 @@ def gauss_newton_diagonal(model: nn.Module, x: Tensor, y: Tensor) -> List[Tensor
         j = float(getattr(model, "map_j", 1.0))
         logits = torch.cat([torch.full_like(out[:, :1], -j), -out], dim=1)
         q = torch.softmax(logits, dim=1)[:, 1:]
-        h_out = (q * (1 - q)).contiguous()
-        x6 = inputs[-1].reshape(n, -1).contiguous()
-        trainable_w = isinstance(last.weight, nn.Parameter) and last.weight.requires_grad
-        g_in, g_w = ops.euclidean_rbf_backward(h_out, x6, last.weight, True, True, trainable_w)
-        g_in = g_in + 2.0  # d2(y_c)/dx_j^2 = 2 for the correct class's distance
-        if trainable_w:
-            counts = torch.bincount(y, minlength=last.weight.shape[0]).to(g_w.dtype)
-            h_param[id(last.weight)] = g_w + 2.0 * counts[:, None]
-        h = g_in.reshape(inputs[-1].shape)
+        h, terms = last.backward_terms(q * (1 - q), inputs[-1], out, gauss_newton=True)
+        h = h + 2.0  # d2(y_c)/dx_j^2 = 2 for the correct class's distance
+        for prm, t in terms:  # a trainable code: the y_c term adds 2 per sample of that class
+            counts = torch.bincount(y, minlength=last.weight.shape[0]).to(t.dtype)
+            h_param[id(prm)] = t + 2.0 * counts[:, None]
         rest = layers[:-1]
     else:  # modern: the last layer is a linear FullConnection giving logits for cross-entropy
         p = torch.softmax(out, dim=1)
-        h = (p * (1 - p)).contiguous()
+        h = p * (1 - p)
         rest = layers
 
     for i in range(len(rest) - 1, -1, -1):
-        layer, xin, yout = rest[i], inputs[i], outputs[i]
-        need_in = i > 0
-        h = h.reshape(yout.shape).contiguous()
-        if isinstance(layer, MaxPool):
-            h = ops.maxpool2x2_backward(h, xin, yout)
-            continue
-        if isinstance(layer, Convolution):
-            g_in, *g = ops.conv5x5_backward(h, yout, xin, layer.weight, layer.act, True, need_in)
-            params = (layer.weight, layer.bias)
-        elif isinstance(layer, SparseConvolution):
-            g_in, *g = ops.sparse_conv5x5_backward(h, yout, xin, layer.weight, layer.table_offsets,
-                                                   layer.table_inputs, layer.act, True, need_in)
-            params = (layer.weight, layer.bias)
-        elif isinstance(layer, Subsampling):
-            g_in, *g = ops.subsample2x2_backward(h, yout, xin, layer.coef, layer.act, True, need_in)
-            params = (layer.coef, layer.bias)
-        elif isinstance(layer, FullConnection):
-            x2 = xin.reshape(xin.shape[0], -1).contiguous()
-            g_in, *g = ops.full_backward(h, yout, x2, layer.weight, layer.act, True, need_in)
-            params = (layer.weight, layer.bias)
-        else:
-            raise TypeError(f"gauss_newton_diagonal: unexpected layer {type(layer).__name__} inside the network")
-        for prm, gp in zip(params, g):
-            h_param[id(prm)] = gp
-        h = g_in.reshape(xin.shape) if need_in else None
+        h, terms = rest[i].backward_terms(h, inputs[i], outputs[i], gauss_newton=True, input_grad=i > 0)
+        for prm, t in terms:
+            h_param[id(prm)] = t
 
     return [h_param[id(p)] / n for p in _trainable(model)]
 

@@ -3,7 +3,9 @@
 ``reference.LeNet5`` has the same parameters and buffers, under the same state_dict keys, as
 ``lenet5_fast.LeNet5``, so one state_dict loads into both. Nothing here calls the native
 library: C3 gathers its compact kernels into a dense [16, 6, 5, 5] weight (zeros where the table
-has no connection) and runs conv2d; S2/S4 are avg_pool2d * 4 * coef + bias.
+has no connection) and runs conv2d; S2/S4 are avg_pool2d * 4 * coef + bias. These formulas are
+also the ops' decompositions for ``torch.onnx.export`` (lenet5_fast.ops), so every function here
+uses standard operators only and runs on fake tensors.
 """
 from __future__ import annotations
 
@@ -34,15 +36,22 @@ def conv5x5(x, weight, bias, code=0):
 
 
 def dense_from_table(weight: Tensor, offsets: Tensor, inputs: Tensor, in_maps: int) -> Tensor:
-    """Scatters compact kernels weight[K,5,5] into a dense [O, in_maps, 5, 5] weight."""
-    O = offsets.numel() - 1
-    out_index = torch.repeat_interleave(torch.arange(O), (offsets[1:] - offsets[:-1]).long())
-    dense = weight.new_zeros((O, in_maps, 5, 5))
-    return dense.index_put((out_index.to(weight.device), inputs.long().to(weight.device)), weight)
+    """Scatters compact kernels weight[K,5,5] into a dense [O, in_maps, 5, 5] weight, zeros where
+    the table has no connection (a masked convolution). Comparisons, a gather and a select only:
+    it runs on any device and on fake tensors, and exports to standard ONNX operators."""
+    K, O = inputs.shape[0], offsets.shape[0] - 1
+    dev = weight.device
+    k = torch.arange(K, device=dev)
+    owner = (k[:, None] >= offsets[1:].to(dev)[None, :]).sum(1)  # the output map of kernel k
+    pair = ((owner[:, None, None] == torch.arange(O, device=dev)[None, :, None])
+            & (inputs.to(dev)[:, None, None] == torch.arange(in_maps, device=dev)[None, None, :])).to(torch.int32)
+    kernel = pair.argmax(0)  # [O, in_maps]: the kernel of each connected (output, input) pair
+    connected = pair.amax(0).bool()[:, :, None, None]
+    return torch.where(connected, weight[kernel], torch.zeros((), dtype=weight.dtype, device=dev))
 
 
 def sparse_conv5x5(x, weight, bias, offsets, inputs, code=0):
-    return act(F.conv2d(x, dense_from_table(weight, offsets.cpu(), inputs.cpu(), x.shape[1]), bias), code)
+    return act(F.conv2d(x, dense_from_table(weight, offsets, inputs, x.shape[1]), bias), code)
 
 
 def subsample2x2(x, coef, bias, code=0):
@@ -52,11 +61,11 @@ def subsample2x2(x, coef, bias, code=0):
 
 
 def full(x, weight, bias, code=0):
-    return act(F.linear(x.reshape(x.shape[0], -1), weight, bias), code)
+    return act(F.linear(x.flatten(1), weight, bias), code)
 
 
 def euclidean_rbf(x, weight):
-    return ((x.reshape(x.shape[0], 1, -1) - weight.unsqueeze(0)) ** 2).sum(-1)
+    return ((x.flatten(1).unsqueeze(1) - weight.unsqueeze(0)) ** 2).sum(-1)
 
 
 class _Params(nn.Module):
