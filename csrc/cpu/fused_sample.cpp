@@ -22,20 +22,26 @@
 //   Work (thread-local): shifted copies of X, Y2 and C3's gradient (see below), the gradients.
 // Tricks:
 //  * Aligned loads only in the convolutions. A 5x5 tap (ky, kx) reads its input at column + kx;
-//    instead of an unaligned load (which costs two loads on AVX-512 when it crosses a cache
-//    line, i.e. almost always), each layer's input is copied once per image into 5 copies
-//    shifted by kx (Xs, Y2s: the flat array from offset kx), so tap (ky, kx) is an aligned load
-//    of copy kx at row + ky. Rows are 32 lanes (C1) or 16 lanes (S2, C3): one vector row at L=16.
-//  * C3's input gradient is a gather over the 10 rows of C3's gradient each tap row ky reaches:
-//    dE/dY2[r] += w * ga3s[kx][r - ky] for 0 <= r - ky < 10, where ga3s[kx] is ga3 shifted right
-//    by kx with zeros in front (its lanes 10..15 are exact zeros, so the shift brings zeros in):
-//    pure aligned load + FMA into 14 register rows, no read-modify-write, no zero frame to sum.
+//    an unaligned load there costs two loads on AVX-512 (it crosses a cache line almost always).
+//    Instead each convolution input exists in 5 copies shifted by kx (Xs(kx), Y2s(kx): the flat
+//    array from offset kx; S2 stores each output vector 5 times, at offsets -kx), so tap
+//    (ky, kx) is an aligned load of copy kx at row + ky. Rows are 32 lanes (C1) or 16 (S2, C3).
+//  * Row reuse across ky ("ky-reuse"): with rows of whole vectors, a shift by ky is a change of
+//    register. C3 forward, per kernel and kx, loads each input row once and adds it, times the
+//    kernel column's 5 weights (in registers), into the up-to-5 output rows it reaches: 14 loads
+//    per 50 FMAs. The input gradient is the same gather backwards: each row of C3's gradient,
+//    from copies shifted right by kx (Ga3s(kx), written by S4's backward at offsets +kx; lanes
+//    10..15 are exact zeros, so the shift brings zeros in), goes to the rows r = i + ky it
+//    reaches: aligned loads, FMAs into 14 register rows, no read-modify-write, no zero frame.
+//    The weight terms pair each input row with the gradient rows it meets (sliding in registers),
+//    even and odd rows in separate accumulators (10 FMA chains: FMA latency, not throughput, bound
+//    5), one vector per tap reduced L taps at a time (hsum_rows).
 //  * C5, F6, RBF are dot products against [out][in] rows, one row after another (sequential
-//    streams of the weights; L row sums reduced at once by a shuffle tree, hsum_rows).
-//    Backward walks the same rows as axpys: the input gradient in registers (all 400 at L=16,
-//    blocks below), and the SDLM update w -= step * g * x fused into the same pass, so every
+//    weight streams; L row sums reduced at once by a shuffle tree). Backward walks the same rows
+//    as axpys: the input gradient in registers (all 400 inputs of C5 at L=16: the weights stream
+//    in row order), and the SDLM update w -= step * g * x fused into the same pass, so every
 //    weight and step is read once (old weight first, as the math requires).
-//  * Weight gradients of the convolutions accumulate one vector per tap, reduced L at a time.
+//  * The next sample's image is prefetched during the pass (samples come in random order).
 //  * Squashing: activations.h's float32 formula, the same every CPU and CUDA kernel uses.
 //  * Vectors are GCC/Clang generic vectors of L = 4, 8 or 16 floats (vec.h). The same templates
 //    are instantiated inside __attribute__((target(...), flatten)) entry points: 16 lanes for
@@ -109,10 +115,10 @@ static_assert(sizeof(State) % 64 == 0, "saved states are packed back to back");
 
 // Everything else one image needs (thread-local).
 struct alignas(64) Work {
-  float Xs[kK][kInSize + kPad];   // X from column kx on (Gauss-Newton backward: squared)
-  float Y2s[kK][kS2All + kPad];   // Y2 from column kx on (likewise)
-  float Ga3f[kRow + kC3All + kPad];  // C3's gradient after f', kRow zeros in front (Ga3())
-  float Ga3s[kK][kC3All + kPad];  // Ga3 shifted right by kx (kx zeros in front)
+  // Shifted copies, kRow floats of slack in front: Xs(kx)[i] = X[i + kx] and Y2s(kx)[i] =
+  // Y2[i + kx] (squared in Gauss-Newton backward), Ga3s(kx)[i] = ga3[i - kx] (C3's gradient
+  // after f'; Ga3s(0) is ga3 itself).
+  float Xsf[kK][kRow + kInSize + kPad], Y2sf[kK][kRow + kS2All + kPad], Ga3sf[kK][kRow + kC3All + kPad];
   float Rbf[16];                  // dE/dy (or h) at the RBF outputs
   float G6[kUnits6 + kPad], Ga6[kUnits6 + kPad], G5[kUnits5 + kPad], Ga5[kUnits5 + kPad];
   float Y5sq[kUnits5 + kPad], Y4sq[kIn5 + kPad];
@@ -120,7 +126,12 @@ struct alignas(64) Work {
   float Gx2[kS2All + kPad], Ga2[kS2All + kPad], Ga1[kMaps1 * kC1Map];
   float Gw1[kMaps1 * kTaps + 16], Gw3[kMaxKernels3 * kTaps + 16];
   float Gb1[16], Gs2c[16], Gs2b[16], Gb3[32], Gs4c[32], Gs4b[32];
-  float* Ga3() { return Ga3f + kRow; }
+  float* Xs(int kx) { return Xsf[kx] + kRow; }
+  float* Y2s(int kx) { return Y2sf[kx] + kRow; }
+  float* Ga3s(int kx) { return Ga3sf[kx] + kRow; }
+  const float* Xs(int kx) const { return Xsf[kx] + kRow; }
+  const float* Y2s(int kx) const { return Y2sf[kx] + kRow; }
+  const float* Ga3s(int kx) const { return Ga3sf[kx] + kRow; }
 };
 
 struct Scratch {
@@ -214,14 +225,14 @@ template <int L> LENET5_INLINE void square_into(float* dst, const float* src, in
     store<L>(dst + i, v * v);
   }
 }
-// dst[kx][i] = src[i + kx] (squared when Sq), i in [0, n), n a multiple of L, kx in [0, kK).
-template <int L, bool Sq, int N, int Stride>
-LENET5_INLINE void shifted_copies(float (*dst)[Stride], const float* src) {
-  static_assert(N % L == 0 && N + kK - 1 <= Stride, "shifted_copies: size");
+// dst(kx)[i] = src[i + kx] (squared when Sq), i in [0, N), N a multiple of L, kx in [0, kK);
+// src has kK - 1 floats of slack.
+template <int L, bool Sq, int N, class Dst> LENET5_INLINE void shifted_copies(Dst dst, const float* src) {
+  static_assert(N % L == 0, "shifted_copies: size");
   for (int kx = 0; kx < kK; ++kx)
     for (int i = 0; i < N; i += L) {
       const vf<L> v = load<L>(src + kx + i);
-      store<L>(dst[kx] + i, Sq ? v * v : v);
+      store<L>(dst(kx) + i, Sq ? v * v : v);
     }
 }
 
@@ -233,6 +244,11 @@ template <int L> struct Reducer {
   float* out;
   explicit Reducer(float* o) : out(o) {}
   LENET5_INLINE void push(const vf<L>& v) { rows[n++] = v; }
+  LENET5_INLINE vf<L>* take(int count) {  // the next count rows, to be filled (count <= 32)
+    vf<L>* r = rows + n;
+    n += count;
+    return r;
+  }
   LENET5_INLINE void drain() {
     int i = 0;
     for (; i + L <= n; i += L, out += L) store<L>(out, hsum_rows<L>(rows + i));
@@ -249,36 +265,37 @@ template <int L> struct Reducer {
   }
 };
 
-// Weight terms of a 5x5 convolution, taps [KY0, KY0 + NKY) rows: term[t] = sum over the
-// output rows r and their vectors of ga[r] * x[kx][r + ky] (x: the kx-shifted input copies,
-// rows of Stride lanes), pushed to the reducer in tap order.
-template <int L, int KY0, int NKY, int Rows, int Stride>
-LENET5_INLINE void conv_weight_taps(const float* ga, const float* const* xs, Reducer<L>& red) {
-  constexpr int T = NKY * kK, NV = Stride / L;
-  vf<L> acc[T];
-#pragma GCC unroll 25
-  for (int t = 0; t < T; ++t) acc[t] = vf<L>{};
-  for (int r = 0; r < Rows; ++r) {
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      const vf<L> g = load<L>(ga + r * Stride + v * L);
-#pragma GCC unroll 25
-      for (int t = 0; t < T; ++t) acc[t] += g * load<L>(xs[t % kK] + (r + KY0 + t / kK) * Stride + v * L);
-    }
-  }
-#pragma GCC unroll 25
-  for (int t = 0; t < T; ++t) red.push(acc[t]);
-  red.drain();
-}
-// All 25 taps, in register groups that fit the register file.
+// Weight terms of one 5x5 kernel: term[ky * 5 + kx] = sum over the output rows r and their lanes
+// of ga[r] * xs[kx][r + ky] (xs: the input's kx-shifted copies, rows of Stride lanes). Per kx and
+// vector column, each input row is loaded once and meets the (up to 5) gradient rows it pairs
+// with, which stay in registers while the rows advance: about 2 loads per 5 FMAs. Even and odd
+// gradient rows go to separate accumulators (10 independent FMA chains, not 5: FMA latency).
 template <int L, int Rows, int Stride>
-LENET5_INLINE void conv_weight_terms(const float* ga, const float* const* xs, Reducer<L>& red) {
-  if constexpr (L == 16) {
-    conv_weight_taps<L, 0, 5, Rows, Stride>(ga, xs, red);
-  } else {
-    conv_weight_taps<L, 0, 2, Rows, Stride>(ga, xs, red);
-    conv_weight_taps<L, 2, 2, Rows, Stride>(ga, xs, red);
-    conv_weight_taps<L, 4, 1, Rows, Stride>(ga, xs, red);
+LENET5_INLINE void conv_weight_terms(const float* ga, const float* const* xs, vf<L>* term) {
+  constexpr int NV = Stride / L;
+  // Whether all gradient rows fit in registers beside the accumulators (else they are reloaded
+  // per kx: the barrier keeps the compiler from hoisting Rows loads out of the kx loop).
+  constexpr bool kKeepRows = Rows + 2 * kK + 1 <= (L == 16 ? 32 : 16);
+  for (int v = 0; v < NV; ++v) {
+    for (int kx = 0; kx < kK; ++kx) {
+      if constexpr (!kKeepRows) asm volatile("" ::: "memory");
+      vf<L> acc[2][kK], g[Rows];
+#pragma GCC unroll 5
+      for (int ky = 0; ky < kK; ++ky) acc[0][ky] = acc[1][ky] = vf<L>{};
+#pragma GCC unroll 32
+      for (int q = 0; q < Rows + kK - 1; ++q) {
+        if (q < Rows) g[q] = load<L>(ga + q * Stride + v * L);
+        const vf<L> x = load<L>(xs[kx] + q * Stride + v * L);
+#pragma GCC unroll 5
+        for (int ky = 0; ky < kK; ++ky)
+          if (q - ky >= 0 && q - ky < Rows) acc[(q - ky) & 1][ky] += g[q - ky] * x;
+      }
+#pragma GCC unroll 5
+      for (int ky = 0; ky < kK; ++ky) {
+        const vf<L> sum = acc[0][ky] + acc[1][ky];
+        term[ky * kK + kx] = v == 0 ? sum : term[ky * kK + kx] + sum;
+      }
+    }
   }
 }
 
@@ -309,7 +326,7 @@ template <int L> LENET5_INLINE void c1_forward(const ClassicNet& net, const Work
       for (int ky = 0; ky < kK; ++ky) {
 #pragma GCC unroll 5
         for (int kx = 0; kx < kK; ++kx) {
-          const float* xr = w.Xs[kx] + (oy + ky) * kIn;
+          const float* xr = w.Xs(kx) + (oy + ky) * kIn;
           vf<L> xv[NV];
 #pragma GCC unroll 8
           for (int v = 0; v < NV; ++v) xv[v] = load<L>(xr + v * L);
@@ -332,10 +349,13 @@ template <int L> LENET5_INLINE void c1_forward(const ClassicNet& net, const Work
 // C1 backward from Ga1 = dE/da1 (junk lanes zero): weight and bias terms (C1's input needs none).
 template <int L, Mode M> LENET5_INLINE void c1_backward(const Sink& sink, Work& w) {
   const float* xs[kK];
-  for (int kx = 0; kx < kK; ++kx) xs[kx] = w.Xs[kx];
+  for (int kx = 0; kx < kK; ++kx) xs[kx] = w.Xs(kx);
   {
     Reducer<L> red(w.Gw1);
-    for (int m = 0; m < kMaps1; ++m) conv_weight_terms<L, kC1, kIn>(w.Ga1 + m * kC1Map, xs, red);
+    for (int m = 0; m < kMaps1; ++m) {
+      conv_weight_terms<L, kC1, kIn>(w.Ga1 + m * kC1Map, xs, red.take(kTaps));
+      red.drain();
+    }
     red.finish();
   }
   {
@@ -356,10 +376,11 @@ template <int L, Mode M> LENET5_INLINE void c1_backward(const Sink& sink, Work& 
 
 // in: maps of in_map floats, rows of in_stride; out: rows of out_w floats (out_map per map).
 // Chunks * 2L input lanes per row pair; junk tail lanes spill into the next row, rewritten next.
-template <int L, int Rows, int Chunks>
+// store_y(at, y) stores the outputs at flat offset at.
+template <int L, int Rows, int Chunks, class StoreY>
 LENET5_INLINE void subsample_forward(const float* in, int in_map, int in_stride, const float* coef,
-                                     const float* bias, int maps, float* S, float* Y, int out_map,
-                                     int out_w) {
+                                     const float* bias, int maps, float* S, int out_map, int out_w,
+                                     StoreY store_y) {
   for (int m = 0; m < maps; ++m) {
     const float c = coef[m], b = bias[m];
     for (int i = 0; i < Rows; ++i) {
@@ -372,15 +393,20 @@ LENET5_INLINE void subsample_forward(const float* in, int in_map, int in_stride,
         const vf<L> sum = pairsum<L>(a, e);
         const int at = m * out_map + i * out_w + L * ch;
         store<L>(S + at, sum);
-        store<L>(Y + at, squash<L>(c * sum + b));
+        store_y(at, squash<L>(c * sum + b));
       }
     }
   }
 }
 
-template <int L> LENET5_INLINE void s2_forward(const ClassicNet& net, State& s) {
+// Y2, and its kx-shifted copies for C3 (each output vector stored 5 times, at offsets -kx).
+template <int L> LENET5_INLINE void s2_forward(const ClassicNet& net, State& s, Work& w) {
   subsample_forward<L, kS2, kIn / (2 * L)>(s.Y1, kC1Map, kIn, net.param[kS2Coef], net.param[kS2Bias],
-                                           kMaps1, s.S2, s.Y2, kS2Map, kRow);
+                                           kMaps1, s.S2, kS2Map, kRow, [&](int at, const vf<L>& y) {
+    store<L>(s.Y2 + at, y);
+#pragma GCC unroll 5
+    for (int kx = 0; kx < kK; ++kx) store<L>(w.Y2s(kx) + at - kx, y);
+  });
 }
 
 // S2 backward from Gx2 = dE/dY2: ga2 = g f'(y2) (junk lanes zeroed), coefficient and bias terms,
@@ -432,14 +458,14 @@ LENET5_INLINE void s2_backward(const ClassicNet& net, const Sink& sink, const St
 
 // =============================================================================================
 // C3: 16 maps of 10x10, output map o sums its table's kernels over their input maps, squashed.
-// Rows of kRow lanes (10 real). Taps read Y2s[kx] at row + ky: aligned.
+// Rows of kRow lanes (10 real). Taps read Y2s(kx) at row + ky: aligned.
 
-// Rows per register block (RB rows x kRow / L vectors of accumulators).
-template <int L> constexpr int c3_rows_per_block() { return L == 16 ? 10 : (L == 8 ? 5 : 2); }
-
+// Output rows [R0, R0 + RB) of map o. Per kernel and kx, each input row of the kx-shifted copy is
+// loaded once and feeds the (up to 5) output rows it reaches (ky = row - output row), with the
+// kernel column's 5 weights in registers: 14 loads per 50 FMAs instead of one load per FMA.
 template <int L, int R0>
 LENET5_INLINE void c3_forward_rows(const ClassicNet& net, const Table& t, const Work& w, State& s, int o) {
-  constexpr int RB = c3_rows_per_block<L>(), NV = kRow / L;
+  constexpr int NV = kRow / L, RB = std::min(L == 16 ? kC3 : (L == 8 ? 5 : 2), kC3 - R0);
   const float* w3 = net.param[kC3Weight];
   vf<L> acc[RB][NV];
 #pragma GCC unroll 16
@@ -447,18 +473,21 @@ LENET5_INLINE void c3_forward_rows(const ClassicNet& net, const Table& t, const 
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = splat<L>(net.param[kC3Bias][o]);
   for (int k = t.offsets[o]; k < t.offsets[o + 1]; ++k) {
-    const int c = t.inputs[k];
     const float* wk = w3 + k * kTaps;
-    for (int ky = 0; ky < kK; ++ky) {
+    for (int kx = 0; kx < kK; ++kx) {
+      const float* src = w.Y2s(kx) + t.inputs[k] * kS2Map;
+      vf<L> wv[kK];
 #pragma GCC unroll 5
-      for (int kx = 0; kx < kK; ++kx) {
-        const float wv = wk[ky * kK + kx];
-        const float* src = w.Y2s[kx] + c * kS2Map + (R0 + ky) * kRow;
+      for (int ky = 0; ky < kK; ++ky) wv[ky] = splat<L>(wk[ky * kK + kx]);
 #pragma GCC unroll 16
-        for (int r = 0; r < RB; ++r)
+      for (int q = R0; q < R0 + RB + kK - 1; ++q)
 #pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) acc[r][v] += wv * load<L>(src + r * kRow + v * L);
-      }
+        for (int v = 0; v < NV; ++v) {
+          const vf<L> x = load<L>(src + q * kRow + v * L);
+#pragma GCC unroll 5
+          for (int ky = 0; ky < kK; ++ky)
+            if (q - ky >= R0 && q - ky < R0 + RB) acc[q - ky - R0][v] += wv[ky] * x;
+        }
     }
   }
 #pragma GCC unroll 16
@@ -469,17 +498,17 @@ LENET5_INLINE void c3_forward_rows(const ClassicNet& net, const Table& t, const 
   if constexpr (R0 + RB < kC3) c3_forward_rows<L, R0 + RB>(net, t, w, s, o);
 }
 
-template <int L> LENET5_INLINE void c3_forward(const ClassicNet& net, const Table& t, Work& w, State& s) {
-  shifted_copies<L, false, kS2All>(w.Y2s, s.Y2);
+template <int L> LENET5_INLINE void c3_forward(const ClassicNet& net, const Table& t, const Work& w, State& s) {
   for (int o = 0; o < kMaps3; ++o) c3_forward_rows<L, 0>(net, t, w, s, o);
 }
 
-// dE/dY2 for input map c, output rows [R0, R0 + RB): gather over the kernels reading c; tap
-// (ky, kx) adds w * ga3s[kx] row r - ky to row r where that row exists.
+// dE/dY2 for input map c, rows [R0, R0 + RB): a gather over the kernels reading c. Tap (ky, kx)
+// adds w * ga3s[kx] row i to row i + ky; per kernel and kx each gradient row is loaded once and
+// feeds the (up to 5) rows it reaches, the 5 weights (squared for Gauss-Newton) in registers.
 template <int L, bool Sq, int R0>
 LENET5_INLINE void c3_input_rows(const ClassicNet& net, const Table& t, Work& w, int c) {
-  constexpr int RB = L == 16 ? kS2 : (L == 8 ? kS2 / 2 : 2), NV = kRow / L;
-  static_assert(kS2 % RB == 0, "C3 input-gradient row blocks");
+  constexpr int NV = kRow / L, RB = std::min(L == 16 ? kS2 : (L == 8 ? 4 : 2), kS2 - R0);
+  constexpr int I0 = std::max(0, R0 - kK + 1), I1 = std::min(kC3, R0 + RB);  // rows that reach
   vf<L> acc[RB][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r)
@@ -489,20 +518,23 @@ LENET5_INLINE void c3_input_rows(const ClassicNet& net, const Table& t, Work& w,
     const int k = t.by_input[c][n];
     const float* wk = net.param[kC3Weight] + k * kTaps;
     const int o = t.out_of[k];
+    for (int kx = 0; kx < kK; ++kx) {
+      const float* src = w.Ga3s(kx) + o * kC3Map;
+      vf<L> wv[kK];
 #pragma GCC unroll 5
-    for (int ky = 0; ky < kK; ++ky) {
-#pragma GCC unroll 5
-      for (int kx = 0; kx < kK; ++kx) {
-        const float wv = Sq ? wk[ky * kK + kx] * wk[ky * kK + kx] : wk[ky * kK + kx];
-        const float* src = w.Ga3s[kx] + o * kC3Map;
-#pragma GCC unroll 16
-        for (int r = 0; r < RB; ++r) {
-          const int i = R0 + r - ky;   // compile-time once unrolled
-          if (i < 0 || i >= kC3) continue;
-#pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) acc[r][v] += wv * load<L>(src + i * kRow + v * L);
-        }
+      for (int ky = 0; ky < kK; ++ky) {
+        const float x = wk[ky * kK + kx];
+        wv[ky] = splat<L>(Sq ? x * x : x);
       }
+#pragma GCC unroll 16
+      for (int i = I0; i < I1; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          const vf<L> g = load<L>(src + i * kRow + v * L);
+#pragma GCC unroll 5
+          for (int ky = 0; ky < kK; ++ky)
+            if (i + ky >= R0 && i + ky < R0 + RB) acc[i + ky - R0][v] += wv[ky] * g;
+        }
     }
   }
 #pragma GCC unroll 16
@@ -517,7 +549,7 @@ LENET5_INLINE void c3_input_rows(const ClassicNet& net, const Table& t, Work& w,
 template <int L, Mode M>
 LENET5_INLINE void c3_backward(const ClassicNet& net, const Table& t, const Sink& sink, const State& s, Work& w) {
   constexpr bool Sq = kSq<M>;
-  const float* ga3 = w.Ga3();
+  const float* ga3 = w.Ga3s(0);
   {
     Reducer<L> red(w.Gb3);
     for (int o = 0; o < kMaps3; ++o) {
@@ -528,19 +560,17 @@ LENET5_INLINE void c3_backward(const ClassicNet& net, const Table& t, const Sink
     red.finish();
   }
   // weight terms against Y2's shifted copies (squared for Gauss-Newton)
-  if constexpr (Sq) shifted_copies<L, true, kS2All>(w.Y2s, s.Y2);
+  if constexpr (Sq) shifted_copies<L, true, kS2All>([&](int kx) { return w.Y2s(kx); }, s.Y2);
   {
     Reducer<L> red(w.Gw3);
     for (int k = 0; k < t.K; ++k) {
       const float* xs[kK];
-      for (int kx = 0; kx < kK; ++kx) xs[kx] = w.Y2s[kx] + t.inputs[k] * kS2Map;
-      conv_weight_terms<L, kC3, kRow>(ga3 + t.out_of[k] * kC3Map, xs, red);
+      for (int kx = 0; kx < kK; ++kx) xs[kx] = w.Y2s(kx) + t.inputs[k] * kS2Map;
+      conv_weight_terms<L, kC3, kRow>(ga3 + t.out_of[k] * kC3Map, xs, red.take(kTaps));
+      red.drain();
     }
     red.finish();
   }
-  // input gradient: ga3 shifted right by kx (zeros come in from the front pad and lanes 10..15)
-  for (int kx = 0; kx < kK; ++kx)
-    for (int i = 0; i < kC3All; i += L) store<L>(w.Ga3s[kx] + i, load<L>(ga3 - kx + i));
   for (int c = 0; c < kMaps1; ++c) c3_input_rows<L, Sq, 0>(net, t, w, c);
   sink_array<4, M>(sink, kC3Weight, w.Gw3, t.K * kTaps);
   sink_array<4, M>(sink, kC3Bias, w.Gb3, kMaps3);
@@ -550,12 +580,14 @@ LENET5_INLINE void c3_backward(const ClassicNet& net, const Table& t, const Sink
 // S4: 2x2 window sums of C3's rows into C5's compact input
 
 template <int L> LENET5_INLINE void s4_forward(const ClassicNet& net, State& s) {
-  subsample_forward<L, kS4, (kC3 + 2 * L - 1) / (2 * L)>(s.Y3, kC3Map, kRow, net.param[kS4Coef],
-                                                         net.param[kS4Bias], kMaps3, s.S4, s.Y4, kS4Map, kS4);
+  subsample_forward<L, kS4, (kC3 + 2 * L - 1) / (2 * L)>(
+      s.Y3, kC3Map, kRow, net.param[kS4Coef], net.param[kS4Bias], kMaps3, s.S4, kS4Map, kS4,
+      [&](int at, const vf<L>& y) { store<L>(s.Y4 + at, y); });
 }
 
 // S4 backward from G4 = dE/dY4: ga4 = g f'(y4), coefficient and bias terms, and C3's gradient
-// Ga3 = coef * ga4 upsampled 2x2 * f'(y3), junk lanes exact zeros.
+// ga3 = coef * ga4 upsampled 2x2 * f'(y3), junk lanes exact zeros, into Ga3s(kx) at offsets +kx
+// (the first kx floats of each copy are never written: zeros).
 template <int L, Mode M>
 LENET5_INLINE void s4_backward(const ClassicNet& net, const Sink& sink, const State& s, Work& w) {
   constexpr bool Sq = kSq<M>;
@@ -568,7 +600,6 @@ LENET5_INLINE void s4_backward(const ClassicNet& net, const Sink& sink, const St
   }
   const float* coef = net.param[kS4Coef];
   constexpr int NR = kRow / L;
-  float* ga3 = w.Ga3();
   for (int o = 0; o < kMaps3; ++o) {
     float sc = 0, sb = 0;
     for (int k = 0; k < kS4Map; ++k) {
@@ -588,7 +619,9 @@ LENET5_INLINE void s4_backward(const ClassicNet& net, const Sink& sink, const St
 #pragma GCC unroll 4
         for (int v = 0; v < NR; ++v) {
           const int p = o * kC3Map + (2 * i + a) * kRow + v * L;
-          store<L>(ga3 + p, e[v] * dsquash<L, Sq>(load<L>(s.Y3 + p)));
+          const vf<L> ga = e[v] * dsquash<L, Sq>(load<L>(s.Y3 + p));
+#pragma GCC unroll 5
+          for (int kx = 0; kx < kK; ++kx) store<L>(w.Ga3s(kx) + p + kx, ga);  // and shifted copies
         }
     }
   }
@@ -601,19 +634,30 @@ LENET5_INLINE void s4_backward(const ClassicNet& net, const Sink& sink, const St
 // =============================================================================================
 // C5 and F6: fully connected layers against [out][in] weight rows
 
-// y[0:O] = W x for W [O, D]: each row one accumulator over x in order, rows one after another
-// (sequential weight streams), L row sums reduced at once. y needs L floats of slack.
-template <int L, int O, int D> LENET5_INLINE void fc_forward(const float* w, const float* x, float* y) {
+// y[0:O] = W x for W [O, D]: each row one accumulator over x in order, Rows (1 or 2) rows at a
+// time (sequential weight streams), L row sums reduced at once. y needs L floats of slack.
+// Measured: C5 (weights from L2) at 8 lanes runs faster two rows at a time (two FMA chains), at
+// 16 lanes one (two 512-bit streams ran at half the speed); F6 (40 KB) one.
+template <int L, int O, int D, int Rows = 1> LENET5_INLINE void fc_forward(const float* w, const float* x, float* y) {
   static_assert(D % L == 0, "fc_forward: D must be a multiple of L");
   for (int o0 = 0; o0 < O; o0 += L) {
     const int R = std::min(L, O - o0);
     vf<L> acc[L];
 #pragma GCC unroll 16
     for (int r = 0; r < L; ++r) acc[r] = vf<L>{};
-    for (int r = 0; r < R; ++r) {
+    for (int r = 0; r < R; r += Rows) {
       const float* wr = w + (o0 + r) * D;
+      if (Rows == 2 && r + 1 < R) {
 #pragma GCC unroll 25
-      for (int i = 0; i < D; i += L) acc[r] += load<L>(wr + i) * load<L>(x + i);
+        for (int i = 0; i < D; i += L) {
+          const vf<L> xv = load<L>(x + i);
+          acc[r] += load<L>(wr + i) * xv;
+          acc[r + 1] += load<L>(wr + D + i) * xv;
+        }
+      } else {
+#pragma GCC unroll 25
+        for (int i = 0; i < D; i += L) acc[r] += load<L>(wr + i) * load<L>(x + i);
+      }
     }
     store<L>(y + o0, hsum_rows<L>(acc));
   }
@@ -727,12 +771,12 @@ LENET5_INLINE LossOut map_loss_grad(const float* y, int label, double j, bool ga
 
 template <int L> LENET5_INLINE void forward_image(const ClassicNet& net, const Table& t, State& s, Work& w) {
   constexpr int L8 = L < 8 ? L : 8;
-  shifted_copies<L, false, kInSize>(w.Xs, s.X);
+  shifted_copies<L, false, kInSize>([&](int kx) { return w.Xs(kx); }, s.X);
   c1_forward<L>(net, w, s);
-  s2_forward<L>(net, s);
+  s2_forward<L>(net, s, w);
   c3_forward<L>(net, t, w, s);
   s4_forward<L>(net, s);
-  fc_forward<L, kUnits5, kIn5>(net.param[kC5Weight], s.Y4, s.Y5);
+  fc_forward<L, kUnits5, kIn5, L < 16 ? 2 : 1>(net.param[kC5Weight], s.Y4, s.Y5);
   bias_squash<L8>(s.Y5, net.param[kC5Bias], kUnits5);
   fc_forward<L8, kUnits6, kUnits5>(net.param[kF6Weight], s.Y5, s.Y6);
   bias_squash<4>(s.Y6, net.param[kF6Bias], kUnits6);
@@ -754,7 +798,7 @@ LENET5_INLINE void backward_image(const ClassicNet& net, const Table& t, const S
   s4_backward<L, M>(net, sink, s, w);
   c3_backward<L, M>(net, t, sink, s, w);
   s2_backward<L, M>(net, sink, s, w);
-  if (Sq) shifted_copies<L, true, kInSize>(w.Xs, s.X);
+  if (Sq) shifted_copies<L, true, kInSize>([&](int kx) { return w.Xs(kx); }, s.X);
   c1_backward<L, M>(sink, w);
 }
 
@@ -799,8 +843,8 @@ template <int L> LENET5_INLINE void backward_images(const ClassicNet& net, const
   Work& w = thread_scratch().work;
   for (int64_t i = 0; i < n; ++i) {
     const State& s = saved[i];
-    shifted_copies<L, false, kInSize>(w.Xs, s.X);
-    shifted_copies<L, false, kS2All>(w.Y2s, s.Y2);
+    shifted_copies<L, false, kInSize>([&](int kx) { return w.Xs(kx); }, s.X);
+    shifted_copies<L, false, kS2All>([&](int kx) { return w.Y2s(kx); }, s.Y2);
     std::memcpy(w.Rbf, grad_out + i * kClasses, sizeof(float) * kClasses);
     backward_image<L, Mode::kGradient>(net, t, acc, s, w);
   }
