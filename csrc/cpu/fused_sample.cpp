@@ -93,6 +93,8 @@ constexpr int kC3Map = kC3 * kRow;                        // C3 map: kC3 rows of
 constexpr int kS4Map = kS4 * kS4;                         // S4 map, compact (C5's input order)
 constexpr int kS2All = kMaps1 * kS2Map, kC3All = kMaps3 * kC3Map;
 constexpr int kPad = 32;   // finite slack after arrays read at an offset (< kK) or by wide tails
+// n floats and the slack, rounded up to whole cache lines (so every array starts 64-byte aligned)
+constexpr int padded(int n) { return (n + kPad + 15) / 16 * 16; }
 static_assert(kC1 <= kIn && kIn == 2 * kRow && kS2 <= kRow && kC3 <= kRow &&
               kC1 == 2 * kS2 && kC3 == 2 * kS4 && kS2 == kC3 + kK - 1 && kIn == kC1 + kK - 1,
               "the layout below is laid out for the paper's map sizes");
@@ -104,12 +106,12 @@ constexpr size_t kParamSize[kClassicParams] = {
 // Forward activations of one image: everything backward reads. Lives in Scratch, or in the
 // caller's buffer (lenet5_sample_forward_save), so it holds no pointers.
 struct alignas(64) State {
-  float X[kInSize + kPad];
+  float X[padded(kInSize)];
   float Y1[kMaps1 * kC1Map];
-  float S2[kS2All], Y2[kS2All + kPad];
-  float Y3[kC3All + kPad];
-  float S4[kIn5 + kPad], Y4[kIn5 + kPad];
-  float Y5[kUnits5 + kPad], Y6[kUnits6 + kPad], Out[kClasses + kPad];
+  float S2[kS2All], Y2[padded(kS2All)];
+  float Y3[padded(kC3All)];
+  float S4[padded(kIn5)], Y4[padded(kIn5)];
+  float Y5[padded(kUnits5)], Y6[padded(kUnits6)], Out[padded(kClasses)];
 };
 static_assert(sizeof(State) % 64 == 0, "saved states are packed back to back");
 
@@ -118,14 +120,16 @@ struct alignas(64) Work {
   // Shifted copies, kRow floats of slack in front: Xs(kx)[i] = X[i + kx] and Y2s(kx)[i] =
   // Y2[i + kx] (squared in Gauss-Newton backward), Ga3s(kx)[i] = ga3[i - kx] (C3's gradient
   // after f'; Ga3s(0) is ga3 itself).
-  float Xsf[kK][kRow + kInSize + kPad], Y2sf[kK][kRow + kS2All + kPad], Ga3sf[kK][kRow + kC3All + kPad];
-  float Rbf[16];                  // dE/dy (or h) at the RBF outputs
-  float G6[kUnits6 + kPad], Ga6[kUnits6 + kPad], G5[kUnits5 + kPad], Ga5[kUnits5 + kPad];
-  float Y5sq[kUnits5 + kPad], Y4sq[kIn5 + kPad];
-  float G4[kIn5 + kPad], Ga4[kIn5 + kPad];
-  float Gx2[kS2All + kPad], Ga2[kS2All + kPad], Ga1[kMaps1 * kC1Map];
-  float Gw1[kMaps1 * kTaps + 16], Gw3[kMaxKernels3 * kTaps + 16];
-  float Gb1[16], Gs2c[16], Gs2b[16], Gb3[32], Gs4c[32], Gs4b[32];
+  float Xsf[kK][kRow + padded(kInSize)], Y2sf[kK][kRow + padded(kS2All)], Ga3sf[kK][kRow + padded(kC3All)];
+  float Rbf[padded(kClasses)];     // dE/dy (or h) at the RBF outputs
+  float G6[padded(kUnits6)], Ga6[padded(kUnits6)], G5[padded(kUnits5)], Ga5[padded(kUnits5)];
+  float Y5sq[padded(kUnits5)], Y4sq[padded(kIn5)];
+  float G4[padded(kIn5)], Ga4[padded(kIn5)];
+  float Gx2[padded(kS2All)], Ga2[padded(kS2All)], Ga1[kMaps1 * kC1Map];
+  // per-image parameter terms (L floats of slack: the reducer stores whole vectors)
+  float Gw1[padded(kMaps1 * kTaps)], Gw3[padded(kMaxKernels3 * kTaps)];
+  float Gb1[padded(kMaps1)], Gs2c[padded(kMaps1)], Gs2b[padded(kMaps1)];
+  float Gb3[padded(kMaps3)], Gs4c[padded(kMaps3)], Gs4b[padded(kMaps3)];
   float* Xs(int kx) { return Xsf[kx] + kRow; }
   float* Y2s(int kx) { return Y2sf[kx] + kRow; }
   float* Ga3s(int kx) { return Ga3sf[kx] + kRow; }
@@ -304,7 +308,8 @@ LENET5_INLINE void conv_weight_terms(const float* ga, const float* const* xs, vf
 
 LENET5_INLINE void load_image(State& s, const float* x) { std::memcpy(s.X, x, sizeof(float) * kInSize); }
 LENET5_INLINE void prefetch_image(const float* x) {
-  for (int i = 0; i < kInSize; i += 16) __builtin_prefetch(x + i);
+  constexpr int kLine = 64 / sizeof(float);  // floats per cache line
+  for (int i = 0; i < kInSize; i += kLine) __builtin_prefetch(x + i);
 }
 
 // =============================================================================================
@@ -707,7 +712,8 @@ LENET5_INLINE void fc_backward(const Sink& sink, int pw, int pb, const float* w,
   static_assert(O % LA == 0 && D % L == 0, "fc_backward: sizes");
   for (int o = 0; o < O; o += LA) store<LA>(ga + o, load<LA>(g + o) * dsquash<LA, kSq<M>>(load<LA>(y + o)));
   // 16 lanes: a whole 400-wide row of C5 in 25 registers, so the weights stream in row order
-  constexpr int MaxNB = L == 16 ? 25 : 10;
+  // (measured faster than two column blocks of 13 and 12 despite a few reloads)
+  constexpr int MaxNB = L == 16 ? kIn5 / L : 10;
   fc_backward_blocks<L, M, O, D, 0, D / L, MaxNB>(w, sink.dst[pw], sink.step[pw], ga, xin, gx);
   sink_array<LA, M>(sink, pb, ga, O);
 }
@@ -821,10 +827,16 @@ struct Kernels {
 // The slack of a State the caller allocated: kernels read parts of it (so it must be finite),
 // and a saved state is then the same bytes whatever the buffer held.
 void clear_slack(State& s) {
-  for (float* end : {s.X + kInSize, s.Y2 + kS2All, s.Y3 + kC3All, s.S4 + kIn5, s.Y4 + kIn5,
-                     s.Y5 + kUnits5, s.Y6 + kUnits6})
-    std::fill(end, end + kPad, 0.0f);
-  std::fill(s.Out + kClasses, reinterpret_cast<float*>(&s + 1), 0.0f);  // and the struct's tail
+  const auto clear = [](float* a, int n) { std::fill(a + n, a + padded(n), 0.0f); };
+  clear(s.X, kInSize);
+  clear(s.Y2, kS2All);
+  clear(s.Y3, kC3All);
+  clear(s.S4, kIn5);
+  clear(s.Y4, kIn5);
+  clear(s.Y5, kUnits5);
+  clear(s.Y6, kUnits6);
+  clear(s.Out, kClasses);
+  std::fill(s.Out + padded(kClasses), reinterpret_cast<float*>(&s + 1), 0.0f);  // the struct's tail
 }
 
 template <int L> LENET5_INLINE void forward_images(const ClassicNet& net, const Table& t, const float* x,

@@ -348,9 +348,10 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False,
                 lines.append(f"note: errors.png not written: {e}")
         return lines
 
-    # A pass on the fused engine is single-threaded: pass p's evaluation (on copies of the
-    # weights) then runs in the background while pass p + 1 trains. Its line is logged once
-    # pass p + 1 has trained; lines, checkpoints and metrics are the same, in the same order.
+    # A pass on the fused engine is single-threaded: pass p's evaluation, checkpoints, metrics
+    # and plot (on copies of the model and optimizer) then run in the background while pass
+    # p + 1 trains, and pass p's line is logged after pass p + 1's progress bar. The lines,
+    # checkpoints and metrics are those of the sequential run, in the same order.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenet5-eval") as background:
         pending = None
 
@@ -375,10 +376,10 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False,
             bar = Progress(n, f"pass {p + 1}/{cfg.epochs}", stream=progress_stream)
             try:
                 loss_sum, run_err, fused = run_pass(model, optimizer, xp, y_train, order, cfg, hidx, bar)
+                t_train = time.perf_counter() - t0
+                bar.update(n, loss_sum / n, 100.0 * run_err / n, final=True)
             finally:
-                log_pending()
-            bar.update(n, loss_sum / n, 100.0 * run_err / n, final=True)
-            t_train = time.perf_counter() - t0
+                log_pending()  # the previous pass's line, after this pass's finished bar
             if not math.isfinite(loss_sum):
                 raise RuntimeError(f"training diverged in pass {p + 1} (loss {loss_sum}); lower the learning rate")
             if fused and p + 1 < cfg.epochs and torch.get_num_threads() > 1:
