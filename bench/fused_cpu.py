@@ -1,5 +1,7 @@
-"""Timing of the fused CPU paths (lenet5_fast.fused): batch-1 latency, inference images/s at
-batch 1/64/1024, and seconds per 60,000-sample pass of per-sample SDLM.
+"""Timing of the fused CPU paths (lenet5_fast.fused; the per-image engine, csrc/cpu/fused_sample.cpp):
+batch-1 latency, inference images/s at batch 1/64/1024, the autograd entry points
+(lenet5_sample_forward_save / lenet5_sample_backward) at batch 1/4/16, and seconds per
+60,000-sample pass of per-sample SDLM.
 
     PYTHONPATH=python python bench/fused_cpu.py [--threads N] [--pass-samples 10000] [--repeats 7]
 
@@ -110,6 +112,24 @@ def main(argv=None):
             cbest, _ = _time(fn, args.repeats, inner, time.thread_time)
             line += f"   (thread CPU time: {batch / cbest:10,.0f} images/s)"
         print(line)
+
+    # --- autograd entry points of the per-image engine (lenet5_sample_forward_save / _backward)
+    print("\nautograd entry points, 1 thread (us per image, thread CPU, min / median)")
+    grads = [torch.zeros_like(p) for p in model.parameters() if p.requires_grad]
+    gptr = [g.data_ptr() for g in grads]
+    for batch in (1, 4, 16):
+        xb = x_all[:batch].contiguous()
+        ob = torch.empty(batch, 10)
+        saved = torch.empty(batch, _C.lenet5_sample_saved_floats())
+        gout = torch.randn(batch, 10)
+        fwd = lambda: _C.lenet5_sample_forward_save(*net, xb.data_ptr(), ob.data_ptr(), saved.data_ptr(), batch, 1)  # noqa: E731
+        bwd = lambda: _C.lenet5_sample_backward(*net, saved.data_ptr(), gout.data_ptr(), batch, gptr)  # noqa: E731
+        fwd(), bwd()
+        inner = max(1, 2000 // batch)
+        f = _time(fwd, args.repeats, inner, time.thread_time)
+        b = _time(bwd, args.repeats, inner, time.thread_time)
+        print(f"  batch {batch:3d}: forward_save {f[0] / batch * 1e6:6.2f} / {f[1] / batch * 1e6:6.2f}   "
+              f"backward {b[0] / batch * 1e6:6.2f} / {b[1] / batch * 1e6:6.2f}")
 
     # --- SDLM pass
     n = args.pass_samples

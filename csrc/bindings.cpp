@@ -198,8 +198,9 @@ PYBIND11_MODULE(_C, m) {
       n,
       (P<const T>(gy), P<const T>(y), P<T>(gx), s, act_code(act), gn));
 
-  // The fused classic network (float32 CPU only). params: the 12 trainable tensors' addresses
-  // in model.parameters() order; steps / hessian: 12 addresses in the same order.
+  // The fused classic network, one image at a time (float32 CPU only). params: the 12 trainable
+  // tensors' addresses in model.parameters() order; steps / hessian / grads: 12 addresses in the
+  // same order.
   m.def("lenet5_forward", [](const std::vector<Addr>& params, Addr codes, Addr offsets, Addr inputs,
                              Addr x, Addr out, int64_t N, int nthreads) {
     const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
@@ -228,6 +229,22 @@ PYBIND11_MODULE(_C, m) {
                             P<const int64_t>(order), n, map_j, cs.data(), &loss, &errors);
     }
     return py::make_tuple(loss, errors);
+  });
+  m.def("lenet5_sample_saved_floats", &cpu::lenet5_sample_saved_floats,
+        "Floats lenet5_sample_forward_save writes per image (its saved buffer is [N, this], 64-byte aligned)");
+  m.def("lenet5_sample_forward_save", [](const std::vector<Addr>& params, Addr codes, Addr offsets,
+                                         Addr inputs, Addr x, Addr out, Addr saved, int64_t N, int nthreads) {
+    const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
+    py::gil_scoped_release no_gil;
+    cpu::lenet5_sample_forward_save(net, P<const float>(x), P<float>(out), P<float>(saved), N, nthreads);
+  });
+  m.def("lenet5_sample_backward", [](const std::vector<Addr>& params, Addr codes, Addr offsets,
+                                     Addr inputs, Addr saved, Addr grad_out, int64_t N,
+                                     const std::vector<Addr>& grads) {
+    const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
+    const std::vector<float*> g = float_ptrs(grads, "grads");
+    py::gil_scoped_release no_gil;
+    cpu::lenet5_sample_backward(net, P<const float>(saved), P<const float>(grad_out), N, g.data());
   });
   m.def("classic_param_size", &cpu::classic_param_size);
   {

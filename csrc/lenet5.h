@@ -75,7 +75,7 @@ namespace cpu {
 using Exec = int;
 #include "per_op_kernels.inc"
 
-// ---- The fused classic network (lenet5_fused.cpp): whole-network kernels, float32 only ----
+// ---- The fused classic network, one image at a time (fused_sample.cpp), float32 only ----
 // The paper's LeNet-5: C1 1->6 on 32x32, S2, C3 through a CSR table with 16 output maps and at
 // most 96 kernels (inputs in [0, 6)), S4, C5 400->120, F6 120->84, all squashed, then the
 // Euclidean RBF over fixed codes [10, 84]. Images x[N, 1, 32, 32]; every tensor contiguous.
@@ -93,6 +93,17 @@ struct ClassicNet {
 int64_t classic_param_size(int param, int64_t c3_kernels);
 // out[N, 10] = RBF distances. Threaded over the batch; writes nothing else.
 void lenet5_forward(const ClassicNet& net, const float* x, float* out, int64_t N, int nthreads);
+// Autograd at small batches. lenet5_sample_forward_save is lenet5_forward that also writes each
+// image's activations (what backward reads) to saved[N, lenet5_sample_saved_floats()], a
+// 64-byte aligned buffer (throws std::invalid_argument otherwise). lenet5_sample_backward, with
+// the same weights, ADDS to grads[p] (12 buffers shaped like the parameters) the gradient of
+// sum_i sum_j grad_out[i, j] * out[i, j], images summed in order 0..N-1; single-threaded; no
+// input gradient.
+int64_t lenet5_sample_saved_floats();
+void lenet5_sample_forward_save(const ClassicNet& net, const float* x, float* out, float* saved,
+                                int64_t N, int nthreads);
+void lenet5_sample_backward(const ClassicNet& net, const float* saved, const float* grad_out, int64_t N,
+                            float* const* grads);
 // hessian[p] = mean over the N samples of the SDLM Gauss-Newton diagonal of parameter p
 // (MAP loss with constant j), as the per-op kernels compute it with gauss_newton = true.
 // Bitwise independent of nthreads. Throws std::invalid_argument on a label outside [0, 10).

@@ -228,3 +228,46 @@ def test_training_without_matplotlib_says_so_and_finishes(tmp_path, monkeypatch)
                 log=logs.append, progress_stream=io.StringIO())
     assert m["complete"] and not (tmp_path / "errors.png").exists()
     assert any("errors.png not written" in s and "matplotlib is not installed" in s for s in logs)
+
+
+def test_evaluation_in_the_background_changes_no_output(tmp_path, monkeypatch):
+    """With 2 threads, each fused SDLM pass's evaluation runs in the background while the next
+    pass trains; the logged lines, metrics.json and checkpoints are those of the sequential
+    run (1 thread), in the same order, timings aside."""
+    import re
+
+    submitted = []
+
+    class Recording(T.ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            submitted.append(args[0])
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(T, "ThreadPoolExecutor", Recording)
+    timing = {"seconds", "train_seconds", "samples_per_s"}
+    runs = {}
+    for threads in (1, 2):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            logs = []
+            T.train(T.TrainConfig(epochs=3, hessian_samples=16, eta_scale=0.1, seed=4), None, tmp_path / str(threads),
+                    data=_toy_data(), log=logs.append, progress_stream=io.StringIO())
+        finally:
+            torch.set_num_threads(old)
+        lines = [re.sub(r"[\d.]+s training, \d+ samples/s|\d threads", "", s) for s in logs]
+        passes = []
+        for p in (1, 2, 3):
+            ck = load_checkpoint(tmp_path / str(threads) / f"checkpoint-pass{p:02d}.pt")
+            hist = [{k: v for k, v in h.items() if k not in timing} for h in ck["meta"]["history"]]
+            passes.append((ck["model"], ck["optimizer"]["state"], hist))
+        metrics = json.loads((tmp_path / str(threads) / "metrics.json").read_text())
+        runs[threads] = (lines, passes, [{k: v for k, v in h.items() if k not in timing} for h in metrics["history"]])
+    assert submitted == [0, 1]  # passes 1 and 2 were evaluated in the background (with 2 threads)
+    (lines1, passes1, hist1), (lines2, passes2, hist2) = runs[1], runs[2]
+    assert lines1 == lines2 and [s.split(":")[0] for s in lines1][-3:] == ["pass 1/3", "pass 2/3", "pass 3/3"]
+    assert hist1 == hist2 and all(h["fused"] for h in hist1)
+    for (m1, o1, h1), (m2, o2, h2) in zip(passes1, passes2):
+        assert h1 == h2
+        assert all(torch.equal(m1[k], m2[k]) for k in m1)
+        assert all(torch.equal(o1[i]["hessian"], o2[i]["hessian"]) for i in o1)

@@ -38,6 +38,9 @@ template <int L> LENET5_INLINE vf<L> load(const float* p) {
 template <int L> LENET5_INLINE void store(float* p, const vf<L>& v) {
   *reinterpret_cast<typename VecT<L>::FU*>(p) = v;
 }
+// A register holding x in every lane. (Written as a sum on purpose: a plain broadcast lets GCC
+// fold it into every FMA that uses it as an {1toN} memory operand, one load per FMA instead of
+// one per weight, measured 25-40% slower in the convolutions.)
 template <int L> LENET5_INLINE vf<L> splat(float x) { return vf<L>{} + x; }
 
 // [a0+a1, a2+a3, ..., b0+b1, b2+b3, ...]

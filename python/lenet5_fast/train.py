@@ -12,12 +12,14 @@ SDLM with batch 1), and the op-by-op path (autograd over the custom ops) otherwi
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import platform
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
@@ -345,38 +347,28 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False,
         f"{cfg.epochs} passes, {torch.get_num_threads()} threads")
     plot_note = None
     t_run = time.perf_counter()
-    for p in range(len(history), cfg.epochs):
-        t0 = time.perf_counter()
-        g = pass_generator(cfg.seed, p)
-        xp = x_train
-        if cfg.distort:
-            from .distort import distort
-            xp = distort(x_train, generator=g)
-        order = torch.randperm(n, generator=g)
-        hidx = torch.randperm(n, generator=g)[:min(n, cfg.hessian_samples)]
-        if isinstance(optimizer, SDLM):
-            optimizer.set_lr(_eta(cfg, p))
-        bar = Progress(n, f"pass {p + 1}/{cfg.epochs}", stream=progress_stream)
-        loss_sum, run_err, fused = run_pass(model, optimizer, xp, y_train, order, cfg, hidx, bar)
-        bar.update(n, loss_sum / n, 100.0 * run_err / n, final=True)
-        t_train = time.perf_counter() - t0
-        if not math.isfinite(loss_sum):
-            raise RuntimeError(f"training diverged in pass {p + 1} (loss {loss_sum}); lower the learning rate")
+
+    def finish_pass(p, model, optimizer, t_train, loss_sum, run_err, fused) -> List[str]:
+        """Evaluates pass p's weights, writes its checkpoints, metrics.json and plot; returns the
+        lines to log. Runs in the background when it overlaps the next pass (on copies)."""
+        nonlocal plot_note
+        t_eval = time.perf_counter()
         tr_err, tr_loss = evaluate(model, x_train, y_train)
         te_err, te_loss = evaluate(model, x_test, y_test)
+        done = time.perf_counter()
         rec = dict(pass_=p + 1, lr=optimizer.param_groups[0]["lr"], fused=fused,
                    mu=SDLM.damping(optimizer.param_groups[0]) if isinstance(optimizer, SDLM) else None,
                    running_train_loss=loss_sum / n, running_train_error=100.0 * run_err / n,
                    train_error=100.0 * tr_err / n, train_loss=tr_loss,
                    test_error=100.0 * te_err / x_test.shape[0], test_loss=te_loss,
-                   train_seconds=t_train, seconds=time.perf_counter() - t0, samples_per_s=n / t_train)
+                   train_seconds=t_train, seconds=t_train + done - t_eval, samples_per_s=n / t_train)
         rec["pass"] = rec.pop("pass_")
         mu_text = "" if rec["mu"] is None else f", mu {rec['mu']:g}"
         history.append(rec)
-        log(f"pass {p + 1}/{cfg.epochs}: train error {rec['train_error']:.2f}% test error "
-            f"{rec['test_error']:.2f}% (running loss {rec['running_train_loss']:.4f}, lr {rec['lr']:g}{mu_text}, "
-            f"{t_train:.1f}s training, {rec['samples_per_s']:.0f} samples/s{', fused' if fused else ''})")
-        wall = wall_before + time.perf_counter() - t_run
+        lines = [f"pass {p + 1}/{cfg.epochs}: train error {rec['train_error']:.2f}% test error "
+                 f"{rec['test_error']:.2f}% (running loss {rec['running_train_loss']:.4f}, lr {rec['lr']:g}{mu_text}, "
+                 f"{t_train:.1f}s training, {rec['samples_per_s']:.0f} samples/s{', fused' if fused else ''})"]
+        wall = wall_before + done - t_run
         meta = dict(config=asdict(cfg), history=history, wall_seconds=wall, pass_index=p + 1)
         save_checkpoint(out / f"checkpoint-pass{p + 1:02d}.pt", model, optimizer, **meta)
         save_checkpoint(ck_path, model, optimizer, **meta)
@@ -389,7 +381,50 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False,
                 plot_errors(history, out / "errors.png")
             except MissingExtra as e:
                 plot_note = str(e)
-                log(f"note: errors.png not written: {e}")
+                lines.append(f"note: errors.png not written: {e}")
+        return lines
+
+    # A pass on the fused engine is single-threaded: pass p's evaluation, checkpoints, metrics
+    # and plot (on copies of the model and optimizer) then run in the background while pass
+    # p + 1 trains, and pass p's line is logged after pass p + 1's progress bar. The lines,
+    # checkpoints and metrics are those of the sequential run, in the same order.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenet5-eval") as background:
+        pending = None
+
+        def log_pending():
+            nonlocal pending
+            if pending is not None:
+                job, pending = pending, None
+                for line in job.result():
+                    log(line)
+
+        for p in range(len(history), cfg.epochs):
+            t0 = time.perf_counter()
+            g = pass_generator(cfg.seed, p)
+            xp = x_train
+            if cfg.distort:
+                from .distort import distort
+                xp = distort(x_train, generator=g)
+            order = torch.randperm(n, generator=g)
+            hidx = torch.randperm(n, generator=g)[:min(n, cfg.hessian_samples)]
+            if isinstance(optimizer, SDLM):
+                optimizer.set_lr(_eta(cfg, p))
+            bar = Progress(n, f"pass {p + 1}/{cfg.epochs}", stream=progress_stream)
+            try:
+                loss_sum, run_err, fused = run_pass(model, optimizer, xp, y_train, order, cfg, hidx, bar)
+                t_train = time.perf_counter() - t0
+                bar.update(n, loss_sum / n, 100.0 * run_err / n, final=True)
+            finally:
+                log_pending()  # the previous pass's line, after this pass's finished bar
+            if not math.isfinite(loss_sum):
+                raise RuntimeError(f"training diverged in pass {p + 1} (loss {loss_sum}); lower the learning rate")
+            if fused and p + 1 < cfg.epochs and torch.get_num_threads() > 1:
+                copies = copy.deepcopy((model, optimizer))
+                pending = background.submit(finish_pass, p, *copies, t_train, loss_sum, run_err, fused)
+            else:
+                for line in finish_pass(p, model, optimizer, t_train, loss_sum, run_err, fused):
+                    log(line)
+        log_pending()
     if len(history) >= cfg.epochs and not (out / "metrics.json").exists():
         raise ValueError(f"{out}: no metrics.json next to the checkpoint")
     metrics = json.loads((out / "metrics.json").read_text())
