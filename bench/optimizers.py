@@ -17,8 +17,8 @@ Initial weights: PyTorch's default for Conv2d/Linear (weights and biases uniform
 +-1/sqrt(fan-in)), as in a PyTorch write-up, unless ``--init paper`` (the paper's +-2.4/fan-in,
 our layers' default). With the paper's initialization the ReLU network's output starts near 0
 (each layer scales its input's spread down by about 1.4/sqrt(fan-in)) and plain SGD does not
-move off the loss ln 10 = 2.30; Adam, which rescales the gradients, trains either way. The run
-directory starts with a checkpoint of those initial weights, which ``lenet5_fast.train`` resumes.
+move off the loss ln 10 = 2.30; Adam, which rescales the gradients, trains either way. Both are
+the trainer's ``init`` setting ("pytorch", "paper").
 
 Adam's 30- and 60-epoch rows are passes 30 and 60 of its 100-epoch run: with a constant
 learning rate and pass p seeded by (seed, p), a 30-epoch run makes exactly those updates.
@@ -43,10 +43,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch import nn
 
-from lenet5_fast.checkpoint import atomic_write_bytes, save_checkpoint
-from lenet5_fast.model import LeNet5
+from lenet5_fast.checkpoint import atomic_write_bytes
 from lenet5_fast.train import TrainConfig, load_dataset, machine_info, train
 
 HERE = Path(__file__).resolve().parent
@@ -88,19 +86,6 @@ def run_name(stage: str, s: Setting, seed: int, init: str = "pytorch") -> str:
     return f"{stage}-{s.name}-lr{s.lr:g}-seed{seed}" + ("-paperinit" if init == "paper" else "")
 
 
-def initial_model(seed: int, init: str) -> LeNet5:
-    """The modern variant's initial weights for ``seed``: the paper's, or PyTorch's default."""
-    torch.manual_seed(seed)
-    model = LeNet5(variant="modern")
-    if init == "pytorch":
-        with torch.no_grad():
-            for layer in (model.c1, model.c3, model.c5, model.f6, model.output):
-                bound = 1.0 / layer.weight[0].numel() ** 0.5
-                nn.init.uniform_(layer.weight, -bound, bound)
-                nn.init.uniform_(layer.bias, -bound, bound)
-    return model
-
-
 def _write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
@@ -114,17 +99,16 @@ def run_one(stage: str, s: Setting, seed: int, data, args) -> dict:
     out = Path(args.runs) / name
     epochs = min(max(s.epochs), args.max_epochs) if args.max_epochs else max(s.epochs)
     cfg = TrainConfig(epochs=epochs, optimizer=s.optimizer, batch_size=args.batch_size, lr=s.lr,
-                      momentum=s.momentum, nesterov=s.nesterov, variant="modern", seed=seed,
-                      train_limit=args.train_limit, test_limit=args.test_limit)
+                      momentum=s.momentum if s.optimizer == "sgd" else None, nesterov=s.nesterov,
+                      variant="modern", seed=seed, train_limit=args.train_limit, test_limit=args.test_limit,
+                      init=args.init)
     command = " ".join([sys.executable.rsplit("/", 1)[-1]] + sys.argv)
     print(f"== {name}: {epochs} passes, batch {cfg.batch_size}", flush=True)
     status, diverged = "complete", None
-    if not (out / "checkpoint.pt").is_file():  # pass 0: the initial weights
-        save_checkpoint(out / "checkpoint.pt", initial_model(seed, args.init), None, config=asdict(cfg),
-                        history=[], wall_seconds=0.0, pass_index=0)
+    resume = (out / "checkpoint.pt").is_file()  # an interrupted run continues
     try:
-        metrics = train(cfg, None, out, resume=True, data=data, command=command,
-                        log=lambda m: print(f"   {m}", flush=True))
+        metrics = train({"epochs": epochs} if resume else cfg, None, out, resume=resume, data=data,
+                        command=command, log=lambda m: print(f"   {m}", flush=True))
     except RuntimeError as e:
         if "diverged" not in str(e):
             raise

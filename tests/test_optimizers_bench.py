@@ -27,13 +27,19 @@ def _args(mnist_dir, tmp_path, *extra):
             *extra]
 
 
-def test_pytorch_default_init(bench):
-    m = bench.initial_model(0, "pytorch")
+def test_pytorch_default_init():
+    """The bench's default initial weights: the trainer's init "pytorch" (torch.nn's default)."""
+    from lenet5_fast import train as T
+    from lenet5_fast.model import LeNet5
+
+    torch.manual_seed(0)
+    m = T.init_weights(LeNet5(variant="modern"), "pytorch")
     assert float(m.c1.weight.abs().max()) <= 1 / 5 and float(m.c1.weight.abs().max()) > 0.19   # 1/sqrt(25)
     assert float(m.c5.weight.abs().max()) <= 1 / 20 and float(m.c5.weight.abs().max()) > 0.049  # 1/sqrt(400)
-    paper = bench.initial_model(0, "paper")
+    assert float(m.c5.bias.abs().max()) <= 1 / 20 and float(m.c5.bias.abs().max()) > 0.04       # biases too
+    torch.manual_seed(0)
+    paper = LeNet5(variant="modern")
     assert float(paper.c5.weight.abs().max()) <= 2.4 / 400
-    assert torch.equal(bench.initial_model(1, "pytorch").c1.weight, bench.initial_model(1, "pytorch").c1.weight)
 
 
 def test_all_stages_resumable(bench, mnist_dir, tmp_path, monkeypatch):

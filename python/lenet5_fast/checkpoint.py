@@ -10,13 +10,12 @@ leaves a half-written checkpoint behind.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
+from .data import atomic_write_bytes
 from .model import LeNet5
 
 __all__ = ["CheckpointError", "FORMAT", "VERSION", "model_config", "save_checkpoint", "load_checkpoint",
@@ -37,26 +36,6 @@ def model_config(model: LeNet5) -> Dict[str, Any]:
     if model.variant == "classic":
         cfg["c3_table"] = [list(r) for r in model.c3.table]
     return cfg
-
-
-def atomic_write_bytes(path, write) -> None:
-    """Calls ``write(file)`` on a temporary file next to ``path``, fsyncs, then renames it over
-    ``path``. On any error the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def save_checkpoint(path, model: LeNet5, optimizer: Optional[torch.optim.Optimizer] = None,

@@ -1,8 +1,12 @@
-"""The ``lenet5-fast`` command line."""
+"""The ``lenet5-fast`` command line. A user error (a bad argument, a missing or corrupt file, a
+run that cannot be resumed as asked) is one line on stderr and exit code 2; Ctrl-C is exit 130
+(``train`` first saves a checkpoint to resume from)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import math
 import sys
 
 # the datasets of lenet5_fast.train.DATASETS, here so that `--help` imports no torch
@@ -24,23 +28,32 @@ def _cmd_codes(args) -> int:
     return 0
 
 
+# The train flags that are settings of the run (TrainConfig fields): given explicitly or not at
+# all (argparse.SUPPRESS), so that a resumed run can tell them from defaults.
+_TRAIN_SETTINGS = ("epochs", "optimizer", "batch_size", "lr", "eta_scale", "mu", "max_step", "hessian_samples",
+                   "momentum", "nesterov", "dataset", "distort", "variant", "seed", "train_limit", "test_limit",
+                   "no_fused", "init")
+
+
 def _cmd_train(args) -> int:
     import torch
 
-    from .train import TrainConfig, train
+    from .train import TrainConfig, check_settings, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(epochs=args.epochs, optimizer=args.optimizer, batch_size=args.batch_size, lr=args.lr,
-                      eta_scale=args.eta_scale, hessian_samples=args.hessian_samples,
-                      momentum=args.momentum, nesterov=args.nesterov, dataset=args.dataset,
-                      distort=args.distort, variant=args.variant, seed=args.seed,
-                      train_limit=args.train_limit, test_limit=args.test_limit, fused=not args.no_fused,
-                      mu=args.mu, **({"max_step": args.max_step} if hasattr(args, "max_step") else {}))
+    given = {name: getattr(args, name) for name in _TRAIN_SETTINGS if hasattr(args, name)}
+    if "no_fused" in given:
+        given["fused"] = not given.pop("no_fused")
+    if args.resume:
+        cfg = given  # checked against the run's own settings
+    else:
+        check_settings(given)
+        cfg = TrainConfig(**given)
     m = train(cfg, args.data, args.out, resume=args.resume, log=lambda s: print(s, flush=True),
               command="lenet5-fast " + " ".join(args.argv), download=args.download)
-    print(f"done: {m['passes']} passes, test error {m['test_error']:.2f}%, "
-          f"{m['wall_seconds'] / 60:.1f} min; {args.out}/metrics.json")
+    test = f", test error {m['test_error']:.2f}%" if m["test_error"] is not None else ""
+    print(f"done: {m['passes']} passes{test}, {m['wall_seconds'] / 60:.1f} min; {args.out}/metrics.json")
     return 0
 
 
@@ -207,20 +220,32 @@ def _cmd_show(args) -> int:
         model, dataset = model_from_checkpoint(ck), args.dataset or _checkpoint_dataset(ck)
     else:
         try:
-            import lenet5_fast.weights  # noqa: F401  (shipped pretrained weights, where installed)
+            weights = importlib.import_module("lenet5_fast.weights")
         except ImportError:
             raise ValueError("--weights needs the shipped pretrained weights (lenet5_fast.weights), which this "
                              "install does not have; use --checkpoint PATH") from None
-        from .model import LeNet5
-
-        if not hasattr(LeNet5, "from_pretrained"):
-            raise ValueError("--weights needs LeNet5.from_pretrained, which this install lacks; use --checkpoint PATH")
-        model, dataset = LeNet5.from_pretrained(args.weights).eval(), args.dataset or "mnist"
+        model, dataset = weights.load(args.weights).eval(), args.dataset or "mnist"
     x, label, source = load_input(args.image, model, dataset, args.data)
     names = class_names(dataset)
     pred = render_feature_maps(model, x, args.out, title=source, label=label, names=names)
     print(f"{source}: predicted {names[pred]}; feature maps in {args.out}")
     return 0
+
+
+def _int_at_least(low: int, high: int = None):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < low or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"must be {'>= ' + str(low) if high is None else f'in {low}..{high}'}, "
+                                             f"got {v}")
+        return v
+    return parse
+
+
+_positive_int = _int_at_least(1)
 
 
 def _non_negative_float(text: str) -> float:
@@ -233,13 +258,40 @@ def _non_negative_float(text: str) -> float:
     return v
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return v
+
+
 def _float_or_none(text: str):
     if text.strip().lower() == "none":
         return None
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+        return _positive_float(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e} (or 'none')") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage block), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _version() -> str:
@@ -251,7 +303,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lenet5-fast", description="LeNet-5 (LeCun et al. 1998) on native kernels")
+    p = _Parser(prog="lenet5-fast", description="LeNet-5 (LeCun et al. 1998) on native kernels")
     p.add_argument("--version", action="version", version=_version(),
                    help="print the version of lenet5_fast (and of torch) and exit")
     sub = p.add_subparsers(dest="command", required=True)
@@ -261,43 +313,57 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--variant", default="classic", choices=["classic", "modern", "keras"],
                    help="the paper's network (classic, default), the ReLU/max-pool/softmax one (modern), "
                         "or the Keras write-up's plain-tanh/average-pool one (keras)")
-    s.add_argument("--in-channels", type=int, default=1, help="input channels (default 1; 3 for CIFAR-10)")
+    s.add_argument("--in-channels", type=_positive_int, default=1, help="input channels (default 1; 3 for CIFAR-10)")
     s.set_defaults(func=_cmd_summary)
 
     c = sub.add_parser("codes", help="print the 10 stylized 7x12 output codes")
     c.set_defaults(func=_cmd_codes)
 
-    t = sub.add_parser("train", help="train LeNet-5 on MNIST as in the paper")
-    t.add_argument("--data", default=None, help="directory with the four MNIST .gz files")
+    t = sub.add_parser("train", help="train LeNet-5 on MNIST as in the paper",
+                       description="Train LeNet-5. The defaults are the paper's recipe (classic network, SDLM, "
+                                   "batch 1, 20 passes); other optimizers and the modern variant get defaults "
+                                   "of their own (batch 32; see the README). --resume continues the run in "
+                                   "--out with every setting it was started with (data directory included); "
+                                   "only --epochs may change.")
+    S = argparse.SUPPRESS  # a setting given explicitly, or taken from the defaults / the resumed run
+    t.add_argument("--data", default=None, help="directory with the four MNIST .gz files (remembered by the run)")
     t.add_argument("--download", action="store_true", help="download MNIST into --data when missing (md5-checked)")
     t.add_argument("--out", required=True, help="run directory: checkpoints, metrics.json, errors.png")
-    t.add_argument("--epochs", type=int, default=20, help="passes over the training set (default 20)")
-    t.add_argument("--optimizer", default="sdlm", choices=["sdlm", "sgd", "adam"],
-                   help="sdlm (the paper's, default), sgd (with --momentum) or adam")
-    t.add_argument("--batch-size", type=int, default=1, help="1 = per-sample updates, as in the paper")
-    t.add_argument("--lr", type=float, default=None,
-                   help="learning rate (sgd 0.01, adam 0.001); for sdlm a constant eta instead of the paper's schedule")
-    t.add_argument("--eta-scale", type=float, default=1.0, help="sdlm: multiply the paper's eta schedule")
-    t.add_argument("--mu", type=float, default=0.02, help="sdlm: mu (default 0.02, the paper's)")
-    t.add_argument("--max-step", type=_float_or_none, default=argparse.SUPPRESS,
+    t.add_argument("--epochs", type=_positive_int, default=S, help="passes over the training set (default 20)")
+    t.add_argument("--optimizer", default=S, choices=["sdlm", "sgd", "adam"], help="default sdlm")
+    t.add_argument("--batch-size", type=_positive_int, default=S,
+                   help="1 = per-sample updates, as in the paper (default: 1 for sdlm, 32 for sgd and adam)")
+    t.add_argument("--lr", type=_positive_float, default=S,
+                   help="learning rate (defaults per optimizer and variant, see the README); for sdlm a "
+                        "constant eta instead of the paper's schedule")
+    t.add_argument("--eta-scale", type=_positive_float, default=S, help="sdlm: multiply the paper's eta schedule")
+    t.add_argument("--mu", type=_positive_float, default=S, help="sdlm: mu (default 0.02, the paper's)")
+    t.add_argument("--max-step", type=_float_or_none, default=S,
                    help="sdlm: bound on every step eta/(mu+h), by raising mu to eta/max-step when needed "
-                        "(default 0.0005, the paper's last eta/mu; 'none': the paper's exact steps, which diverge)")
-    t.add_argument("--hessian-samples", type=int, default=500, help="sdlm: samples for h_kk (default 500)")
-    t.add_argument("--momentum", type=float, default=0.9, help="sgd momentum")
-    t.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
-    t.add_argument("--dataset", default="mnist", choices=DATASET_CHOICES,
+                        "(default 0.0005, the paper's last eta/mu, and 0.002 for the modern variant; 'none': the "
+                        "paper's exact steps, which diverge)")
+    t.add_argument("--hessian-samples", type=_positive_int, default=S, help="sdlm: samples for h_kk (default 500)")
+    t.add_argument("--momentum", type=_fraction, default=S, help="sgd momentum (default 0.9)")
+    t.add_argument("--nesterov", action="store_true", default=S, help="sgd: Nesterov momentum")
+    t.add_argument("--dataset", default=S, choices=DATASET_CHOICES,
                    help="mnist (default), fashion-mnist (default --data: the directory of Debian's "
                         "dataset-fashion-mnist), cifar10 (3 channels; --download fetches it)")
-    t.add_argument("--distort", action="store_true", help="random affine distortions on the fly")
-    t.add_argument("--variant", default="classic", choices=["classic", "modern", "keras"],
+    t.add_argument("--distort", action="store_true", default=S, help="random affine distortions on the fly")
+    t.add_argument("--variant", default=S, choices=["classic", "modern", "keras"],
                    help="the paper's network (classic, default), the ReLU/max-pool/softmax one (modern), "
                         "or the Keras write-up's plain-tanh/average-pool one (keras)")
-    t.add_argument("--seed", type=int, default=0, help="seed of everything random in the run (default 0)")
-    t.add_argument("--train-limit", type=int, default=None, help="use only the first N training samples")
-    t.add_argument("--test-limit", type=int, default=None, help="use only the first N test samples")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    t.add_argument("--no-fused", action="store_true", help="never use the fused native engine")
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--init", default=S, choices=["paper", "he", "glorot", "pytorch"],
+                   help="initial weights: the paper's (uniform +-2.4/fan-in; the default, except for the modern "
+                        "variant with sgd or sdlm and for the keras variant), 'he' (the modern variant's ReLU "
+                        "layers), 'glorot' (Keras' default; the keras variant's) or 'pytorch' (torch.nn's "
+                        "default, +-1/sqrt(fan-in) for weights and biases; modern and keras variants)")
+    t.add_argument("--seed", type=_int_at_least(0, 2**32 - 1), default=S, help="default 0")
+    t.add_argument("--train-limit", type=_positive_int, default=S, help="use only the first N training samples")
+    t.add_argument("--test-limit", type=_positive_int, default=S, help="use only the first N test samples")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, with the settings it was started with")
+    t.add_argument("--no-fused", action="store_true", default=S, help="never use the fused native engine")
+    t.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="test error of a checkpoint, and a gallery of its mistakes")
@@ -306,12 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--download", action="store_true", help="download MNIST into --data when missing (md5-checked)")
     e.add_argument("--json", action="store_true", help="print JSON (test_error in percent)")
     e.add_argument("--gallery", default=None, help="PNG path (default: misclassified.png next to the checkpoint)")
-    e.add_argument("--gallery-max", type=int, default=100, help="at most this many digits in the gallery")
+    e.add_argument("--gallery-max", type=_positive_int, default=100,
+                   help="at most this many digits in the gallery (default 100)")
     e.add_argument("--no-gallery", action="store_true", help="do not draw the misclassified digits")
-    e.add_argument("--limit", type=int, default=None, help="use only the first N test samples")
+    e.add_argument("--limit", type=_positive_int, default=None, help="use only the first N test samples")
     e.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
                    help="test set to use (default: the one the checkpoint was trained on)")
-    e.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    e.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     e.set_defaults(func=_cmd_eval)
 
     r = sub.add_parser("predict", help="classify photos or scans of handwritten digits")
@@ -326,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the 32x32 input the network saw next to each image (IMAGE.lenet5.png)")
     r.add_argument("--debug-dir", default=None, help="write those inputs to this directory instead")
     r.add_argument("--json", action="store_true", help="one JSON object per image ('error' where it failed)")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    r.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     r.set_defaults(func=_cmd_predict)
 
     w = sub.add_parser("show", help="draw what each layer computes for one image (the paper's Fig. 13)")
@@ -348,13 +415,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad argument (already reported in one line)
+        return e.code if isinstance(e.code, int) else 2
     args.argv = argv
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as e:
         print(f"lenet5-fast: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C; train's own says where it stopped and how to resume
+        print(f"lenet5-fast: {e or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ Structural checks always run: IDX magic, type code, header dimensions against
 the payload size (truncated or trailing bytes), gzip CRC / end of stream,
 28x28 uint8 images, as many labels as images, labels in 0..9.
 
+Bounds: a header may promise at most :data:`MAX_IDX_BYTES` (1 GiB) of payload, and a gzip
+file at most what deflate can expand its size to (1032:1); both are checked on the header,
+before anything is decompressed, so a gzip bomb is refused at once. Memory grows only with the
+data actually read, and data past the promised payload is read (to reach the gzip CRC, so that
+damage inside the stream is reported as corruption) in bounded chunks and never kept.
+
 With ``verify=True`` a file whose name is one of the known names must also be
 one of the known datasets (MNIST or Fashion-MNIST): its md5 must be the
 published md5 of the ``.gz`` file, or -- for a file that has been decompressed
@@ -41,8 +47,8 @@ import hashlib
 import http.client
 import os
 import re
+import secrets
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -69,6 +75,8 @@ __all__ = [
     "KNOWN_RAW_MD5",
     "DATA_ENV_VAR",
     "DEFAULT_DATA_DIR",
+    "MAX_IDX_BYTES",
+    "atomic_write_bytes",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -143,6 +151,16 @@ PAPER_INK = 1.175
 _MD5SUMS_NAME = "MD5SUMS"
 _MD5SUMS_LINE = re.compile(r"^([0-9a-fA-F]{32})\s+\*?(.+?)\s*$")
 _CHUNK = 1 << 20
+#: The largest IDX payload :func:`read_idx` accepts by default (EMNIST's largest file is 547 MB).
+MAX_IDX_BYTES = 1 << 30
+# deflate expands at most 1032:1 (258 bytes per 2-bit code); a gzip file of S bytes cannot hold
+# more than this ratio times S, plus a little for its header and tiny files.
+_GZIP_MAX_RATIO = 1032
+# When the content of a gzip file is wrong (bad header, too short, too long), up to this much of
+# it is decompressed again, discarding, to reach the gzip CRC: damage inside the stream usually
+# decompresses to wrong content before the CRC at its end catches it, and is then reported as
+# corruption rather than as what the damaged content looks like.
+_MAX_GZIP_SCAN = 64 << 20
 _MAX_DOWNLOAD_BYTES = 64 << 20  # the largest MNIST file is ~9.9 MB
 
 # IDX type codes -> big-endian numpy dtypes.
@@ -200,33 +218,39 @@ def _parse_header(path: Path, head: bytes, compressed: bool) -> Tuple[np.dtype, 
     return _IDX_TYPES[code], ndim
 
 
-def _read_idx(path: PathLike, want_md5: bool = False) -> Tuple[np.ndarray, Optional[str]]:
+def _read_idx(path: PathLike, want_md5: bool = False,
+              max_bytes: int = MAX_IDX_BYTES) -> Tuple[np.ndarray, Optional[str]]:
     """Read an IDX file; also return the md5 of its (decompressed) IDX bytes if asked."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
     md5 = hashlib.md5() if want_md5 else None
     try:
+        size = path.stat().st_size
         if _is_gzip(path):
-            with gzip.open(path, "rb") as f:
-                arr = _read_idx_stream(path, f, md5, file_size=None)
+            try:
+                with gzip.open(path, "rb") as f:
+                    arr = _read_idx_stream(path, f, md5, size, True, max_bytes)
+            except DataError as e:
+                damage = _gzip_damage(path)
+                if damage:
+                    raise DataError(f"{path}: corrupt gzip data ({damage}); {e}") from e
+                raise
         else:
-            size = path.stat().st_size
             with open(path, "rb") as f:
-                arr = _read_idx_stream(path, f, md5, file_size=size)
+                arr = _read_idx_stream(path, f, md5, size, False, max_bytes)
     except DataError:
         raise
     except (gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path}: corrupt gzip data ({e})") from e
     except EOFError as e:
-        raise DataError(f"{path}: gzip stream ends early, the file is truncated ({e})") from e
+        raise DataError(f"{path}: gzip stream ends early, the file is truncated or corrupt ({e})") from e
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e})") from e
     return arr, (md5.hexdigest() if md5 is not None else None)
 
 
-def _read_idx_stream(path: Path, f, md5, file_size: Optional[int]) -> np.ndarray:
-    compressed = file_size is None
+def _read_idx_stream(path: Path, f, md5, file_size: int, compressed: bool, max_bytes: int) -> np.ndarray:
     head = f.read(4)
     dtype, ndim = _parse_header(path, head, compressed)
     dim_bytes = f.read(4 * ndim)
@@ -239,22 +263,27 @@ def _read_idx_stream(path: Path, f, md5, file_size: Optional[int]) -> np.ndarray
         count *= d
     payload = count * dtype.itemsize
     shape_txt = "x".join(str(d) for d in dims)
+    promise = f"header declares {shape_txt} {dtype.name} values = {payload} payload bytes"
+    what = "decompressed content" if compressed else "file"
 
-    if not compressed:
-        # The file size is known: check the header against it before reading anything big.
+    # Everything the header promises is checked against what the file can hold before anything
+    # big is read or decompressed.
+    if payload > max_bytes:
+        raise DataError(f"{path}: {promise}, over the limit of {max_bytes} bytes for an IDX file "
+                        f"(a corrupt header or a decompression bomb; read_idx(max_bytes=...) raises the limit)")
+    if compressed and header_len + payload > _GZIP_MAX_RATIO * file_size + 1024:
+        raise DataError(f"{path}: {promise}, but a gzip file of {file_size} bytes holds at most "
+                        f"{_GZIP_MAX_RATIO} times that (a corrupt header or a decompression bomb)")
+    if not compressed and file_size - header_len != payload:
         actual = file_size - header_len
-        if actual != payload:
-            kind = "truncated" if actual < payload else "has trailing bytes"
-            raise DataError(
-                f"{path}: header declares {shape_txt} {dtype.name} values = {payload} payload bytes, "
-                f"but the file holds {actual} bytes after the {header_len}-byte header ({kind})"
-            )
+        kind = "truncated" if actual < payload else "has trailing bytes"
+        raise DataError(f"{path}: {promise}, but the file holds {actual} bytes after the "
+                        f"{header_len}-byte header ({kind})")
     if md5 is not None:
         md5.update(head)
         md5.update(dim_bytes)
 
-    # Read in chunks up to the declared size: memory grows only with data actually present,
-    # so a corrupt header claiming terabytes cannot make us allocate them.
+    # Read in chunks up to the declared size: memory grows only with data actually present.
     buf = bytearray()
     while len(buf) < payload:
         chunk = f.read(min(_CHUNK, payload - len(buf)))
@@ -262,16 +291,9 @@ def _read_idx_stream(path: Path, f, md5, file_size: Optional[int]) -> np.ndarray
             break
         buf += chunk
     if len(buf) < payload:
-        raise DataError(
-            f"{path}: header declares {shape_txt} {dtype.name} values = {payload} payload bytes, "
-            f"but the {'decompressed content' if compressed else 'file'} ends after {len(buf)} (truncated)"
-        )
-    extra = f.read(1)  # for gzip this also reaches the end of stream, which checks the CRC
-    if extra:
-        raise DataError(
-            f"{path}: header declares {shape_txt} {dtype.name} values = {payload} payload bytes, "
-            f"but the {'decompressed content' if compressed else 'file'} continues past them (trailing bytes)"
-        )
+        raise DataError(f"{path}: {promise}, but the {what} ends after {len(buf)} (truncated)")
+    if f.read(1):  # for gzip this also reaches the end of stream, which checks the CRC
+        raise DataError(f"{path}: {promise}, but the {what} continues past them (trailing bytes)")
     if md5 is not None:
         md5.update(buf)
     try:
@@ -285,18 +307,39 @@ def _read_idx_stream(path: Path, f, md5, file_size: Optional[int]) -> np.ndarray
     return arr
 
 
-def read_idx(path: PathLike) -> np.ndarray:
+def _gzip_damage(path: Path) -> Optional[str]:
+    """What is wrong with the gzip layer of ``path`` (bad deflate data, CRC or length mismatch,
+    cut short), or None when its first :data:`_MAX_GZIP_SCAN` decompressed bytes and, if it
+    ends there, its CRC are fine. Reads in chunks and keeps nothing."""
+    try:
+        with gzip.open(path, "rb") as f:
+            done = 0
+            while done <= _MAX_GZIP_SCAN:
+                chunk = f.read(_CHUNK)
+                if not chunk:
+                    return None
+                done += len(chunk)
+    except (gzip.BadGzipFile, zlib.error, EOFError) as e:
+        return str(e) or type(e).__name__
+    except OSError:
+        return None  # unreadable: the caller's own message stands
+    return None
+
+
+def read_idx(path: PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read an IDX file (gzip-compressed or raw, detected by magic bytes) into a numpy array.
 
     Supports type codes 0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32 and
     0x0E float64 (big-endian on disk, returned in native byte order; the array is writable).
-    The product of the header dimensions must equal the payload size exactly.
+    The product of the header dimensions must equal the payload size exactly, and be at most
+    ``max_bytes`` (default :data:`MAX_IDX_BYTES`, 1 GiB).
 
     Raises:
         DataError: missing file, bad magic, unsupported type code, truncated or trailing
-            data, or a corrupt gzip stream (CRC error, unexpected end of stream).
+            data, a header promising more than ``max_bytes`` or than its gzip file can hold,
+            or a corrupt gzip stream (CRC error, bad deflate data, unexpected end of stream).
     """
-    return _read_idx(path)[0]
+    return _read_idx(path, max_bytes=max_bytes)[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -389,6 +432,45 @@ def verify_file(path: PathLike) -> Optional[str]:
     path = Path(path)
     _, content_md5 = _read_idx(path, want_md5=True)
     return _verify_loaded(path, content_md5, _read_md5sums(path.parent))
+
+
+# --------------------------------------------------------------------------------------
+# Writing files atomically (downloads here, checkpoints and metrics in lenet5_fast.checkpoint)
+# --------------------------------------------------------------------------------------
+
+
+def _create_temp(path: Path) -> Tuple[int, Path]:
+    """A new, empty temporary file next to ``path`` (``.NAME.XXXXXXXX.tmp``), opened for writing,
+    with the permissions any new file gets (0666 less the umask: ``tempfile.mkstemp`` would
+    make it 0600, and the rename would keep that)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file next to {path}")
+
+
+def atomic_write_bytes(path: PathLike, write) -> None:
+    """Calls ``write(file)`` on a temporary file next to ``path``, fsyncs, then renames it over
+    ``path``. On any error the temporary file is removed and ``path`` is untouched. The file
+    gets the permissions of any new file (the umask's)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 # --------------------------------------------------------------------------------------
@@ -503,48 +585,44 @@ def _existing_dataset(target: Path, want_md5: str) -> Optional[str]:
         return None
 
 
+class _DownloadRefused(Exception):
+    """The server's answer is not the file (too large, wrong md5)."""
+
+
 def _download_one(url: str, target: Path, want_md5: str, timeout: float,
                   max_bytes: int = _MAX_DOWNLOAD_BYTES) -> Optional[str]:
     """Fetch ``url`` into ``target`` atomically; return None on success or an error string."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
+
+    def fetch(out) -> None:
         h = hashlib.md5()
         size = 0
-        try:
-            req = urllib.request.Request(url, headers={"User-Agent": "lenet5_fast"})
-            with urllib.request.urlopen(req, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
-                fd = -1
-                while True:
-                    chunk = resp.read(_CHUNK)
-                    if not chunk:
-                        break
-                    size += len(chunk)
-                    if size > max_bytes:
-                        return f"response larger than {max_bytes} bytes, not the expected file"
-                    h.update(chunk)
-                    out.write(chunk)
-        except urllib.error.HTTPError as e:
-            return f"HTTP {e.code} {e.reason}"
-        except urllib.error.URLError as e:
-            return f"cannot connect ({e.reason})"
-        except (socket.timeout, TimeoutError) as e:
-            return f"timed out after {timeout} s ({e})"
-        except (OSError, http.client.HTTPException) as e:
-            return f"{type(e).__name__}: {e}"
-        got = h.hexdigest()
-        if got != want_md5:
-            return f"md5 mismatch: got {got} ({size} bytes), expected {want_md5}"
-        os.replace(tmp, target)
-        return None
-    finally:
-        if fd != -1:
-            os.close(fd)
-        if tmp.exists():
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+        req = urllib.request.Request(url, headers={"User-Agent": "lenet5_fast"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            while True:
+                chunk = resp.read(_CHUNK)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _DownloadRefused(f"response larger than {max_bytes} bytes, not the expected file")
+                h.update(chunk)
+                out.write(chunk)
+        if h.hexdigest() != want_md5:
+            raise _DownloadRefused(f"md5 mismatch: got {h.hexdigest()} ({size} bytes), expected {want_md5}")
+
+    try:
+        atomic_write_bytes(target, fetch)  # a temporary file, renamed only once its md5 is right
+    except _DownloadRefused as e:
+        return str(e)
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code} {e.reason}"
+    except urllib.error.URLError as e:
+        return f"cannot connect ({e.reason})"
+    except (socket.timeout, TimeoutError) as e:
+        return f"timed out after {timeout} s ({e})"
+    except (OSError, http.client.HTTPException) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 # --------------------------------------------------------------------------------------

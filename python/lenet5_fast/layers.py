@@ -15,6 +15,7 @@ feeds (LeCun et al. 1998, section II and appendix C). Each layer
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -38,6 +39,17 @@ PAPER_C3_TABLE: Tuple[Tuple[int, ...], ...] = tuple(
 # What backward_terms returns: the input's term (None when not asked for) and (parameter, term)
 # pairs for the layer's trainable parameters.
 Terms = Tuple[Optional[Tensor], Tuple[Tuple[Tensor, Tensor], ...]]
+
+
+def _count(layer: str, name: str, v) -> int:
+    """A constructor's size argument: an int >= 1 (a layer of 0 maps or features has no fan-in)."""
+    try:
+        n = operator.index(v)  # ints, numpy ints; not floats
+    except TypeError:
+        n = None
+    if isinstance(v, bool) or n is None or n < 1:
+        raise ValueError(f"{layer}: {name} must be an int >= 1, got {v!r}")
+    return n
 
 
 def _uniform_fan_in_(t: Tensor, fan_in: float) -> None:
@@ -94,7 +106,7 @@ class Convolution(_Layer):
 
     def __init__(self, in_maps: int, out_maps: int, activation="scaled_tanh"):
         super().__init__()
-        self.in_maps, self.out_maps = int(in_maps), int(out_maps)
+        self.in_maps, self.out_maps = _count("Convolution", "in_maps", in_maps), _count("Convolution", "out_maps", out_maps)
         self.act = ops.activation_code(activation)
         self.weight = nn.Parameter(torch.empty(self.out_maps, self.in_maps, 5, 5))
         self.bias = nn.Parameter(torch.empty(self.out_maps))
@@ -136,7 +148,7 @@ class SparseConvolution(_Layer):
                  activation="scaled_tanh"):
         super().__init__()
         table = PAPER_C3_TABLE if table is None else table
-        self.in_maps = int(in_maps)
+        self.in_maps = _count("SparseConvolution", "in_maps", in_maps)
         offsets, inputs = ops.connection_table_to_csr(table, self.in_maps)
         self.out_maps = offsets.numel() - 1
         self.act = ops.activation_code(activation)
@@ -194,7 +206,7 @@ class Subsampling(_Layer):
 
     def __init__(self, maps: int, activation="scaled_tanh"):
         super().__init__()
-        self.maps = int(maps)
+        self.maps = _count("Subsampling", "maps", maps)
         self.act = ops.activation_code(activation)
         self.coef = nn.Parameter(torch.empty(self.maps))
         self.bias = nn.Parameter(torch.empty(self.maps))
@@ -261,7 +273,8 @@ class FullConnection(_Layer):
 
     def __init__(self, in_features: int, out_features: int, activation="scaled_tanh"):
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = _count("FullConnection", "in_features", in_features)
+        self.out_features = _count("FullConnection", "out_features", out_features)
         self.act = ops.activation_code(activation)
         self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features))
         self.bias = nn.Parameter(torch.empty(self.out_features))
@@ -294,6 +307,8 @@ class EuclideanRBF(_Layer):
     def __init__(self, in_features: int = 84, out_features: int = 10, weight: Optional[Tensor] = None,
                  trainable: bool = False):
         super().__init__()
+        _count("EuclideanRBF", "in_features", in_features)
+        _count("EuclideanRBF", "out_features", out_features)
         if weight is None:
             if (in_features, out_features) != (84, 10):
                 raise ValueError("EuclideanRBF: give `weight` unless the layer is the paper's 84 -> 10")

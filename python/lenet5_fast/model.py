@@ -39,8 +39,19 @@ GEOMETRY = dict(_C.geometry)
 def map_loss(y: Tensor, target: Tensor, j: float = DEFAULT_MAP_J, reduction: str = "mean") -> Tensor:
     """The paper's MAP criterion (eq. 9) for RBF outputs y[N,10] (distances, smaller = better):
     E = y_correct + log(exp(-j) + sum_i exp(-y_i))."""
-    if y.dim() != 2:
-        raise ValueError(f"map_loss: outputs must be [N, classes], got shape {tuple(y.shape)}")
+    if not isinstance(y, Tensor) or y.dim() != 2:
+        raise ValueError(f"map_loss: outputs must be a [N, classes] tensor, got "
+                         f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
+    if not isinstance(target, Tensor) or target.dtype.is_floating_point or target.dtype.is_complex \
+            or target.dtype == torch.bool:
+        raise TypeError(f"map_loss: target must be a tensor of integer class indices, got "
+                        f"{target.dtype if isinstance(target, Tensor) else type(target).__name__}")
+    if target.shape != (y.shape[0],):
+        raise ValueError(f"map_loss: target must have shape [{y.shape[0]}] (one class per output row), "
+                         f"got {tuple(target.shape)}")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= y.shape[1]):
+        raise ValueError(f"map_loss: target classes must be in 0..{y.shape[1] - 1}, got "
+                         f"{int(target.min())}..{int(target.max())}")
     target = target.to(device=y.device, dtype=torch.long)
     correct = y.gather(1, target.view(-1, 1)).squeeze(1)
     j_col = torch.full_like(y[:, :1], -float(j))
@@ -154,12 +165,19 @@ class LeNet5(nn.Module):
 
 def summary(model: nn.Module, input_size: int = GEOMETRY["input"]) -> dict:
     """Per-layer maps, size, trainable parameters and connections, computed from the model."""
+    if not all(hasattr(model, n) for n in ("in_channels", *LAYER_NAMES)):
+        raise TypeError(f"summary: the model must be a lenet5_fast.LeNet5, got {type(model).__name__}")
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise ValueError(f"summary: input_size must be an int >= 1, got {input_size!r}")
     shape = (model.in_channels, input_size, input_size)
     rows = []
     for name in LAYER_NAMES:
         layer = getattr(model, name)
         d = layer.describe(shape)
         shape = d.pop("out_shape")
+        if min(shape) < 1:
+            raise ValueError(f"summary: a {input_size}x{input_size} input is too small for the network: "
+                             f"{name.upper()} would output {'x'.join(map(str, shape))} (32x32 is the paper's)")
         rows.append(dict(name=name.upper() if name != "output" else "output", kind=type(layer).__name__, **d))
     return dict(
         variant=getattr(model, "variant", "?"),
