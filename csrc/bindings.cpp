@@ -69,6 +69,27 @@ cpu::ClassicNet classic_net(const std::vector<Addr>& params, Addr codes, Addr of
   return net;
 }
 
+// The batched network (fused_batch.cpp) from the bindings' arguments; the variant, sizes and
+// table are checked in C++ (std::invalid_argument, ValueError in Python).
+cpu::BatchNet batch_net(int variant, int in_channels, int classes, const std::vector<Addr>& params, Addr codes,
+                        Addr offsets, Addr inputs) {
+  if (variant != 0 && variant != 1)
+    throw std::invalid_argument("lenet5_batch: variant must be 0 (classic) or 1 (modern), got " + std::to_string(variant));
+  cpu::BatchNet net{};
+  net.variant = static_cast<cpu::Variant>(variant);
+  net.in_channels = in_channels;
+  net.classes = classes;
+  const size_t np = static_cast<size_t>(cpu::batch_net_params(net));
+  if (params.size() != np)
+    throw std::invalid_argument("lenet5_batch: expected " + std::to_string(np) + " parameter addresses, got " +
+                                std::to_string(params.size()));
+  for (size_t i = 0; i < np; ++i) net.param[i] = P<const float>(params[i]);
+  net.codes = P<const float>(codes);
+  net.c3_offsets = I(offsets);
+  net.c3_inputs = I(inputs);
+  return net;
+}
+
 // The op shape structs, built from the tensors' shapes (torch.Size tuples): the input's and the
 // output's, which must agree (so a pointer is never handed over with a size it does not have).
 using Shape4 = std::array<int64_t, 4>;
@@ -245,6 +266,34 @@ PYBIND11_MODULE(_C, m) {
     const std::vector<float*> g = float_ptrs(grads, "grads");
     py::gil_scoped_release no_gil;
     cpu::lenet5_sample_backward(net, P<const float>(saved), P<const float>(grad_out), N, g.data());
+  });
+  // The whole network, batched, images in lanes (float32 CPU only). params: the trainable
+  // tensors' addresses in model.parameters() order (12 classic, 10 modern); codes / offsets /
+  // inputs: 0 for the modern variant; grads: addresses in the same order as params.
+  m.def("lenet5_batch_saved_floats", [](int variant, int in_channels, int classes, const std::vector<Addr>& params,
+                                        Addr codes, Addr offsets, Addr inputs, int64_t N) {
+    return cpu::lenet5_batch_saved_floats(batch_net(variant, in_channels, classes, params, codes, offsets, inputs), N);
+  }, "Floats lenet5_batch_forward's saved buffer needs for N images (64-byte aligned)");
+  m.def("lenet5_batch_forward", [](int variant, int in_channels, int classes, const std::vector<Addr>& params,
+                                   Addr codes, Addr offsets, Addr inputs, Addr x, Addr out, Addr saved, int64_t N,
+                                   int nthreads) {
+    const cpu::BatchNet net = batch_net(variant, in_channels, classes, params, codes, offsets, inputs);
+    py::gil_scoped_release no_gil;
+    cpu::lenet5_batch_forward(net, P<const float>(x), P<float>(out), P<float>(saved), N, nthreads);
+  });
+  m.def("lenet5_batch_backward", [](int variant, int in_channels, int classes, const std::vector<Addr>& params,
+                                    Addr codes, Addr offsets, Addr inputs, Addr x, Addr saved, Addr grad_out,
+                                    int64_t N, const std::vector<Addr>& grads, Addr grad_x, int nthreads) {
+    const cpu::BatchNet net = batch_net(variant, in_channels, classes, params, codes, offsets, inputs);
+    const int np = cpu::batch_net_params(net);
+    if (grads.size() != static_cast<size_t>(np))
+      throw std::invalid_argument("lenet5_batch_backward: expected " + std::to_string(np) + " gradient addresses, got " +
+                                  std::to_string(grads.size()));
+    std::vector<float*> g(grads.size());
+    for (size_t i = 0; i < grads.size(); ++i) g[i] = P<float>(grads[i]);
+    py::gil_scoped_release no_gil;
+    cpu::lenet5_batch_backward(net, P<const float>(x), P<const float>(saved), P<const float>(grad_out), N, g.data(),
+                               P<float>(grad_x), nthreads);
   });
   m.def("classic_param_size", &cpu::classic_param_size);
   {

@@ -116,6 +116,49 @@ void lenet5_sdlm_hessian(const ClassicNet& net, const float* x, const int64_t* l
 void lenet5_sdlm_pass(const ClassicNet& net, const float* x, const int64_t* labels, int64_t N,
                       const int64_t* order, int64_t n, double map_j, const float* const* steps,
                       double* sum_loss, int64_t* errors);
+
+// ---- The whole network, batched, images in the SIMD lanes (fused_batch.cpp), float32 only ----
+// For training at batch >= 16: a tile of L images (L = 16 AVX-512, 8 AVX2, 4 portable) runs
+// together, every activation stored [channel][row][col][lane]. Images x[N, in_channels, 32, 32];
+// every tensor contiguous.
+//  kClassic: C1 Cin->6, S2 trainable subsampling, C3 through a CSR table (16 maps, 1..96
+//            kernels, inputs in [0, 6)), S4, C5 400->120, F6 120->84, all scaled tanh; output
+//            the Euclidean RBF distances to fixed codes [10, 84]: out_i = sum_j (x_j - c_ij)^2.
+//  kModern:  C1 Cin->6 ReLU, 2x2 max-pool, C3 full 6->16 ReLU, max-pool, C5 400->120 ReLU,
+//            F6 120->84 ReLU, output FullConnection 84->classes, identity (logits).
+enum class Variant : int { kClassic = 0, kModern = 1 };
+struct BatchNet {
+  Variant variant;
+  int in_channels;         // C1's input maps, 1..8
+  int classes;             // output units: 10 for classic; modern 1..1024
+  const float* param[12];  // trainable tensors in model.parameters() order:
+  //   classic: c1.weight[6,Cin,5,5] c1.bias[6] s2.coef[6] s2.bias[6] c3.weight[K,5,5] c3.bias[16]
+  //            s4.coef[16] s4.bias[16] c5.weight[120,16,5,5] c5.bias[120] f6.weight[84,120] f6.bias[84]
+  //   modern:  c1.weight[6,Cin,5,5] c1.bias[6] c3.weight[16,6,5,5] c3.bias[16] c5.weight[120,16,5,5]
+  //            c5.bias[120] f6.weight[84,120] f6.bias[84] output.weight[classes,84] output.bias[classes]
+  //            (10 used, the rest null)
+  const float* codes;                       // classic: RBF codes [10, 84]; modern: null
+  const int32_t *c3_offsets, *c3_inputs;    // classic: CSR table ([17], [K]); modern: null
+};
+// Trainable tensors: 12 (classic) or 10 (modern).
+int batch_net_params(const BatchNet& net);
+// Floats in trainable tensor p (0 outside [0, batch_net_params)).
+int64_t batch_param_size(const BatchNet& net, int p);
+// Floats of the `saved` buffer lenet5_batch_forward fills for N images (any SIMD level).
+int64_t lenet5_batch_saved_floats(const BatchNet& net, int64_t N);
+// out[N, classes]. When saved is not null it also receives everything backward needs (a
+// 64-byte aligned buffer of lenet5_batch_saved_floats floats; std::invalid_argument otherwise).
+// Threaded over tiles of L images.
+void lenet5_batch_forward(const BatchNet& net, const float* x, float* out, float* saved, int64_t N,
+                          int nthreads);
+// grads[p] (batch_net_params buffers shaped like the parameters) are OVERWRITTEN with
+// d(sum_ij grad_out[i, j] out[i, j]) / dparam; grad_x (null: not computed) [N, Cin, 32, 32]
+// OVERWRITTEN with the input gradient. x and the weights are those of the forward that wrote
+// `saved`, at the same SIMD level (checked: std::invalid_argument). Threaded over a fixed
+// partition of the tiles into slices summed in order: bitwise identical for any nthreads.
+void lenet5_batch_backward(const BatchNet& net, const float* x, const float* saved, const float* grad_out,
+                           int64_t N, float* const* grads, float* grad_x, int nthreads);
+
 // The kernel family (portable, AVX2, AVX-512) is chosen at run time for all CPU code: cpu/simd.h.
 
 }  // namespace cpu

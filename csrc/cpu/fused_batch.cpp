@@ -1,0 +1,836 @@
+// fused_batch.cpp — the whole LeNet-5 (classic or modern) for training at batch >= 16, with the
+// images in the SIMD lanes: forward (saving what backward needs) and backward (parameter
+// gradients, optionally the input gradient) in one native call each. float32, CPU.
+// (fused_sample.cpp is the other engine: one image at a time, vectorised within the image.)
+//
+// Networks (sizes from lenet5.h's geometry; weights used in the model's own layout):
+//   classic: C1 Cin->6, S2 (trainable 2x2 subsampling), C3 through a CSR table (16 maps, at most
+//            96 kernels), S4, C5 400->120, F6 120->84, all scaled-tanh, then the Euclidean RBF
+//            over fixed codes [10, 84] (out_i = sum_j (y_j - c_ij)^2).
+//   modern:  C1 Cin->6 ReLU, 2x2 max-pool, C3 full 6->16 ReLU (run as the full table: kernel
+//            k = 6 o + c, so its weight [16,6,5,5] is the table's [96,5,5]), max-pool, C5 ReLU,
+//            F6 ReLU, output FullConnection 84->classes, identity (logits).
+//
+// Layout ("images in lanes"): a tile of L images (L = the vector width: 16 AVX-512, 8 AVX2,
+// 4 portable) is processed together, and every activation is stored [channel][row][col][lane]:
+// each multiply-add is a broadcast weight times a vector of L images. No shuffles, no
+// alignment tricks, the same code for every layer shape. A tail tile (N not a multiple of L)
+// has its missing lanes zero in the input and in grad_out: they reach no output and add
+// exact zeros to every gradient (0 times a finite number).
+//
+// Saved buffer (the caller's, 64-byte aligned): a 16-float header (magic, L, variant, N), then
+// per tile Y1 [6][28][28], Y2 [6][14][14], Y3 [16][10][10], Y4 [400], Y5 [120], Y6 [84], each
+// element a vector of L lanes (8084 L floats, a whole number of cache lines). The input is not
+// saved: backward re-reads x. Its size is computed for 16 lanes, so it fits every family;
+// backward refuses a buffer written at another lane count.
+//
+// Tricks:
+//  * Register blocking. Convolutions run an output row segment of CB columns in registers: per
+//    (input map, ky) the CB + 4 input vectors are loaded once and each of the 5 weights of the
+//    kernel row is broadcast once for CB FMAs (C1: 14 columns, C3: 10, at 16 lanes). The input
+//    gradient is the same loop on zero-padded gradient rows (4 zero columns each side), so
+//    there are no edge cases; weight terms pair each gradient row with its input row, even and
+//    odd rows in separate accumulators (10 FMA chains), one lane-sum per tap and tile.
+//  * Fully connected weight gradients are small GEMMs over the lanes: per tile the gradient
+//    and the input are transposed to [lane][unit], and dW[u][j] += sum_n ga[n][u] x[n][j] runs
+//    4 units x up to 4 vectors of j in registers (no horizontal sums: a lane sum per weight would
+//    cost more than the weight's one FMA).
+//  * Threads: forward over tiles; backward over a fixed partition of the tiles into slices
+//    (parallel.h's batch_slices), each slice its own accumulator, tiles summed in order within
+//    a slice, slices in order: bitwise identical results for any thread count.
+//  * Activations from activations.h only (float32 rational tanh, ReLU with torch's NaN rule);
+//    derivatives from the outputs. Max-pool backward routes to the first maximum in row-major
+//    order (NaN: the first NaN; none equal: the first element), as cpu/maxpool2x2.cpp.
+//  * Vectors are vec.h's generic vf<L>, instantiated inside __attribute__((target(...),
+//    flatten)) entry points picked from current_isa(); kAvx2Wide runs the 16-lane code on AVX2.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/parallel.h"
+#include "cpu/simd.h"
+#include "cpu/vec.h"
+#include "lenet5.h"
+
+namespace lenet5 {
+namespace cpu {
+namespace {
+using namespace vec;
+
+// =============================================================================================
+// Geometry and memory layout
+
+constexpr int kK = geometry::kKernel, kTaps = kK * kK;
+constexpr int kIn = geometry::kInput;
+constexpr int kM1 = geometry::kC1Maps, kC1 = geometry::kC1Size, kS2 = geometry::kS2Size;
+constexpr int kM3 = geometry::kC3Maps, kC3 = geometry::kC3Size, kS4 = geometry::kS4Size;
+constexpr int kMaxK3 = geometry::kC3MaxKernels;
+constexpr int kIn5 = geometry::kC5Inputs, kU5 = geometry::kC5Units, kU6 = geometry::kF6Units;
+constexpr int kRbf = geometry::kClasses;
+constexpr int kMaxIn = 8, kMaxClasses = 1024;
+constexpr int kGP = 4;                 // zero columns each side of a padded gradient row
+constexpr int kG1W = kC1 + 2 * kGP;    // padded C1 gradient row
+constexpr int kG3W = kC3 + 2 * kGP;    // padded C3 gradient row
+static_assert(kC1 == kIn - kK + 1 && kS2 * 2 == kC1 && kC3 == kS2 - kK + 1 && kS4 * 2 == kC3 &&
+              kIn5 == kM3 * kS4 * kS4 && kGP == kK - 1, "the layout below is laid out for LeNet-5's sizes");
+
+// Saved vectors per tile.
+constexpr int kY1 = kM1 * kC1 * kC1, kY2 = kM1 * kS2 * kS2, kY3 = kM3 * kC3 * kC3;
+constexpr int kTileVecs = kY1 + kY2 + kY3 + kIn5 + kU5 + kU6;
+constexpr int kHeader = 16;            // floats before the first tile
+constexpr int kMaxL = 16;
+constexpr int32_t kMagic = 0x4C354254;
+
+constexpr int round_up(int n, int m) { return (n + m - 1) / m * m; }
+
+// Parameter roles (the public param[] index differs between variants).
+enum Role : int { kW1, kB1, kC2, kB2, kW3, kB3, kC4, kB4, kW5, kB5, kW6, kB6, kWO, kBO, kRoles };
+constexpr Role kClassicRoles[12] = {kW1, kB1, kC2, kB2, kW3, kB3, kC4, kB4, kW5, kB5, kW6, kB6};
+constexpr Role kModernRoles[10] = {kW1, kB1, kW3, kB3, kW5, kB5, kW6, kB6, kWO, kBO};
+
+// The network as the kernels read it: weights by role, the C3 table in the forms walked.
+struct Net {
+  bool classic;
+  int cin, classes, K;
+  const float* w[kRoles];
+  const float* codes;
+  int off[kM3 + 1], inp[kMaxK3], out_of[kMaxK3];
+  int by_in[kM1][kMaxK3], n_by_in[kM1];
+  // Accumulator layout (floats): role r at acc_off[r]; fully connected weights have padded rows
+  // [round_up(U, 4)][round_up(J, 16)] for the lane GEMMs.
+  int64_t acc_off[kRoles + 1];
+  int fc_upad[kRoles], fc_jpad[kRoles];
+};
+
+Role role_of(bool classic, int p) { return classic ? kClassicRoles[p] : kModernRoles[p]; }
+int nparams(bool classic) { return classic ? 12 : 10; }
+
+// Floats of the tensor with role r.
+int64_t role_size(const Net& n, int r) {
+  switch (r) {
+    case kW1: return int64_t(kM1) * n.cin * kTaps;
+    case kB1: return kM1;
+    case kC2: case kB2: return n.classic ? kM1 : 0;
+    case kW3: return int64_t(n.K) * kTaps;
+    case kB3: return kM3;
+    case kC4: case kB4: return n.classic ? kM3 : 0;
+    case kW5: return int64_t(kU5) * kIn5;
+    case kB5: return kU5;
+    case kW6: return int64_t(kU6) * kU5;
+    case kB6: return kU6;
+    case kWO: return n.classic ? 0 : int64_t(n.classes) * kU6;
+    case kBO: return n.classic ? 0 : n.classes;
+    default: return 0;
+  }
+}
+
+[[noreturn]] void bad(const std::string& fn, const std::string& what) {
+  throw std::invalid_argument(fn + ": " + what);
+}
+
+// Checks what is cheap to check and resolves the network (throws std::invalid_argument).
+Net resolve(const BatchNet& b, const char* fn, bool need_params = true) {
+  Net n{};
+  const int v = static_cast<int>(b.variant);
+  if (v != static_cast<int>(Variant::kClassic) && v != static_cast<int>(Variant::kModern))
+    bad(fn, "variant must be 0 (classic) or 1 (modern), got " + std::to_string(v));
+  n.classic = b.variant == Variant::kClassic;
+  if (b.in_channels < 1 || b.in_channels > kMaxIn)
+    bad(fn, "in_channels must be in [1, " + std::to_string(kMaxIn) + "], got " + std::to_string(b.in_channels));
+  n.cin = b.in_channels;
+  if (n.classic ? b.classes != kRbf : (b.classes < 1 || b.classes > kMaxClasses))
+    bad(fn, n.classic ? "the classic variant has " + std::to_string(kRbf) + " classes, got " + std::to_string(b.classes)
+                      : "classes must be in [1, " + std::to_string(kMaxClasses) + "], got " + std::to_string(b.classes));
+  n.classes = b.classes;
+  if (n.classic) {
+    if (!b.c3_offsets || !b.c3_inputs) bad(fn, "missing C3 table");
+    if (b.c3_offsets[0] != 0) bad(fn, "C3 table offsets must start at 0");
+    for (int o = 0; o < kM3; ++o)
+      if (b.c3_offsets[o + 1] < b.c3_offsets[o] || b.c3_offsets[o + 1] > kMaxK3)
+        bad(fn, "C3 table offsets must rise within [0, " + std::to_string(kMaxK3) + "]");
+    n.K = b.c3_offsets[kM3];
+    if (n.K < 1) bad(fn, "C3 table has no kernels");
+    for (int o = 0; o <= kM3; ++o) n.off[o] = b.c3_offsets[o];
+    for (int k = 0; k < n.K; ++k) {
+      const int c = b.c3_inputs[k];
+      if (c < 0 || c >= kM1)
+        bad(fn, "C3 table input " + std::to_string(c) + " outside [0, " + std::to_string(kM1) + ")");
+      n.inp[k] = c;
+    }
+    if (!b.codes && need_params) bad(fn, "missing RBF codes");
+  } else {
+    n.K = kM3 * kM1;
+    for (int o = 0; o <= kM3; ++o) n.off[o] = o * kM1;
+    for (int k = 0; k < n.K; ++k) n.inp[k] = k % kM1;
+  }
+  n.codes = b.codes;
+  std::fill(n.n_by_in, n.n_by_in + kM1, 0);
+  for (int o = 0; o < kM3; ++o)
+    for (int k = n.off[o]; k < n.off[o + 1]; ++k) {
+      n.out_of[k] = o;
+      n.by_in[n.inp[k]][n.n_by_in[n.inp[k]]++] = k;
+    }
+  for (int p = 0; p < nparams(n.classic); ++p) {
+    if (!b.param[p] && need_params) bad(fn, "missing parameter " + std::to_string(p));
+    n.w[role_of(n.classic, p)] = b.param[p];
+  }
+  n.acc_off[0] = 0;
+  for (int r = 0; r < kRoles; ++r) {
+    n.fc_upad[r] = n.fc_jpad[r] = 0;
+    int64_t size = role_size(n, r);
+    if (size > 0 && (r == kW5 || r == kW6 || r == kWO)) {
+      const int U = r == kW5 ? kU5 : r == kW6 ? kU6 : n.classes, J = r == kW5 ? kIn5 : r == kW6 ? kU5 : kU6;
+      n.fc_upad[r] = round_up(U, 4);
+      n.fc_jpad[r] = round_up(J, kMaxL);
+      size = int64_t(n.fc_upad[r]) * n.fc_jpad[r];
+    }
+    n.acc_off[r + 1] = n.acc_off[r] + round_up(static_cast<int>(size), 16);
+  }
+  return n;
+}
+
+// Per-thread scratch, reused across calls (grown when needed, 64-byte aligned).
+float* thread_buffer(int64_t floats) {
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < floats + 16) buf.assign(floats + 16, 0.0f);
+  const uintptr_t a = reinterpret_cast<uintptr_t>(buf.data());
+  return buf.data() + ((64 - a % 64) % 64) / sizeof(float);
+}
+
+// =============================================================================================
+// Small helpers
+
+template <bool C> constexpr int kHidden = C ? kScaledTanh : kRelu;  // hidden layers' activation
+
+template <int L> LENET5_INLINE vf<L> zero() { return vf<L>{}; }
+template <int L> LENET5_INLINE vi<L> is_nan(const vf<L>& x) { return x != x; }
+
+// The tile's saved activations.
+template <int L> struct Saved {
+  float *Y1, *Y2, *Y3, *Y4, *Y5, *Y6;
+  explicit Saved(float* s)
+      : Y1(s), Y2(Y1 + kY1 * L), Y3(Y2 + kY2 * L), Y4(Y3 + kY3 * L), Y5(Y4 + kIn5 * L), Y6(Y5 + kU5 * L) {}
+};
+
+// A[r][lane] (R rows of L) -> T[lane][ld] (zeros in rows' columns [R, ld)).
+template <int L> LENET5_INLINE void transpose_rows(const float* A, int R, float* T, int ld) {
+  for (int n = 0; n < L; ++n) {
+    float* t = T + int64_t(n) * ld;
+    for (int r = 0; r < R; ++r) t[r] = A[int64_t(r) * L + n];
+    for (int r = R; r < ld; ++r) t[r] = 0.0f;
+  }
+}
+
+// Images [base, base + valid) of x[N, cin, 32, 32] into lanes: X[cin][32][32][L], zeros in
+// the missing lanes.
+template <int L> LENET5_INLINE void load_tile(const float* x, int cin, int valid, float* X) {
+  constexpr int P = kIn * kIn;
+  const int total = cin * P;
+  if (valid < L) std::memset(X, 0, sizeof(float) * total * L);
+  for (int n = 0; n < valid; ++n) {
+    const float* src = x + int64_t(n) * total;
+    for (int p = 0; p < total; ++p) X[int64_t(p) * L + n] = src[p];
+  }
+}
+
+// acc[c] += sum_kx w[kx] * x[c + kx], c < CB (x: CB + 4 vectors of an input row).
+template <int L, int CB> LENET5_INLINE void row_taps(vf<L>* acc, const float* x, const float* w) {
+  vf<L> xv[CB + kK - 1];
+#pragma GCC unroll 32
+  for (int i = 0; i < CB + kK - 1; ++i) xv[i] = load<L>(x + i * L);
+#pragma GCC unroll 5
+  for (int kx = 0; kx < kK; ++kx) {
+    const vf<L> wv = splat<L>(w[kx]);
+#pragma GCC unroll 32
+    for (int c = 0; c < CB; ++c) acc[c] += wv * xv[c + kx];
+  }
+}
+// The input gradient's mirror image: acc[c] += sum_kx w[kx] * g[c + 4 - kx], g: CB + 4 vectors of
+// a zero-padded gradient row (g[i] is output column c0 + i - 4).
+template <int L, int CB> LENET5_INLINE void row_taps_back(vf<L>* acc, const float* g, const float* w) {
+  vf<L> gv[CB + kK - 1];
+#pragma GCC unroll 32
+  for (int i = 0; i < CB + kK - 1; ++i) gv[i] = load<L>(g + i * L);
+#pragma GCC unroll 5
+  for (int kx = 0; kx < kK; ++kx) {
+    const vf<L> wv = splat<L>(w[kx]);
+#pragma GCC unroll 32
+    for (int c = 0; c < CB; ++c) acc[c] += wv * gv[c + kK - 1 - kx];
+  }
+}
+// Weight terms of one kernel row ky: acc[r & 1][kx] += sum_c g[r][c] * x[r + ky][c + kx] over
+// the OW columns of one output row r.
+template <int L, int OW> LENET5_INLINE void row_weight_terms(vf<L>* acc, const float* g, const float* x) {
+#pragma GCC unroll 32
+  for (int c = 0; c < OW; ++c) {
+    const vf<L> gv = load<L>(g + c * L);
+#pragma GCC unroll 5
+    for (int kx = 0; kx < kK; ++kx) acc[kx] += gv * load<L>(x + (c + kx) * L);
+  }
+}
+
+// =============================================================================================
+// Convolutions (C1 and C3): y[o][r][c] = act(b[o] + sum over kernels k of o, ky, kx of
+// w[k][ky][kx] x[in(k)][r + ky][c + kx]). C1 is the dense case (kernel (o, c) = o Cin + c).
+
+template <int L, int ACT, int H, int CB, class KernelsOf>
+LENET5_INLINE void conv_forward(const float* X, int out_maps, const float* w, const float* b,
+                                KernelsOf kernels_of, float* Y) {
+  constexpr int W = H - kK + 1, IW = H;
+  static_assert(W % CB == 0, "column blocks");
+  for (int o = 0; o < out_maps; ++o) {
+    int k0, k1;
+    kernels_of(o, k0, k1);
+    for (int r = 0; r < W; ++r)
+      for (int c0 = 0; c0 < W; c0 += CB) {
+        vf<L> acc[CB];
+#pragma GCC unroll 32
+        for (int c = 0; c < CB; ++c) acc[c] = splat<L>(b[o]);
+        for (int k = k0; k < k1; ++k) {
+          const float* xm = X + int64_t(kernels_of.input(k)) * H * IW * L;
+#pragma GCC unroll 5
+          for (int ky = 0; ky < kK; ++ky)
+            row_taps<L, CB>(acc, xm + ((r + ky) * IW + c0) * L, w + (k * kK + ky) * kK);
+        }
+#pragma GCC unroll 32
+        for (int c = 0; c < CB; ++c) store<L>(Y + ((o * W + r) * W + c0 + c) * L, act::forward<ACT>(acc[c]));
+      }
+  }
+}
+
+// Kernel lists: C1 (dense, cin inputs per map) and C3 (the table).
+struct DenseKernels {
+  int cin;
+  LENET5_INLINE void operator()(int o, int& k0, int& k1) const { k0 = o * cin; k1 = k0 + cin; }
+  LENET5_INLINE int input(int k) const { return k % cin; }
+};
+struct TableKernels {
+  const Net* n;
+  LENET5_INLINE void operator()(int o, int& k0, int& k1) const { k0 = n->off[o]; k1 = n->off[o + 1]; }
+  LENET5_INLINE int input(int k) const { return n->inp[k]; }
+};
+
+// Weight and bias terms of a convolution from Gp = dE/da, padded rows [out][W][W + 8] (columns
+// shifted by 4): dw[k][ky][kx] += lane sums of sum_{r,c} g[r][c] x[in(k)][r + ky][c + kx].
+template <int L, int H, class KernelsOf>
+LENET5_INLINE void conv_param_terms(const float* X, int out_maps, const float* Gp, KernelsOf kernels_of,
+                                    float* dw, float* db) {
+  constexpr int W = H - kK + 1, GW = W + 2 * kGP;
+  for (int o = 0; o < out_maps; ++o) {
+    const float* g = Gp + int64_t(o) * W * GW * L;
+    vf<L> bs = zero<L>();
+    for (int r = 0; r < W; ++r)
+      for (int c = 0; c < W; ++c) bs += load<L>(g + (r * GW + kGP + c) * L);
+    db[o] += hsum<L>(bs);
+    int k0, k1;
+    kernels_of(o, k0, k1);
+    for (int k = k0; k < k1; ++k) {
+      const float* xm = X + int64_t(kernels_of.input(k)) * H * H * L;
+      for (int ky = 0; ky < kK; ++ky) {
+        vf<L> acc[2][kK];
+#pragma GCC unroll 5
+        for (int kx = 0; kx < kK; ++kx) acc[0][kx] = acc[1][kx] = zero<L>();
+        for (int r = 0; r < W; r += 2) {
+          row_weight_terms<L, W>(acc[0], g + (r * GW + kGP) * L, xm + (r + ky) * H * L);
+          row_weight_terms<L, W>(acc[1], g + ((r + 1) * GW + kGP) * L, xm + (r + 1 + ky) * H * L);
+        }
+#pragma GCC unroll 5
+        for (int kx = 0; kx < kK; ++kx) dw[(k * kK + ky) * kK + kx] += hsum<L>(acc[0][kx] + acc[1][kx]);
+      }
+    }
+  }
+}
+
+// Input gradient of a convolution: gx[c][q][col] = sum over kernels k reading c, ky, kx of
+// w[k][ky][kx] g[out(k)][q - ky][col - kx] (Gp's zero columns cover the column edges).
+template <int L, int H, int CB, class InputsOf>
+LENET5_INLINE void conv_input_grad(const float* Gp, int in_maps, const float* w, InputsOf inputs_of, float* GX) {
+  constexpr int W = H - kK + 1, GW = W + 2 * kGP;
+  static_assert(H % CB == 0, "column blocks");
+  for (int c = 0; c < in_maps; ++c) {
+    const int nk = inputs_of.count(c);
+    for (int q = 0; q < H; ++q)
+      for (int c0 = 0; c0 < H; c0 += CB) {
+        vf<L> acc[CB];
+#pragma GCC unroll 32
+        for (int i = 0; i < CB; ++i) acc[i] = zero<L>();
+        for (int j = 0; j < nk; ++j) {
+          const int k = inputs_of.kernel(c, j), o = inputs_of.output(k);
+          const float* g = Gp + int64_t(o) * W * GW * L;
+          const int ky0 = std::max(0, q - (W - 1)), ky1 = std::min(kK - 1, q);
+          for (int ky = ky0; ky <= ky1; ++ky)
+            row_taps_back<L, CB>(acc, g + ((q - ky) * GW + c0) * L, w + (k * kK + ky) * kK);
+        }
+#pragma GCC unroll 32
+        for (int i = 0; i < CB; ++i) store<L>(GX + ((c * H + q) * H + c0 + i) * L, acc[i]);
+      }
+  }
+}
+struct DenseInputs {  // C1: kernel (o, c) = o cin + c
+  int cin;
+  LENET5_INLINE int count(int) const { return kM1; }
+  LENET5_INLINE int kernel(int c, int j) const { return j * cin + c; }
+  LENET5_INLINE int output(int k) const { return k / cin; }
+};
+struct TableInputs {
+  const Net* n;
+  LENET5_INLINE int count(int c) const { return n->n_by_in[c]; }
+  LENET5_INLINE int kernel(int c, int j) const { return n->by_in[c][j]; }
+  LENET5_INLINE int output(int k) const { return n->out_of[k]; }
+};
+
+// =============================================================================================
+// Pooling: 2x2 windows of Y[M][H][H] into Z[M][H/2][H/2].
+// Classic: z = squash(coef s + bias), s the window sum. Modern: the max (NaN propagates).
+
+template <int L, bool C, int H>
+LENET5_INLINE void pool_forward(const float* Y, int M, const float* coef, const float* bias, float* Z) {
+  constexpr int P = H / 2;
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < P; ++r)
+      for (int c = 0; c < P; ++c) {
+        const float* p = Y + ((m * H + 2 * r) * H + 2 * c) * L;
+        const vf<L> a = load<L>(p), b = load<L>(p + L), cc = load<L>(p + H * L), d = load<L>(p + H * L + L);
+        vf<L> z;
+        if constexpr (C) {
+          z = act::forward<kScaledTanh>(coef[m] * (a + b + cc + d) + bias[m]);
+        } else {
+          z = a;
+          z = (b > z) | is_nan<L>(b) ? b : z;
+          z = (cc > z) | is_nan<L>(cc) ? cc : z;
+          z = (d > z) | is_nan<L>(d) ? d : z;
+        }
+        store<L>(Z + ((m * P + r) * P + c) * L, z);
+      }
+}
+
+// From GZ = dE/dZ: classic: gs = GZ f'(Z), coefficient and bias terms, dE/dY = coef gs at the
+// four corners; modern: dE/dY = GZ at the window's first maximum. Then ga = dE/dY f'(Y) into
+// Gp, rows of W + 8 with 4 zero columns each side.
+template <int L, bool C, int H>
+LENET5_INLINE void pool_backward(const float* GZ, const float* Z, const float* Y, int M, const float* coef,
+                                 float* dcoef, float* dbias, float* Gp) {
+  constexpr int P = H / 2, GW = H + 2 * kGP;
+  constexpr int ACT = kHidden<C>;
+  for (int m = 0; m < M; ++m) {
+    vf<L> sc = zero<L>(), sb = zero<L>();
+    for (int r = 0; r < P; ++r) {
+      float* g0 = Gp + (int64_t(m * H + 2 * r) * GW) * L;
+      float* g1 = g0 + GW * L;
+#pragma GCC unroll 4
+      for (int i = 0; i < kGP; ++i) {
+        store<L>(g0 + i * L, zero<L>());
+        store<L>(g1 + i * L, zero<L>());
+        store<L>(g0 + (kGP + H + i) * L, zero<L>());
+        store<L>(g1 + (kGP + H + i) * L, zero<L>());
+      }
+      for (int c = 0; c < P; ++c) {
+        const float* p = Y + ((m * H + 2 * r) * H + 2 * c) * L;
+        const vf<L> a = load<L>(p), b = load<L>(p + L), cc = load<L>(p + H * L), d = load<L>(p + H * L + L);
+        const int zi = ((m * P + r) * P + c) * L;
+        const vf<L> gz = load<L>(GZ + zi), z = load<L>(Z + zi);
+        vf<L> ga, gb, gc, gd;
+        if constexpr (C) {
+          const vf<L> gs = gz * act::derivative<kScaledTanh>(z);
+          sc += gs * (a + b + cc + d);
+          sb += gs;
+          ga = gb = gc = gd = coef[m] * gs;
+        } else {
+          const vi<L> zn = is_nan<L>(z);
+          const vi<L> ea = (a == z) | (is_nan<L>(a) & zn), eb = (b == z) | (is_nan<L>(b) & zn),
+                      ec = (cc == z) | (is_nan<L>(cc) & zn), ed = (d == z) | (is_nan<L>(d) & zn);
+          const vi<L> hb = eb & ~ea, hc = ec & ~(ea | eb), hd = ed & ~(ea | eb | ec);
+          const vi<L> ha = ~(hb | hc | hd);  // a: the first match, or nothing matched
+          const vf<L> zero_v = zero<L>();
+          ga = ha ? gz : zero_v;
+          gb = hb ? gz : zero_v;
+          gc = hc ? gz : zero_v;
+          gd = hd ? gz : zero_v;
+        }
+        const int ci = (kGP + 2 * c) * L;
+        store<L>(g0 + ci, ga * act::derivative<ACT>(a));
+        store<L>(g0 + ci + L, gb * act::derivative<ACT>(b));
+        store<L>(g1 + ci, gc * act::derivative<ACT>(cc));
+        store<L>(g1 + ci + L, gd * act::derivative<ACT>(d));
+      }
+    }
+    if constexpr (C) {
+      dcoef[m] += hsum<L>(sc);
+      dbias[m] += hsum<L>(sb);
+    }
+  }
+}
+
+// =============================================================================================
+// Fully connected layers: Y[u] = act(b[u] + sum_j W[u][j] X[j]), W [U][J].
+
+template <int L, int ACT, int UB>
+LENET5_INLINE void fc_rows(const float* W, const float* b, int J, const float* X, float* Y, int u0) {
+  vf<L> acc[UB];
+#pragma GCC unroll 8
+  for (int k = 0; k < UB; ++k) acc[k] = splat<L>(b[u0 + k]);
+  const float* w = W + int64_t(u0) * J;
+  for (int j = 0; j < J; ++j) {
+    const vf<L> x = load<L>(X + j * L);
+#pragma GCC unroll 8
+    for (int k = 0; k < UB; ++k) acc[k] += w[k * J + j] * x;
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < UB; ++k) store<L>(Y + (u0 + k) * L, act::forward<ACT>(acc[k]));
+}
+template <int L, int ACT>
+LENET5_INLINE void fc_forward(const float* W, const float* b, int U, int J, const float* X, float* Y) {
+  int u = 0;
+  for (; u + 8 <= U; u += 8) fc_rows<L, ACT, 8>(W, b, J, X, Y, u);
+  for (; u + 4 <= U; u += 4) fc_rows<L, ACT, 4>(W, b, J, X, Y, u);
+  for (; u < U; ++u) fc_rows<L, ACT, 1>(W, b, J, X, Y, u);
+}
+
+// GX[j] = sum_u W[u][j] G[u] (G = dE/da [U][L]).
+template <int L, int JB>
+LENET5_INLINE void fc_input_cols(const float* W, int U, int J, const float* G, float* GX, int j0) {
+  vf<L> acc[JB];
+#pragma GCC unroll 8
+  for (int k = 0; k < JB; ++k) acc[k] = zero<L>();
+  for (int u = 0; u < U; ++u) {
+    const vf<L> g = load<L>(G + u * L);
+    const float* w = W + int64_t(u) * J + j0;
+#pragma GCC unroll 8
+    for (int k = 0; k < JB; ++k) acc[k] += w[k] * g;
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < JB; ++k) store<L>(GX + (j0 + k) * L, acc[k]);
+}
+template <int L> LENET5_INLINE void fc_input_grad(const float* W, int U, int J, const float* G, float* GX) {
+  int j = 0;
+  for (; j + 8 <= J; j += 8) fc_input_cols<L, 8>(W, U, J, G, GX, j);
+  for (; j + 4 <= J; j += 4) fc_input_cols<L, 4>(W, U, J, G, GX, j);
+  for (; j < J; ++j) fc_input_cols<L, 1>(W, U, J, G, GX, j);
+}
+
+// dW[u][j] += sum_n GT[n][u] XT[n][j] for 4 units from u0 and JB vectors of j from j0.
+template <int L, int JB>
+LENET5_INLINE void lane_gemm_block(float* dW, int ldw, const float* GT, int ldg, const float* XT, int ldx,
+                                   int u0, int j0) {
+  vf<L> acc[4][JB];
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k)
+#pragma GCC unroll 4
+    for (int v = 0; v < JB; ++v) acc[k][v] = zero<L>();
+#pragma GCC unroll 2
+  for (int n = 0; n < L; ++n) {
+    vf<L> x[JB];
+#pragma GCC unroll 4
+    for (int v = 0; v < JB; ++v) x[v] = load<L>(XT + n * ldx + j0 + v * L);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const vf<L> g = splat<L>(GT[n * ldg + u0 + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < JB; ++v) acc[k][v] += g * x[v];
+    }
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k)
+#pragma GCC unroll 4
+    for (int v = 0; v < JB; ++v) {
+      float* d = dW + int64_t(u0 + k) * ldw + j0 + v * L;
+      store<L>(d, load<L>(d) + acc[k][v]);
+    }
+}
+
+// Backward of a fully connected layer from G = dE/da [U][L] and its input X [J][L]: bias and
+// weight terms into the accumulators (weights: padded [upad][jpad]), GX = W^T G if wanted.
+// T: scratch for the transposes, (upad + jpad) L floats.
+template <int L>
+LENET5_INLINE void fc_backward(const float* W, int U, int J, int upad, int jpad, const float* G, const float* X,
+                               float* dW, float* db, float* GX, float* T) {
+  for (int u = 0; u < U; ++u) db[u] += hsum<L>(load<L>(G + u * L));
+  float* GT = T;
+  float* XT = T + upad * L;
+  transpose_rows<L>(G, U, GT, upad);
+  transpose_rows<L>(X, J, XT, jpad);
+  constexpr int JB = L == 16 ? 4 : 2;
+  const int nv = jpad / L;
+  for (int u0 = 0; u0 < upad; u0 += 4) {
+    int v = 0;
+    for (; v + JB <= nv; v += JB) lane_gemm_block<L, JB>(dW, jpad, GT, upad, XT, jpad, u0, v * L);
+    for (; v < nv; ++v) lane_gemm_block<L, 1>(dW, jpad, GT, upad, XT, jpad, u0, v * L);
+  }
+  if (GX) fc_input_grad<L>(W, U, J, G, GX);
+}
+
+// G[u] *= f'(Y[u]) in place.
+template <int L, int ACT> LENET5_INLINE void times_derivative(float* G, const float* Y, int U) {
+  for (int u = 0; u < U; ++u) store<L>(G + u * L, load<L>(G + u * L) * act::derivative<ACT>(load<L>(Y + u * L)));
+}
+
+// =============================================================================================
+// One tile, forward and backward
+
+template <int L, bool C>
+LENET5_INLINE void forward_tile(const Net& n, const float* x, int valid, float* out, float* saved, float* X) {
+  const Saved<L> s(saved);
+  constexpr int ACT = kHidden<C>;
+  load_tile<L>(x, n.cin, valid, X);
+  constexpr int CB1 = L == 16 ? 14 : 7, CB3 = L == 16 ? 10 : 5;
+  conv_forward<L, ACT, kIn, CB1>(X, kM1, n.w[kW1], n.w[kB1], DenseKernels{n.cin}, s.Y1);
+  pool_forward<L, C, kC1>(s.Y1, kM1, n.w[kC2], n.w[kB2], s.Y2);
+  conv_forward<L, ACT, kS2, CB3>(s.Y2, kM3, n.w[kW3], n.w[kB3], TableKernels{&n}, s.Y3);
+  pool_forward<L, C, kC3>(s.Y3, kM3, n.w[kC4], n.w[kB4], s.Y4);
+  fc_forward<L, ACT>(n.w[kW5], n.w[kB5], kU5, kIn5, s.Y4, s.Y5);
+  fc_forward<L, ACT>(n.w[kW6], n.w[kB6], kU6, kU5, s.Y5, s.Y6);
+  alignas(64) float o[kMaxL];
+  for (int i = 0; i < n.classes; ++i) {
+    vf<L> y;
+    if constexpr (C) {
+      vf<L> acc[2] = {zero<L>(), zero<L>()};
+      const float* c = n.codes + i * kU6;
+      for (int j = 0; j < kU6; ++j) {
+        const vf<L> d = load<L>(s.Y6 + j * L) - c[j];
+        acc[j & 1] += d * d;
+      }
+      y = acc[0] + acc[1];
+    } else {
+      vf<L> acc = splat<L>(n.w[kBO][i]);
+      const float* w = n.w[kWO] + int64_t(i) * kU6;
+      for (int j = 0; j < kU6; ++j) acc += w[j] * load<L>(s.Y6 + j * L);
+      y = acc;
+    }
+    store<L>(o, y);
+    for (int k = 0; k < valid; ++k) out[int64_t(k) * n.classes + i] = o[k];
+  }
+}
+
+// Backward scratch of one thread (vectors of L floats unless said).
+template <int L> struct Work {
+  float *X, *GO, *G6, *G5, *G4, *G3p, *G2, *G1p, *GX, *T;
+  static int64_t floats(const Net& n) {
+    return int64_t(L) * (2 * n.cin * kIn * kIn + n.classes + kU6 + kU5 + kIn5 + kM3 * kC3 * kG3W + kY2 +
+                         kM1 * kC1 * kG1W + (round_up(kMaxClasses, 4) + round_up(kIn5, kMaxL)) + 64);
+  }
+  Work(const Net& n, float* p) {
+    auto take = [&](int64_t vecs) {
+      float* r = p;
+      p += round_up(static_cast<int>(vecs * L), 16);
+      return r;
+    };
+    X = take(n.cin * kIn * kIn);
+    GX = take(n.cin * kIn * kIn);
+    GO = take(n.classes);
+    G6 = take(kU6);
+    G5 = take(kU5);
+    G4 = take(kIn5);
+    G3p = take(kM3 * kC3 * kG3W);
+    G2 = take(kY2);
+    G1p = take(kM1 * kC1 * kG1W);
+    T = take(round_up(kMaxClasses, 4) + round_up(kIn5, kMaxL));
+  }
+};
+
+template <int L, bool C>
+LENET5_INLINE void backward_tile(const Net& n, const float* x, int valid, const float* saved, const float* grad_out,
+                                 float* acc, float* grad_x, Work<L>& w) {
+  const Saved<L> s(const_cast<float*>(saved));
+  constexpr int ACT = kHidden<C>;
+  float* A[kRoles];
+  for (int r = 0; r < kRoles; ++r) A[r] = acc + n.acc_off[r];
+  // dE/dout into lanes (missing lanes: 0)
+  for (int i = 0; i < n.classes; ++i) {
+    alignas(64) float g[kMaxL] = {};
+    for (int k = 0; k < valid; ++k) g[k] = grad_out[int64_t(k) * n.classes + i];
+    store<L>(w.GO + i * L, load<L>(g));
+  }
+  // output layer -> G6 = dE/dY6
+  if constexpr (C) {
+    for (int j = 0; j < kU6; ++j) {
+      const vf<L> y = load<L>(s.Y6 + j * L);
+      vf<L> a = zero<L>();
+      for (int i = 0; i < kRbf; ++i) a += load<L>(w.GO + i * L) * (y - n.codes[i * kU6 + j]);
+      store<L>(w.G6 + j * L, a + a);
+    }
+  } else {
+    fc_backward<L>(n.w[kWO], n.classes, kU6, n.fc_upad[kWO], n.fc_jpad[kWO], w.GO, s.Y6, A[kWO], A[kBO], w.G6, w.T);
+  }
+  times_derivative<L, ACT>(w.G6, s.Y6, kU6);
+  fc_backward<L>(n.w[kW6], kU6, kU5, n.fc_upad[kW6], n.fc_jpad[kW6], w.G6, s.Y5, A[kW6], A[kB6], w.G5, w.T);
+  times_derivative<L, ACT>(w.G5, s.Y5, kU5);
+  fc_backward<L>(n.w[kW5], kU5, kIn5, n.fc_upad[kW5], n.fc_jpad[kW5], w.G5, s.Y4, A[kW5], A[kB5], w.G4, w.T);
+  pool_backward<L, C, kC3>(w.G4, s.Y4, s.Y3, kM3, n.w[kC4], A[kC4], A[kB4], w.G3p);
+  conv_param_terms<L, kS2>(s.Y2, kM3, w.G3p, TableKernels{&n}, A[kW3], A[kB3]);
+  constexpr int CB2 = L == 16 ? 14 : 7, CBX = L == 16 ? 16 : 8;
+  conv_input_grad<L, kS2, CB2>(w.G3p, kM1, n.w[kW3], TableInputs{&n}, w.G2);
+  pool_backward<L, C, kC1>(w.G2, s.Y2, s.Y1, kM1, n.w[kC2], A[kC2], A[kB2], w.G1p);
+  load_tile<L>(x, n.cin, valid, w.X);
+  conv_param_terms<L, kIn>(w.X, kM1, w.G1p, DenseKernels{n.cin}, A[kW1], A[kB1]);
+  if (grad_x) {
+    conv_input_grad<L, kIn, CBX>(w.G1p, n.cin, n.w[kW1], DenseInputs{n.cin}, w.GX);
+    constexpr int P = kIn * kIn;
+    const int total = n.cin * P;
+    for (int k = 0; k < valid; ++k) {
+      float* d = grad_x + int64_t(k) * total;
+      for (int p = 0; p < total; ++p) d[p] = w.GX[int64_t(p) * L + k];
+    }
+  }
+}
+
+// =============================================================================================
+// Drivers: per-ISA entry points over a range of tiles
+
+template <int L> LENET5_INLINE void forward_tiles(const Net& n, const float* x, float* out, float* saved,
+                                                  int64_t N, int64_t t0, int64_t t1) {
+  const int64_t img = int64_t(n.cin) * kIn * kIn;
+  float* X = thread_buffer(int64_t(L) * (img + (saved ? 0 : kTileVecs)));
+  float* own = X + L * img;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t base = t * L;
+    const int valid = static_cast<int>(std::min<int64_t>(L, N - base));
+    float* s = saved ? saved + kHeader + t * int64_t(kTileVecs) * L : own;
+    if (n.classic) forward_tile<L, true>(n, x + base * img, valid, out + base * n.classes, s, X);
+    else forward_tile<L, false>(n, x + base * img, valid, out + base * n.classes, s, X);
+  }
+}
+template <int L> LENET5_INLINE void backward_tiles(const Net& n, const float* x, const float* saved,
+                                                   const float* grad_out, int64_t N, int64_t t0, int64_t t1,
+                                                   float* acc, float* grad_x) {
+  const int64_t img = int64_t(n.cin) * kIn * kIn;
+  Work<L> w(n, thread_buffer(Work<L>::floats(n)));
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t base = t * L;
+    const int valid = static_cast<int>(std::min<int64_t>(L, N - base));
+    const float* s = saved + kHeader + t * int64_t(kTileVecs) * L;
+    float* gx = grad_x ? grad_x + base * img : nullptr;
+    if (n.classic) backward_tile<L, true>(n, x + base * img, valid, s, grad_out + base * n.classes, acc, gx, w);
+    else backward_tile<L, false>(n, x + base * img, valid, s, grad_out + base * n.classes, acc, gx, w);
+  }
+}
+
+struct Kernels {
+  void (*forward)(const Net&, const float*, float*, float*, int64_t, int64_t, int64_t);
+  void (*backward)(const Net&, const float*, const float*, const float*, int64_t, int64_t, int64_t, float*, float*);
+  int lanes;
+};
+
+#define LENET5_BATCH_KERNELS(NAME, L, ATTR)                                                        \
+  ATTR void NAME##_forward(const Net& n, const float* x, float* out, float* saved, int64_t N,      \
+                           int64_t t0, int64_t t1) {                                             \
+    forward_tiles<L>(n, x, out, saved, N, t0, t1);                                                \
+  }                                                                                              \
+  ATTR void NAME##_backward(const Net& n, const float* x, const float* saved, const float* go,     \
+                            int64_t N, int64_t t0, int64_t t1, float* acc, float* gx) {           \
+    backward_tiles<L>(n, x, saved, go, N, t0, t1, acc, gx);                                       \
+  }                                                                                              \
+  const Kernels NAME##_kernels = {NAME##_forward, NAME##_backward, L};
+
+#if defined(__clang__)
+#define LENET5_BATCH_OPT
+#else
+#define LENET5_BATCH_OPT optimize("no-predictive-commoning"),
+#endif
+LENET5_BATCH_KERNELS(portable, 4, __attribute__((LENET5_BATCH_OPT flatten)))
+#if defined(__x86_64__) || defined(__i386__)
+LENET5_BATCH_KERNELS(avx2, 8, __attribute__((target("avx2,fma"), LENET5_BATCH_OPT flatten)))
+LENET5_BATCH_KERNELS(avx2_wide, 16, __attribute__((target("avx2,fma"), LENET5_BATCH_OPT flatten)))
+LENET5_BATCH_KERNELS(avx512, 16, __attribute__((target("avx512f,avx2,fma"), LENET5_BATCH_OPT flatten)))
+#endif
+#undef LENET5_BATCH_KERNELS
+
+const Kernels& pick_kernels() {
+  switch (current_isa()) {
+#if defined(__x86_64__) || defined(__i386__)
+    case Isa::kAvx512: return avx512_kernels;
+    case Isa::kAvx2Wide: return avx2_wide_kernels;
+    case Isa::kAvx2: return avx2_kernels;
+#endif
+    default: return portable_kernels;
+  }
+}
+
+void check_aligned(const float* saved, const char* fn) {
+  if (!saved || reinterpret_cast<uintptr_t>(saved) % 64 != 0)
+    bad(fn, "the saved buffer must be a 64-byte aligned, non-null pointer");
+}
+
+struct Header {
+  int32_t magic, lanes, variant, cin, classes, pad;
+  int64_t N;
+};
+static_assert(sizeof(Header) <= kHeader * sizeof(float), "header");
+
+}  // namespace
+
+int batch_net_params(const BatchNet& net) { return net.variant == Variant::kClassic ? 12 : 10; }
+
+int64_t batch_param_size(const BatchNet& net, int p) {
+  const Net n = resolve(net, "batch_param_size", false);
+  if (p < 0 || p >= nparams(n.classic)) return 0;
+  return role_size(n, role_of(n.classic, p));
+}
+
+int64_t lenet5_batch_saved_floats(const BatchNet& net, int64_t N) {
+  resolve(net, "lenet5_batch_saved_floats", false);
+  if (N < 0) bad("lenet5_batch_saved_floats", "N must be >= 0");
+  return kHeader + (N + kMaxL - 1) / kMaxL * kMaxL * int64_t(kTileVecs);
+}
+
+void lenet5_batch_forward(const BatchNet& net, const float* x, float* out, float* saved, int64_t N, int nthreads) {
+  const char* fn = "lenet5_batch_forward";
+  const Net n = resolve(net, fn);
+  if (saved) check_aligned(saved, fn);
+  if (N < 0) bad(fn, "N must be >= 0");
+  const Kernels& k = pick_kernels();
+  const int L = k.lanes;
+  if (saved) {
+    Header h{kMagic, L, static_cast<int32_t>(net.variant), n.cin, n.classes, 0, N};
+    std::memset(saved, 0, sizeof(float) * kHeader);
+    std::memcpy(saved, &h, sizeof(h));
+  }
+  if (N == 0) return;
+  const int64_t ntiles = (N + L - 1) / L;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, ntiles)));
+  parallel_tasks(ntiles, threads, [&](int64_t t) { k.forward(n, x, out, saved, N, t, t + 1); });
+}
+
+void lenet5_batch_backward(const BatchNet& net, const float* x, const float* saved, const float* grad_out,
+                           int64_t N, float* const* grads, float* grad_x, int nthreads) {
+  const char* fn = "lenet5_batch_backward";
+  const Net n = resolve(net, fn);
+  check_aligned(saved, fn);
+  if (N < 0) bad(fn, "N must be >= 0");
+  const int np = nparams(n.classic);
+  for (int p = 0; p < np; ++p)
+    if (!grads[p]) bad(fn, "missing gradient buffer " + std::to_string(p));
+  const Kernels& k = pick_kernels();
+  const int L = k.lanes;
+  Header h;
+  std::memcpy(&h, saved, sizeof(h));
+  if (h.magic != kMagic || h.N != N || h.variant != static_cast<int32_t>(net.variant) || h.cin != n.cin ||
+      h.classes != n.classes)
+    bad(fn, "the saved buffer was not written by lenet5_batch_forward for this network and N");
+  if (h.lanes != L)
+    bad(fn, "the saved buffer was written with " + std::to_string(h.lanes) + " lanes, the current SIMD level uses " +
+                std::to_string(L));
+  const int64_t total = n.acc_off[kRoles];
+  std::vector<float> sum(total, 0.0f);
+  const int64_t ntiles = (N + L - 1) / L;
+  if (N > 0)
+    batch_slices<float>(ntiles, total, sum.data(), std::max(1, nthreads), [&](int64_t t0, int64_t t1, float* acc) {
+      k.backward(n, x, saved, grad_out, N, t0, t1, acc, grad_x);
+    });
+  for (int p = 0; p < np; ++p) {
+    const int r = role_of(n.classic, p);
+    const float* a = sum.data() + n.acc_off[r];
+    if (n.fc_jpad[r]) {
+      const int U = r == kW5 ? kU5 : r == kW6 ? kU6 : n.classes, J = r == kW5 ? kIn5 : r == kW6 ? kU5 : kU6;
+      for (int u = 0; u < U; ++u) std::memcpy(grads[p] + int64_t(u) * J, a + int64_t(u) * n.fc_jpad[r], sizeof(float) * J);
+    } else {
+      std::memcpy(grads[p], a, sizeof(float) * role_size(n, r));
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace lenet5
