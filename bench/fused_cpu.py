@@ -123,7 +123,7 @@ def main(argv=None):
         saved = torch.empty(batch, _C.lenet5_sample_saved_floats())
         gout = torch.randn(batch, 10)
         fwd = lambda: _C.lenet5_sample_forward_save(*net, xb.data_ptr(), ob.data_ptr(), saved.data_ptr(), batch, 1)  # noqa: E731
-        bwd = lambda: _C.lenet5_sample_backward(*net, saved.data_ptr(), gout.data_ptr(), batch, gptr)  # noqa: E731
+        bwd = lambda: _C.lenet5_sample_backward(*net, saved.data_ptr(), gout.data_ptr(), batch, gptr, 1)  # noqa: E731
         fwd(), bwd()
         inner = max(1, 2000 // batch)
         f = _time(fwd, args.repeats, inner, time.thread_time)

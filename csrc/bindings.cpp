@@ -261,11 +261,11 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("lenet5_sample_backward", [](const std::vector<Addr>& params, Addr codes, Addr offsets,
                                      Addr inputs, Addr saved, Addr grad_out, int64_t N,
-                                     const std::vector<Addr>& grads) {
+                                     const std::vector<Addr>& grads, int nthreads) {
     const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
     const std::vector<float*> g = float_ptrs(grads, "grads");
     py::gil_scoped_release no_gil;
-    cpu::lenet5_sample_backward(net, P<const float>(saved), P<const float>(grad_out), N, g.data());
+    cpu::lenet5_sample_backward(net, P<const float>(saved), P<const float>(grad_out), N, g.data(), nthreads);
   });
   // The whole network, batched, images in lanes (float32 CPU only). params: the trainable
   // tensors' addresses in model.parameters() order (12 classic, 10 modern); codes / offsets /

@@ -96,14 +96,14 @@ void lenet5_forward(const ClassicNet& net, const float* x, float* out, int64_t N
 // Autograd at small batches. lenet5_sample_forward_save is lenet5_forward that also writes each
 // image's activations (what backward reads) to saved[N, lenet5_sample_saved_floats()], a
 // 64-byte aligned buffer (throws std::invalid_argument otherwise). lenet5_sample_backward, with
-// the same weights, ADDS to grads[p] (12 buffers shaped like the parameters) the gradient of
-// sum_i sum_j grad_out[i, j] * out[i, j], images summed in order 0..N-1; single-threaded; no
-// input gradient.
+// the same weights, WRITES to grads[p] (12 buffers shaped like the parameters) the gradient of
+// sum_i sum_j grad_out[i, j] * out[i, j]: threaded over fixed slices of the batch summed in slice
+// order (parallel.h's batch_slices), so bitwise the same for any nthreads. No input gradient.
 int64_t lenet5_sample_saved_floats();
 void lenet5_sample_forward_save(const ClassicNet& net, const float* x, float* out, float* saved,
                                 int64_t N, int nthreads);
 void lenet5_sample_backward(const ClassicNet& net, const float* saved, const float* grad_out, int64_t N,
-                            float* const* grads);
+                            float* const* grads, int nthreads);
 // hessian[p] = mean over the N samples of the SDLM Gauss-Newton diagonal of parameter p
 // (MAP loss with constant j), as the per-op kernels compute it with gauss_newton = true.
 // Bitwise independent of nthreads. Throws std::invalid_argument on a label outside [0, 10).

@@ -58,7 +58,7 @@ def _close(a, b, rel):
 def test_forward_matches_op_by_op_model(level, n, table):
     m = _model(table)
     x = _images(n)
-    with torch.no_grad():
+    with torch.no_grad(), fused.disabled():
         ref = m(x)
     out = fused.forward(m, x)
     assert out.shape == (n, 10) and out.dtype == torch.float32 and not out.requires_grad
@@ -68,7 +68,7 @@ def test_forward_matches_op_by_op_model(level, n, table):
 def test_forward_threads_and_non_contiguous_input(level):
     m = _model()
     x = _images(40).transpose(2, 3)  # non-contiguous view
-    with torch.no_grad():
+    with torch.no_grad(), fused.disabled():
         ref = m(x.contiguous())
     threads = torch.get_num_threads()
     try:
@@ -83,7 +83,7 @@ def test_forward_follows_parameter_changes():
     m = _model()
     x = _images(4)
     before = fused.forward(m, x)
-    with torch.no_grad():
+    with torch.no_grad(), fused.disabled():
         m.f6.bias.add_(0.5)
         after_ref = m(x)
     after = fused.forward(m, x)
@@ -192,7 +192,8 @@ def _pass_case(table):
         steps = [2e-5 / (0.02 + t) for t in h]   # small enough that 20 float32 steps do not diverge
         order = torch.cat([torch.randperm(16), torch.tensor([3, 3, 0, 15])])  # 20 updates, repeats too
         ref_m = copy.deepcopy(m)
-        ref = sdlm_op_by_op(ref_m, x, y, order, steps)
+        with fused.disabled():
+            ref = sdlm_op_by_op(ref_m, x, y, order, steps)
         _PASS_CASES[key] = (m, x, y, order, steps, ref_m, ref)
     return _PASS_CASES[key]
 
@@ -242,8 +243,10 @@ def test_supports():
     m = _model()
     x = _images(2)
     assert fused.supports(m) and fused.supports(m, x)
-    assert not fused.supports(LeNet5(variant="modern"))
-    assert not fused.supports(m.double())
+    assert fused.supports(LeNet5(variant="modern")) is fused._HAS_BATCH
+    assert fused.supports(LeNet5(variant="modern", in_channels=3), torch.zeros(2, 3, 32, 32)) is fused._HAS_BATCH
+    assert not fused.supports(LeNet5(variant="keras"))
+    assert not fused.supports(_model().double())
     assert not fused.supports(_model(), x.double())
     assert not fused.supports(_model(), torch.zeros(2, 1, 28, 28))
     assert not fused.supports(_model(), torch.zeros(0, 1, 32, 32))
@@ -251,20 +254,34 @@ def test_supports():
     assert not fused.supports(torch.nn.Linear(2, 2))
     frozen = _model()
     frozen.c1.bias.requires_grad_(False)
-    assert not fused.supports(frozen)
+    assert fused.supports(frozen)  # a frozen parameter just gets no gradient
     fewer_maps = _model(PAPER_C3_TABLE[:10])
     assert not fused.supports(fewer_maps)
+    hooked = _model()
+    hooked.c3.register_forward_hook(lambda *a: None)  # a hook must see its layer run
+    assert not fused.supports(hooked)
+    other = _model()
+    other.f6 = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(120, 84), torch.nn.Tanh())
+    assert not fused.supports(other)
+    with fused.disabled():
+        assert not fused.supports(m, x)
+    assert fused.supports(m, x)
 
 
-def test_predict_uses_fused_forward(monkeypatch):
+def test_predict_and_forward_use_the_fused_engine(monkeypatch):
     m = _model()
     x = _images(9)
-    with torch.no_grad():
-        expected = m.scores(m(x)).argmax(dim=1)
+    with torch.no_grad(), fused.disabled():
+        expected_out = m(x)
+    expected = m.scores(expected_out).argmax(dim=1)
     calls = []
-    real = fused.forward
-    monkeypatch.setattr(fused, "forward", lambda model, xx: calls.append(1) or real(model, xx))
+    real = fused._native_forward
+    monkeypatch.setattr(fused, "_native_forward", lambda *a: calls.append(1) or real(*a))
     assert torch.equal(m.predict(x), expected) and calls
+    calls.clear()
+    out = m(x)  # with autograd
+    assert calls and out.grad_fn is not None
+    _close(out.detach(), expected_out, 2e-6)
     calls.clear()
     m64 = _model().double()
     m64.predict(x.double())  # not supported: the op-by-op path
@@ -276,7 +293,9 @@ def test_bad_inputs_raise_clear_errors():
     x, y = _images(3), torch.tensor([0, 1, 2])
     steps = [torch.full_like(p, 1e-3) for p in _trainable(m)]
     with pytest.raises(TypeError, match="classic"):
-        fused.forward(LeNet5(variant="modern"), x)
+        fused.sdlm_pass(LeNet5(variant="modern"), x, y, torch.tensor([0]), steps)
+    with pytest.raises(TypeError, match="variant"):
+        fused.forward(LeNet5(variant="keras"), x)
     with pytest.raises(TypeError, match="float32"):
         fused.forward(m, x.double())
     with pytest.raises(ValueError, match=r"\[N, 1, 32, 32\]"):

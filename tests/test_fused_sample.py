@@ -1,6 +1,7 @@
 """The per-image fused engine's autograd entry points (csrc/cpu/fused_sample.cpp), called through
 _C directly: lenet5_sample_forward_save (RBF outputs, and each image's activations saved in a
-caller buffer) and lenet5_sample_backward (parameter gradients ADDED to caller buffers), against
+caller buffer) and lenet5_sample_backward (parameter gradients written to caller buffers, threaded, the same for
+any thread count), against
 the float64 pure-PyTorch reference network, at every SIMD level the CPU has (and the 16-lane
 code on AVX2 registers); plus the Gauss-Newton diagonal's independence of the thread count at
 every level."""
@@ -61,10 +62,10 @@ def forward_save(m, x, threads=1, saved=None):
     return out, saved
 
 
-def backward(m, saved, grad_out, grads=None):
+def backward(m, saved, grad_out, grads=None, threads=1):
     grads = [torch.zeros_like(p) for p in _params(m)] if grads is None else grads
     _C.lenet5_sample_backward(*_net(m), saved.data_ptr(), grad_out.data_ptr(), grad_out.shape[0],
-                              [g.data_ptr() for g in grads])
+                              [g.data_ptr() for g in grads], threads)
     return grads
 
 
@@ -105,20 +106,31 @@ def test_forward_save_and_backward_match_float64_reference(level, n, table):
         _close(g, r, 1e-5, name)
 
 
-def test_backward_adds_to_the_buffers(level):
+def test_backward_overwrites_the_buffers_and_sums_the_images(level):
     m = _model()
     x = _images(2, seed=3)
     grad_out = torch.randn(2, 10, generator=torch.Generator().manual_seed(8))
     _, saved = forward_save(m, x)
     once = backward(m, saved, grad_out)
-    start = [torch.randn(g.shape, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(once)]
-    added = backward(m, saved, grad_out, [s.clone() for s in start])
-    for s, g, a in zip(start, once, added):
-        torch.testing.assert_close(a, s + g, rtol=1e-6, atol=1e-6 * float(g.abs().max()))
+    garbage = [torch.full(g.shape, float("nan")) for g in once]  # whatever the buffers held
+    again = backward(m, saved, grad_out, garbage)
+    for g, a in zip(once, again):
+        assert torch.equal(g, a)
     # images are summed: the gradient of two images is the sum of each image's
     per_image = [backward(m, saved[i:i + 1], grad_out[i:i + 1]) for i in range(2)]
     for g, a, b in zip(once, *per_image):
         torch.testing.assert_close(g, a + b, rtol=1e-5, atol=1e-6 * float(g.abs().max()))
+
+
+def test_backward_is_thread_count_independent(level):
+    m = _model()
+    x = _images(37, seed=6)
+    grad_out = torch.randn(37, 10, generator=torch.Generator().manual_seed(9))
+    _, saved = forward_save(m, x, threads=2)
+    one = backward(m, saved, grad_out, threads=1)
+    for threads in (2, 3):
+        for a, b in zip(one, backward(m, saved, grad_out, threads=threads)):
+            assert torch.equal(a, b)
 
 
 def test_forward_save_is_thread_count_independent(level):
@@ -138,7 +150,7 @@ def test_saved_buffer_must_be_aligned():
         _C.lenet5_sample_forward_save(*_net(m), x.data_ptr(), out.data_ptr(), buf.data_ptr() + 4, 1, 1)
     grads = [torch.zeros_like(p) for p in _params(m)]
     with pytest.raises(ValueError, match="aligned"):
-        _C.lenet5_sample_backward(*_net(m), buf.data_ptr() + 4, out.data_ptr(), 1, [g.data_ptr() for g in grads])
+        _C.lenet5_sample_backward(*_net(m), buf.data_ptr() + 4, out.data_ptr(), 1, [g.data_ptr() for g in grads], 1)
     assert SAVED > 0 and SAVED % 16 == 0
 
 

@@ -153,42 +153,29 @@ def test_distort_is_seeded_and_preserves_the_background():
     assert torch.equal(distort(x, torch.Generator().manual_seed(5), p_original=1.0), x)
 
 
-class _FakeFused:
-    """Stands in for lenet5_fast.fused to check that the trainer dispatches to it."""
+@pytest.mark.parametrize("batch,no_fused", [(1, False), (1, True), (4, False), (4, True)])
+def test_run_pass_dispatch(monkeypatch, batch, no_fused):
+    """SDLM at batch 1 with the fused engine: one native pass (no model call); at batch 4: the
+    fused op through autograd, h from the fused Gauss-Newton; --no-fused: layer by layer."""
+    from lenet5_fast import fused
 
-    def __init__(self):
-        self.calls = []
-
-    def supports(self, model, x):
-        return True
-
-    def forward(self, model, x):
-        self.calls.append("forward")
-        return model(x)
-
-    def sdlm_hessian(self, model, x, y):
-        self.calls.append("hessian")
-        from lenet5_fast.optim import gauss_newton_diagonal
-        return gauss_newton_diagonal(model, x, y)
-
-    def sdlm_pass(self, model, x, y, order, steps):
-        self.calls.append(("pass", order.numel()))
-        return 1.0 * order.numel(), 0
-
-
-@pytest.mark.parametrize("batch,no_fused,expect", [(1, False, True), (1, True, False), (4, False, False)])
-def test_run_pass_uses_the_fused_engine_only_for_sdlm_batch_1(monkeypatch, batch, no_fused, expect):
-    fake = _FakeFused()
-    monkeypatch.setattr(T, "_fused", fake)
+    calls = []
+    for name in ("sdlm_pass", "sdlm_hessian", "run"):
+        real = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *a, _n=name, _r=real: calls.append(_n) or _r(*a))
     (x, y), _ = _toy_data(40, 1)
     model = L.LeNet5()
     cfg = T.TrainConfig(optimizer="sdlm", batch_size=batch, fused=not no_fused)
     opt = T.make_optimizer(model, cfg)
+    layer_calls = []
+    real_c1 = type(model.c1).forward
+    monkeypatch.setattr(type(model.c1), "forward", lambda self, xx: layer_calls.append(1) or real_c1(self, xx))
     loss, errors, used = T.run_pass(model, opt, x, y, torch.randperm(40), cfg, torch.arange(10))
-    assert used is expect
-    assert (("pass", 40) in fake.calls) is expect and ("hessian" in fake.calls) is expect
-    if not expect:
-        assert errors >= 0 and loss > 0
+    assert used is (not no_fused)
+    assert ("sdlm_pass" in calls) is (batch == 1 and not no_fused)
+    assert ("sdlm_hessian" in calls) is (not no_fused)
+    assert bool(layer_calls) is no_fused  # the layers run only without the fused engine
+    assert errors >= 0 and loss > 0
 
 
 def test_progress_line_shows_rate_eta_and_loss():

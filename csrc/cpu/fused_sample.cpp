@@ -989,16 +989,29 @@ void lenet5_sample_forward_save(const ClassicNet& net, const float* x, float* ou
 }
 
 void lenet5_sample_backward(const ClassicNet& net, const float* saved, const float* grad_out, int64_t N,
-                            float* const* grads) {
+                            float* const* grads, int nthreads) {
   check_net(net);
   const Table t = make_table(net);
   const State* states = saved_states(saved, "lenet5_sample_backward");
   for (int p = 0; p < kClassicParams; ++p)
     if (!grads[p]) throw std::invalid_argument("lenet5_sample_backward: missing gradient buffer " + std::to_string(p));
-  if (N <= 0) return;
-  Sink s{};
-  for (int p = 0; p < kClassicParams; ++p) s.dst[p] = grads[p];
-  pick_kernels().backward(net, t, states, grad_out, N, s);
+  int64_t offset[kClassicParams + 1] = {0};
+  for (int p = 0; p < kClassicParams; ++p) offset[p + 1] = offset[p] + classic_param_size(p, t.K);
+  const int64_t total = offset[kClassicParams];
+  if (N <= 0) {
+    for (int p = 0; p < kClassicParams; ++p) std::fill(grads[p], grads[p] + offset[p + 1] - offset[p], 0.0f);
+    return;
+  }
+  const Kernels& k = pick_kernels();
+  // Fixed slices summed in slice order: the result does not depend on the thread count.
+  std::vector<float> sum(total);
+  batch_slices<float>(N, total, sum.data(), nthreads, [&](int64_t begin, int64_t end, float* acc) {
+    Sink s{};
+    for (int p = 0; p < kClassicParams; ++p) s.dst[p] = acc + offset[p];
+    k.backward(net, t, states + begin, grad_out + begin * kClasses, end - begin, s);
+  });
+  for (int p = 0; p < kClassicParams; ++p)
+    std::memcpy(grads[p], sum.data() + offset[p], sizeof(float) * (offset[p + 1] - offset[p]));
 }
 
 void lenet5_sdlm_hessian(const ClassicNet& net, const float* x, const int64_t* labels, int64_t N,

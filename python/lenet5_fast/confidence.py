@@ -44,13 +44,9 @@ class Prediction(NamedTuple):
 @torch.no_grad()
 def model_outputs(model, x: Tensor, batch_size: int = 1000) -> Tensor:
     """The raw outputs (distances or logits) [N, 10] of ``model`` on ``x``, in batches, through
-    the fused native forward when it supports the model."""
-    from . import fused
-
+    the fused native forward when it supports the model (``model(x)`` takes it)."""
     model.eval()
-    use_fused = x.shape[0] > 0 and fused.supports(model, x[:1])
-    outs = [fused.forward(model, x[i:i + batch_size]) if use_fused else model(x[i:i + batch_size])
-            for i in range(0, x.shape[0], batch_size)]
+    outs = [model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     return torch.cat(outs) if outs else torch.empty(0, model.num_classes)
 
 

@@ -1,50 +1,162 @@
-"""Fused CPU paths for the classic LeNet-5: the whole network in one native call.
+"""The whole LeNet-5 in one native call, for training and inference: the fused CPU engines.
 
 The per-op path (``lenet5_fast.ops``) runs each layer as its own kernel with a tensor between
-layers. Here the paper's network runs in ``csrc/cpu/lenet5_fused.cpp`` as a single call, with
-every intermediate in thread-local scratch memory:
+layers. Here the network runs as one call with every intermediate in native scratch memory:
 
-* :func:`forward` — RBF distances ``[N, 10]`` for a batch, threaded over the images (no autograd).
-* :func:`sdlm_hessian` — the SDLM Gauss-Newton diagonal ``h_kk``, averaged over samples.
-* :func:`sdlm_pass` — one pass of per-sample (batch 1) SDLM updates ``w -= step * grad``.
+* the op pair ``torch.ops.lenet5_fast.lenet5`` / ``lenet5_backward``: the network's output and
+  what its backward needs, then every parameter's gradient (and the input's when asked), with
+  a fake kernel and an autograd formula, so it works in eager mode, under ``torch.compile``
+  (one op in the graph) and with any torch optimizer. ``LeNet5.forward`` takes it whenever
+  :func:`plan` accepts the model and input (else the per-op path); :func:`run` is that call.
+* :func:`forward`: outputs for a batch, no autograd (``LeNet5.predict``, evaluation).
+* :func:`sdlm_hessian`, :func:`sdlm_pass`: SDLM's Gauss-Newton diagonal and a pass of
+  per-sample (batch 1) SDLM updates, classic variant only.
 
-Only float32 CPU models of the classic variant (1 input channel, C3 with 16 output maps, fixed
-RBF codes) are fused; :func:`supports` tells whether a model (and input) qualifies. The
-numerics match the op-by-op model within float32 rounding (the squashing uses a rational tanh
-with error about 1.5e-7 relative, see the C++ header comment).
+Two engines sit behind the op: the per-image engine (``csrc/cpu/fused_sample.cpp``, vectorised
+within one image; the classic network with one input channel, no input gradient) and the batch
+engine (``csrc/cpu/fused_batch.cpp``, a tile of images in the SIMD lanes; classic and modern, any
+input channels, input gradient). :func:`engine` picks one from the variant, channels, batch size
+and whether the input gradient is wanted, so the forward and its backward always agree.
+
+What qualifies (:func:`plan`): a classic or modern ``LeNet5`` built of this package's layers with
+their standard activations, float32 contiguous CPU parameters, fixed RBF codes (classic), no
+module hooks, and an input float32 CPU ``[N, in_channels, 32, 32]`` with N >= 1. Gradients are
+reduced in a fixed order: bitwise the same for any thread count. The numerics match the per-op
+path within float32 rounding (the same activations.h formulas; summation order differs).
+
+This module imports only ``_C``, ``ops`` and ``layers`` (no import of ``model``).
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import weakref
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from . import _C
-from .model import LeNet5
+from . import _C, ops
+from .layers import Convolution, EuclideanRBF, FullConnection, MaxPool, SparseConvolution, Subsampling
 
-__all__ = ["supports", "forward", "sdlm_hessian", "sdlm_pass"]
-
-_PARAM_NAMES = ("c1.weight", "c1.bias", "s2.coef", "s2.bias", "c3.weight", "c3.bias", "s4.coef",
-                "s4.bias", "c5.weight", "c5.bias", "f6.weight", "f6.bias")
-_PARAM_SLOTS = tuple(tuple(n.split(".")) for n in _PARAM_NAMES)
-# model -> (fingerprint of its tensors, native arguments, the tensors): a model validated once
-# is re-validated by the identity and address of its 15 tensors only (see _net).
-_validated = weakref.WeakKeyDictionary()
-
+__all__ = ["plan", "run", "supports", "engine", "disabled", "forward", "sdlm_hessian", "sdlm_pass",
+           "lenet5", "lenet5_backward", "SAMPLE", "BATCH"]
 
 _G = dict(_C.geometry)
+_K, _IN = _G["kernel"], _G["input"]
+_C1, _C3, _C5, _F6, _CLASSES = _G["c1_maps"], _G["c3_maps"], _G["c5_units"], _G["f6_units"], _G["classes"]
+_SCALED_TANH, _RELU, _IDENTITY = 1, 2, 0
+
+VARIANT_CODES = {"classic": 0, "modern": 1}
+SAMPLE, BATCH = 0, 1  # the engines (see engine())
+_HAS_BATCH = hasattr(_C, "lenet5_batch_forward")
+# Below this batch size the per-image engine trains faster than the batch engine (measured in
+# bench/cpu.py on the dev machine; both engines give the same gradients within float32 rounding).
+SAMPLE_MAX_BATCH = 16
+
+# Each variant's layers: (name, layer type, activation code or None, parameter names).
+_LAYOUT = {
+    "classic": (("c1", Convolution, _SCALED_TANH, ("weight", "bias")),
+                ("s2", Subsampling, _SCALED_TANH, ("coef", "bias")),
+                ("c3", SparseConvolution, _SCALED_TANH, ("weight", "bias")),
+                ("s4", Subsampling, _SCALED_TANH, ("coef", "bias")),
+                ("c5", Convolution, _SCALED_TANH, ("weight", "bias")),
+                ("f6", FullConnection, _SCALED_TANH, ("weight", "bias")),
+                ("output", EuclideanRBF, None, ())),
+    "modern": (("c1", Convolution, _RELU, ("weight", "bias")),
+               ("s2", MaxPool, None, ()),
+               ("c3", Convolution, _RELU, ("weight", "bias")),
+               ("s4", MaxPool, None, ()),
+               ("c5", Convolution, _RELU, ("weight", "bias")),
+               ("f6", FullConnection, _RELU, ("weight", "bias")),
+               ("output", FullConnection, _IDENTITY, ("weight", "bias"))),
+}
+_PARAM_NAMES = {v: tuple(f"{n}.{p}" for n, _, _, ps in layout for p in ps) for v, layout in _LAYOUT.items()}
 
 
-def _expected_shapes(kernels: int):
-    k, c1, c3, c5, f6 = _G["kernel"], _G["c1_maps"], _G["c3_maps"], _G["c5_units"], _G["f6_units"]
-    return ((c1, 1, k, k), (c1,), (c1,), (c1,), (kernels, k, k), (c3,), (c3,), (c3,), (c5, c3, k, k),
-            (c5,), (f6, c5), (f6,))
+def _expected_shapes(variant: str, cin: int, kernels: int, classes: int):
+    k = _K
+    if variant == "classic":
+        return ((_C1, cin, k, k), (_C1,), (_C1,), (_C1,), (kernels, k, k), (_C3,), (_C3,), (_C3,),
+                (_C5, _C3, k, k), (_C5,), (_F6, _C5), (_F6,))
+    return ((_C1, cin, k, k), (_C1,), (_C3, _C1, k, k), (_C3,), (_C5, _C3, k, k), (_C5,), (_F6, _C5), (_F6,),
+            (classes, _F6), (classes,))
 
 
-def _trainable(model) -> List[Tensor]:
-    return [p for p in model.parameters() if p.requires_grad]
+# ---------------------------------------------------------------------------------------------
+# which models and inputs run fused: plan()
+
+class _Net:
+    """A model's tensors as the engines take them (checked once, see plan())."""
+
+    __slots__ = ("variant", "code", "cin", "classes", "params", "codes", "offsets", "inputs", "ptrs", "key",
+                 "__weakref__")
+
+    def __init__(self, variant, cin, classes, params, codes, offsets, inputs, key):
+        self.variant, self.code, self.cin, self.classes = variant, VARIANT_CODES[variant], cin, classes
+        self.params, self.codes, self.offsets, self.inputs, self.key = params, codes, offsets, inputs, key
+        self.ptrs = ([p.data_ptr() for p in params], ops._ptr(codes), ops._ptr(offsets), ops._ptr(inputs))
+
+
+def _tensors(model):
+    """(variant, [parameters], codes, offsets, inputs) read straight from the module dictionaries,
+    or None when the model is not laid out as a fusable LeNet5 (types, activations, no hooks)."""
+    variant = getattr(model, "variant", None)
+    layout = _LAYOUT.get(variant) if isinstance(variant, str) else None
+    mods = getattr(model, "_modules", None)
+    if layout is None or not isinstance(mods, dict) or model._forward_hooks or model._forward_pre_hooks:
+        return None
+    params = []
+    for name, kind, act, names in layout:
+        layer = mods.get(name)
+        if type(layer) is not kind or layer._forward_hooks or layer._forward_pre_hooks \
+                or layer._backward_hooks or layer._backward_pre_hooks:
+            return None
+        if act is not None and layer.act != act:
+            return None
+        for p in names:
+            t = layer._parameters.get(p)
+            if t is None:
+                return None
+            params.append(t)
+    if variant == "classic":
+        c3 = mods["c3"]._buffers
+        codes = mods["output"]._buffers.get("weight")
+        return variant, params, codes, c3.get("table_offsets"), c3.get("table_inputs")
+    return variant, params, None, None, None
+
+
+def _model_problem(model, found) -> str:
+    """Why a model whose tensors were found cannot run fused ('' when it can)."""
+    if found is None:
+        return ("the model must be a lenet5_fast.LeNet5 of variant 'classic' or 'modern' with its own layers, "
+                "standard activations, fixed RBF codes and no module hooks")
+    variant, params, codes, offsets, inputs = found
+    cin = getattr(model, "in_channels", None)
+    if not isinstance(cin, int) or not 1 <= cin <= 8:
+        return f"in_channels must be 1..8, got {cin!r}"
+    if variant == "classic":
+        for name, t in (("c3.table_offsets", offsets), ("c3.table_inputs", inputs)):
+            if not (isinstance(t, Tensor) and t.device.type == "cpu" and t.dtype == torch.int32
+                    and t.dim() == 1 and t.is_contiguous()):
+                return f"{name} must be a contiguous 1-D int32 CPU tensor"
+        if offsets.numel() != _C3 + 1 or not 1 <= inputs.numel() <= _C1 * _C3:
+            return (f"C3 must have {_C3} output maps and 1..{_C1 * _C3} kernels, got {offsets.numel() - 1} maps "
+                    f"and {inputs.numel()} kernels")
+        if not _is_cpu_f32(codes, (_CLASSES, _F6)):
+            return f"the RBF codes (output.weight) must be a fixed contiguous float32 CPU tensor of shape (10, 84)"
+        kernels, classes = inputs.numel(), _CLASSES
+    else:
+        kernels, classes = 0, params[-1].shape[0] if params[-1].dim() == 1 else -1
+        if not 1 <= classes <= 1024:
+            return f"the output layer must have 1..1024 units, got {classes}"
+    for name, p, shape in zip(_PARAM_NAMES[variant], params, _expected_shapes(variant, cin, kernels, classes)):
+        if not _is_cpu_f32(p, shape):
+            return (f"parameter {name} must be a contiguous float32 CPU tensor of shape {shape}, got "
+                    f"{p.dtype} on {p.device} with shape {tuple(p.shape)}"
+                    + ("" if p.is_contiguous() else " (not contiguous)"))
+    return ""
 
 
 def _is_cpu_f32(t, shape=None) -> bool:
@@ -52,106 +164,293 @@ def _is_cpu_f32(t, shape=None) -> bool:
             and t.is_contiguous() and (shape is None or tuple(t.shape) == tuple(shape)))
 
 
-def _model_problem(model) -> str:
-    """Why the model cannot run fused ('' when it can)."""
-    if not isinstance(model, LeNet5):
-        return f"the model must be a lenet5_fast.LeNet5, got {type(model).__name__}"
-    if model.variant != "classic" or model.in_channels != 1:
-        return (f"only the classic variant with 1 input channel is fused, got variant={model.variant!r}, "
-                f"in_channels={model.in_channels}")
-    c3 = model.c3
-    off, inp = getattr(c3, "table_offsets", None), getattr(c3, "table_inputs", None)
-    for name, t in (("table_offsets", off), ("table_inputs", inp)):
-        if not (isinstance(t, Tensor) and t.device.type == "cpu" and t.dtype == torch.int32
-                and t.dim() == 1 and t.is_contiguous()):
-            return f"c3.{name} must be a contiguous 1-D int32 CPU tensor"
-    if off.numel() != 17 or not 1 <= inp.numel() <= 96:
-        return (f"C3 must have 16 output maps and 1..96 kernels, got {off.numel() - 1} maps and "
-                f"{inp.numel()} kernels")
-    params = _trainable(model)
-    named = [n for n, p in model.named_parameters() if p.requires_grad]
-    if tuple(named) != _PARAM_NAMES:
-        return (f"the trainable parameters must be exactly {list(_PARAM_NAMES)} (fixed RBF codes), "
-                f"got {named}")
-    for name, p, shape in zip(_PARAM_NAMES, params, _expected_shapes(inp.numel())):
-        if not _is_cpu_f32(p, shape):
-            return (f"parameter {name} must be a contiguous float32 CPU tensor of shape {shape}, got "
-                    f"{p.dtype} on {p.device} with shape {tuple(p.shape)}"
-                    + ("" if p.is_contiguous() else " (not contiguous)"))
-    if not _is_cpu_f32(model.output.weight, (10, 84)):
-        return "the RBF codes (output.weight) must be a contiguous float32 CPU tensor of shape (10, 84)"
-    if _model_tensors(model) is None:
-        return "the layers must be the classic network's (RBF codes as a fixed buffer)"
-    return ""
-
-
-def _input_problem(x) -> str:
+def _input_problem(x, cin: int) -> str:
     if not isinstance(x, Tensor):
         return f"input must be a torch.Tensor, got {type(x).__name__}"
     if x.device.type != "cpu":
-        return f"input is on {x.device}; the fused path runs on the CPU only"
+        return f"input is on {x.device}; the fused engines run on the CPU only"
     if x.dtype != torch.float32:
         return f"input must be float32, got {x.dtype}"
-    if x.dim() != 4 or tuple(x.shape[1:]) != (1, 32, 32):
-        return f"input must have shape [N, 1, 32, 32], got {tuple(x.shape)}"
+    if x.dim() != 4 or tuple(x.shape[1:]) != (cin, _IN, _IN):
+        return f"input must have shape [N, {cin}, {_IN}, {_IN}], got {tuple(x.shape)}"
     if x.shape[0] == 0:
-        return "empty batch (input shape (0, 1, 32, 32))"
+        return f"empty batch (input shape {tuple(x.shape)})"
     return ""
 
 
-def supports(model, x=None) -> bool:
-    """True when :func:`forward` (and the SDLM functions) can run ``model`` (and input ``x``):
-    a classic :class:`lenet5_fast.LeNet5` with 1 input channel, float32 contiguous parameters on
-    the CPU, fixed RBF codes, and ``x`` (if given) a float32 CPU tensor ``[N, 1, 32, 32]``, N > 0."""
-    if x is not None and _input_problem(x):
-        return False
+# model -> its _Net, valid while its tensors are the same objects at the same addresses (new
+# tensors, .data assignments, dtype or device moves all change one or the other).
+_plans = weakref.WeakKeyDictionary()
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this block (on this thread) no model runs fused: ``LeNet5.forward`` takes the per-op
+    path. For comparisons, and for the trainer's ``--no-fused``."""
+    before = getattr(_state, "off", False)
+    _state.off = True
     try:
-        _net(model, "supports")
-    except TypeError:
-        return False
-    return True
+        yield
+    finally:
+        _state.off = before
 
 
-def _model_tensors(model):
-    """The 12 trainable tensors, the RBF codes and the C3 table, read straight from the module
-    dictionaries (fast), or None when the model does not have them."""
-    try:
-        mods = model._modules
-        tensors = [mods[m]._parameters[n] for m, n in _PARAM_SLOTS]
-        c3 = mods["c3"]._buffers
-        tensors += [mods["output"]._buffers["weight"], c3["table_offsets"], c3["table_inputs"]]
-    except (AttributeError, KeyError, TypeError):
-        return None
-    return tensors if all(isinstance(t, Tensor) for t in tensors) else None
-
-
-def _net(model, fn: str, full: bool = False):
-    """Native arguments (param addresses, codes, table offsets, table inputs) for a supported
-    model; raises TypeError with the reason otherwise. Unless ``full``, a model validated before
-    whose 15 tensors are the same objects at the same addresses is not checked again (new
-    tensors, .data assignments, dtype or device moves all change one or the other)."""
-    tensors = _model_tensors(model) if isinstance(model, LeNet5) else None
-    if tensors is not None:
-        key = [(id(t), t.data_ptr()) for t in tensors]
-        hit = None if full else _validated.get(model)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-    problem = _model_problem(model)
+def _net(model, fn: Optional[str]):
+    """The model's _Net, or (fn None) None when it does not qualify; with fn, raises TypeError
+    naming fn and the reason."""
+    found = _tensors(model)
+    if found is not None:
+        key = tuple(map(id, found[1])) + tuple(id(t) for t in found[2:]) + tuple(
+            t.data_ptr() for t in found[1]) + (model.in_channels,)
+        net = _plans.get(model)
+        if net is not None and net.key == key:
+            return net
+    problem = _model_problem(model, found)
     if problem:
+        if fn is None:
+            return None
         raise TypeError(f"lenet5_fast.fused.{fn}: {problem}")
-    args = ([t.data_ptr() for t in tensors[:12]], tensors[12].data_ptr(), tensors[13].data_ptr(),
-            tensors[14].data_ptr())
-    _validated[model] = (key, args, tensors)
-    return args
+    variant, params, codes, offsets, inputs = found
+    net = _Net(variant, model.in_channels, _CLASSES if variant == "classic" else params[-1].shape[0], params,
+               codes, offsets, inputs, key)
+    _plans[model] = net
+    return net
 
 
-def _images(x, fn: str) -> Tensor:
-    if (isinstance(x, Tensor) and x.is_cpu and x.dtype is torch.float32 and x.dim() == 4
-            and x.shape[0] > 0 and x.shape[1:] == (1, 32, 32)):
-        return x if x.is_contiguous() else x.contiguous()
-    problem = _input_problem(x)
-    raise (TypeError if "must be a torch.Tensor" in problem or "float32" in problem else ValueError)(
-        f"lenet5_fast.fused.{fn}: {problem}")
+def plan(model, x) -> Optional[_Net]:
+    """The one decision: the model's native arguments when ``model(x)`` may run fused, else None
+    (then ``LeNet5.forward`` runs layer by layer). Cheap after the first call for a model: a
+    fingerprint of its tensors is compared, the input's attributes read."""
+    if getattr(_state, "off", False):
+        return None
+    net = _net(model, None)
+    if net is None:
+        return None
+    if not (type(x) is Tensor and x.dtype is torch.float32 and x.device.type == "cpu" and x.dim() == 4
+            and x.shape[0] > 0 and x.shape[1] == net.cin and x.shape[2] == _IN and x.shape[3] == _IN):
+        return None
+    return net
+
+
+def supports(model, x=None) -> bool:
+    """True when ``model`` (and input ``x``, if given) runs on the fused engines (see :func:`plan`)."""
+    if getattr(_state, "off", False):
+        return False
+    net = _net(model, None) if x is None else plan(model, x)
+    return net is not None and _can_run(net, False)
+
+
+def engine(variant: int, cin: int, n: int, input_grad: bool) -> int:
+    """Which engine runs a batch: :data:`SAMPLE` (per image; classic, one channel, no input
+    gradient, small batches, or when the batch engine is not built) or :data:`BATCH`."""
+    if variant == 0 and cin == 1 and not input_grad and (n < SAMPLE_MAX_BATCH or not _HAS_BATCH):
+        return SAMPLE
+    if not _HAS_BATCH:
+        raise NotImplementedError("lenet5_fast.fused: this build has no batch engine (fused_batch.cpp)")
+    return BATCH
+
+
+def _inference_engine(net: _Net) -> int:
+    # The per-image engine infers fastest at every batch size where it applies (bench/cpu.py).
+    return SAMPLE if net.code == 0 and net.cin == 1 else BATCH
+
+
+def _can_run(net: _Net, input_grad: bool) -> bool:
+    return _HAS_BATCH or (net.code == 0 and net.cin == 1 and not input_grad)
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+# ---------------------------------------------------------------------------------------------
+# the native calls (net: (param addresses, codes, offsets, inputs) of a _Net or of the op's args)
+
+# A valid C3 table (one kernel per map) for asking the batch engine's saved size, which does not
+# depend on the table (the fake kernel has no real one to give).
+_SIZE_TABLE = (torch.arange(_C3 + 1, dtype=torch.int32), torch.zeros(_C3, dtype=torch.int32))
+
+
+def _saved_size(variant: int, cin: int, classes: int, n: int, eng: int):
+    if eng == SAMPLE:
+        return (n, _C.lenet5_sample_saved_floats())
+    offsets, inputs = (t.data_ptr() for t in _SIZE_TABLE)
+    return (_C.lenet5_batch_saved_floats(variant, cin, classes, [0] * (12 if variant == 0 else 10), 0, offsets,
+                                         inputs, n),)
+
+
+def _native_forward(variant, cin, classes, ptrs, x: Tensor, eng: int, save: bool) -> Tuple[Tensor, Tensor]:
+    n = x.shape[0]
+    out = x.new_empty((n, classes))
+    saved = x.new_empty(_saved_size(variant, cin, classes, n, eng) if save else (0,))
+    sp = saved.data_ptr() if save else 0
+    if eng == SAMPLE:
+        if save:
+            _C.lenet5_sample_forward_save(*ptrs, x.data_ptr(), out.data_ptr(), sp, n, _threads())
+        else:
+            _C.lenet5_forward(*ptrs, x.data_ptr(), out.data_ptr(), n, _threads())
+    else:
+        _C.lenet5_batch_forward(variant, cin, classes, *ptrs, x.data_ptr(), out.data_ptr(), sp, n, _threads())
+    return out, saved
+
+
+def _native_backward(variant, cin, classes, ptrs, params: Sequence[Tensor], x: Tensor, saved: Tensor,
+                     grad_out: Tensor, eng: int, input_grad: bool) -> List[Tensor]:
+    n = x.shape[0]
+    grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
+    gx = torch.empty_like(x) if input_grad else x.new_empty((0,))
+    grad_out = grad_out.contiguous()
+    gp = [g.data_ptr() for g in grads]
+    if eng == SAMPLE:
+        _C.lenet5_sample_backward(*ptrs, saved.data_ptr(), grad_out.data_ptr(), n, gp, _threads())
+    else:
+        _C.lenet5_batch_backward(variant, cin, classes, *ptrs, x.data_ptr(), saved.data_ptr(),
+                                 grad_out.data_ptr(), n, gp, gx.data_ptr() if input_grad else 0, _threads())
+    return grads + [gx]
+
+
+# ---------------------------------------------------------------------------------------------
+# the op pair, registered like the per-op ops (ops._define): CPU kernel, fake kernel, autograd
+
+def _op_ptrs(params, codes, offsets, inputs):
+    return ([p.data_ptr() for p in params], ops._ptr(codes), ops._ptr(offsets), ops._ptr(inputs))
+
+
+def _classes(variant: int, params) -> int:
+    return _CLASSES if variant == 0 else params[-1].shape[0]
+
+
+def _lenet5_kernel(x, params, codes, offsets, inputs, variant, eng):
+    x = x.contiguous()
+    params = [p.contiguous() for p in params]
+    return _native_forward(variant, x.shape[1], _classes(variant, params),
+                           _op_ptrs(params, codes, offsets, inputs), x, eng, True)
+
+
+def _lenet5_fake(x, params, codes, offsets, inputs, variant, eng):
+    classes = _classes(variant, params)
+    return (x.new_empty((x.shape[0], classes)),
+            x.new_empty(_saved_size(variant, x.shape[1], classes, x.shape[0], eng)))
+
+
+def _lenet5_backward_kernel(grad_out, x, saved, params, codes, offsets, inputs, variant, eng, input_grad):
+    x = x.contiguous()
+    params = [p.contiguous() for p in params]
+    return _native_backward(variant, x.shape[1], _classes(variant, params), _op_ptrs(params, codes, offsets, inputs),
+                            params, x, saved, grad_out, eng, input_grad)
+
+
+def _lenet5_backward_fake(grad_out, x, saved, params, codes, offsets, inputs, variant, eng, input_grad):
+    return [torch.empty_like(p) for p in params] + [torch.empty_like(x) if input_grad else x.new_empty((0,))]
+
+
+lenet5_backward = ops._define(
+    "lenet5_backward(Tensor grad_out, Tensor x, Tensor saved, Tensor[] params, Tensor? codes, Tensor? offsets, "
+    "Tensor? inputs, int variant, int engine, bool input_grad) -> Tensor[]",
+    _lenet5_backward_kernel, _lenet5_backward_fake)
+lenet5 = ops._define(
+    "lenet5(Tensor x, Tensor[] params, Tensor? codes, Tensor? offsets, Tensor? inputs, int variant, int engine) "
+    "-> (Tensor, Tensor)", _lenet5_kernel, _lenet5_fake)
+
+
+def _setup(ctx, inputs, output):
+    x, params, codes, offsets, inputs_, variant, eng = inputs
+    ctx.save_for_backward(x, output[1], codes, offsets, inputs_, *params)
+    ctx.variant, ctx.engine = variant, eng
+    ctx.mark_non_differentiable(output[1])
+
+
+def _grad(ctx, grad_out, _grad_saved):
+    x, saved, codes, offsets, inputs, *params = ctx.saved_tensors
+    input_grad = ctx.needs_input_grad[0]
+    *grads, gx = lenet5_backward(grad_out, x, saved, params, codes, offsets, inputs, ctx.variant, ctx.engine,
+                                 input_grad)
+    return (gx if input_grad else None), grads, None, None, None, None, None
+
+
+torch.library.register_autograd(lenet5, _grad, setup_context=_setup, lib=ops._lib)
+
+
+class _Eager(torch.autograd.Function):
+    """The eager path: the same kernels as the op, without the dispatcher (plain tensors only).
+    The parameters are saved tensors, so an in-place change before backward is caught."""
+
+    @staticmethod
+    def forward(ctx, x, net, eng, *params):
+        out, saved = _native_forward(net.code, net.cin, net.classes, net.ptrs, x, eng, True)
+        ctx.net, ctx.engine, ctx.saved = net, eng, saved
+        ctx.save_for_backward(x, *params)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        net = ctx.net
+        x, *params = ctx.saved_tensors
+        input_grad = ctx.needs_input_grad[0]
+        ptrs = ([p.data_ptr() for p in params],) + net.ptrs[1:]
+        *grads, gx = _native_backward(net.code, net.cin, net.classes, ptrs, params, x, ctx.saved, grad_out,
+                                      ctx.engine, input_grad)
+        need = ctx.needs_input_grad[3:]
+        return ((gx if input_grad else None), None, None, *(g if w else None for g, w in zip(grads, need)))
+
+
+def run(model, x: Tensor) -> Optional[Tensor]:
+    """``model(x)`` through the fused op when :func:`plan` accepts it, else None (the caller runs
+    the layers). Eager with plain tensors: the kernels directly (an autograd node when a gradient
+    is wanted); under torch.compile and torch.export with a static batch size: the registered op
+    ``lenet5_fast::lenet5`` (the same checks, without the cache); with a symbolic batch size,
+    under torch.jit.trace and ONNX export: None (the layers, which trace for any batch size and
+    export as standard operators)."""
+    if ops.plain_eager(x):
+        net = plan(model, x)
+        if net is None:
+            return None
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in net.params))
+        input_grad = grad and x.requires_grad
+        if not _can_run(net, input_grad):
+            return None
+        x = x if x.is_contiguous() else x.contiguous()
+        if not grad:
+            return _native_forward(net.code, net.cin, net.classes, net.ptrs, x, _inference_engine(net), False)[0]
+        return _Eager.apply(x, net, engine(net.code, net.cin, x.shape[0], input_grad), *net.params)
+    if getattr(_state, "off", False) or torch.jit.is_tracing() or ops._onnx_exporting():
+        return None
+    if not isinstance(x, Tensor) or not isinstance(x.shape[0], int):
+        return None  # a symbolic batch size (dynamic shapes): the layers, which trace for any N
+    found = _tensors(model)
+    cin = getattr(model, "in_channels", None)
+    if found is None or _model_problem(model, found) or _input_problem(x, cin):
+        return None
+    variant, params, codes, offsets, inputs = found
+    code = VARIANT_CODES[variant]
+    input_grad = torch.is_grad_enabled() and x.requires_grad
+    if not _HAS_BATCH and not (code == 0 and cin == 1 and not input_grad):
+        return None
+    eng = engine(code, cin, x.shape[0], input_grad)
+    return lenet5(x, params, codes, offsets, inputs, code, eng)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# inference and the SDLM functions (no autograd)
+
+def _images(x, net: _Net, fn: str) -> Tensor:
+    problem = _input_problem(x, net.cin)
+    if problem:
+        raise (TypeError if "must be a torch.Tensor" in problem or "float32" in problem else ValueError)(
+            f"lenet5_fast.fused.{fn}: {problem}")
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def _classic(model, fn: str) -> _Net:
+    net = _net(model, fn)
+    if net.code != 0:
+        raise TypeError(f"lenet5_fast.fused.{fn}: only the classic variant, got variant={net.variant!r}")
+    if net.cin != 1:
+        raise TypeError(f"lenet5_fast.fused.{fn}: only the classic variant with 1 input channel, "
+                        f"got in_channels={net.cin}")
+    return net
 
 
 def _labels(y, n: int, fn: str, what: str = "labels") -> Tensor:
@@ -165,32 +464,39 @@ def _labels(y, n: int, fn: str, what: str = "labels") -> Tensor:
     return y.to(device="cpu", dtype=torch.int64).contiguous()
 
 
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
-
-
 def forward(model, x: Tensor) -> Tensor:
-    """RBF distances ``[N, 10]`` of the classic LeNet-5 for images ``x[N, 1, 32, 32]``, in one
-    native call threaded over the batch (``torch.get_num_threads()`` threads). No autograd."""
+    """The model's outputs ``[N, classes]`` (RBF distances for the classic variant, logits for the
+    modern one) for images ``x[N, in_channels, 32, 32]``, in one native call threaded over the
+    batch (``torch.get_num_threads()`` threads). No autograd. Raises TypeError/ValueError naming
+    what is expected when the model or input does not qualify."""
     net = _net(model, "forward")
-    x = _images(x, "forward")
-    n = x.shape[0]
-    out = torch.empty((n, 10), dtype=torch.float32)
-    _C.lenet5_forward(*net, x.data_ptr(), out.data_ptr(), n, _threads())
-    return out
+    x = _images(x, net, "forward")
+    if not _can_run(net, False):
+        raise TypeError(f"lenet5_fast.fused.forward: this build fuses only the classic variant with 1 input "
+                        f"channel, got variant={net.variant!r}, in_channels={net.cin}")
+    return _native_forward(net.code, net.cin, net.classes, net.ptrs, x, _inference_engine(net), False)[0]
 
 
 def sdlm_hessian(model, x: Tensor, y: Tensor) -> List[Tensor]:
     """The SDLM Gauss-Newton diagonal ``h_kk`` averaged over the samples ``(x, y)``: one tensor
     per trainable parameter, in ``[p for p in model.parameters() if p.requires_grad]`` order,
-    shaped like it. Same terms as the per-op backward kernels with ``gauss_newton=True``."""
-    net = _net(model, "sdlm_hessian", full=True)
-    x = _images(x, "sdlm_hessian")
+    shaped like it. Same terms as the per-op backward kernels with ``gauss_newton=True``.
+    Classic variant, 1 input channel, every parameter trainable."""
+    net = _sdlm_net(model, "sdlm_hessian")
+    x = _images(x, net, "sdlm_hessian")
     y = _labels(y, x.shape[0], "sdlm_hessian")
-    hessian = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in _trainable(model)]
-    _C.lenet5_sdlm_hessian(*net, x.data_ptr(), y.data_ptr(), x.shape[0], float(model.map_j),
+    hessian = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in net.params]
+    _C.lenet5_sdlm_hessian(*net.ptrs, x.data_ptr(), y.data_ptr(), x.shape[0], float(model.map_j),
                            [h.data_ptr() for h in hessian], _threads())
     return hessian
+
+
+def _sdlm_net(model, fn: str) -> _Net:
+    net = _classic(model, fn)
+    frozen = [n for n, p in zip(_PARAM_NAMES["classic"], net.params) if not p.requires_grad]
+    if frozen:
+        raise TypeError(f"lenet5_fast.fused.{fn}: every parameter must be trainable, got frozen {frozen}")
+    return net
 
 
 def _bump_versions(params: Sequence[Tensor]) -> None:
@@ -208,17 +514,17 @@ def sdlm_pass(model, x: Tensor, y: Tensor, order: Tensor, steps: Sequence[Tensor
     parameter (in place). ``steps``: one tensor per trainable parameter, shaped like it
     (``eta / (mu + h)``). Returns ``(sum of the losses, training errors)``, each sample's loss
     and error taken before its update. Single-threaded: the updates are sequential."""
-    net = _net(model, "sdlm_pass", full=True)
-    x = _images(x, "sdlm_pass")
+    net = _sdlm_net(model, "sdlm_pass")
+    x = _images(x, net, "sdlm_pass")
     y = _labels(y, x.shape[0], "sdlm_pass")
     order = _labels(order, -1, "sdlm_pass", "order")
-    params = _trainable(model)
+    params = net.params
     if isinstance(steps, Tensor) or len(steps) != len(params):
         raise ValueError(f"lenet5_fast.fused.sdlm_pass: steps must be a list of {len(params)} tensors "
                          f"(one per trainable parameter), got "
                          f"{type(steps).__name__ if isinstance(steps, Tensor) else len(steps)}")
     ready = []
-    for name, p, s in zip(_PARAM_NAMES, params, steps):
+    for name, p, s in zip(_PARAM_NAMES["classic"], params, steps):
         if not isinstance(s, Tensor) or s.dtype != torch.float32 or s.device.type != "cpu" or s.shape != p.shape:
             raise ValueError(f"lenet5_fast.fused.sdlm_pass: the step for {name} must be a float32 CPU tensor "
                              f"of shape {tuple(p.shape)}, got "
@@ -227,7 +533,7 @@ def sdlm_pass(model, x: Tensor, y: Tensor, order: Tensor, steps: Sequence[Tensor
         ready.append(s.contiguous())
     if order.numel() == 0:
         return 0.0, 0
-    loss, errors = _C.lenet5_sdlm_pass(*net, x.data_ptr(), y.data_ptr(), x.shape[0], order.data_ptr(),
+    loss, errors = _C.lenet5_sdlm_pass(*net.ptrs, x.data_ptr(), y.data_ptr(), x.shape[0], order.data_ptr(),
                                        order.numel(), float(model.map_j), [s.data_ptr() for s in ready])
     _bump_versions(params)
     return float(loss), int(errors)

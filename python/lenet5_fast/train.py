@@ -15,13 +15,15 @@ training loss above its start, saturated or dead outputs) stops with :class:`Tra
 and keeps its last good checkpoint; SIGINT (Ctrl-C) stops it after the current update with a
 checkpoint of that exact state (:class:`TrainingInterrupted`), from which ``resume`` continues.
 
-One pass goes through :func:`run_pass`, which uses the native fused engine
-(``lenet5_fast.fused``) when it exists and supports the case (classic LeNet5, CPU, float32,
-SDLM with batch 1), and the op-by-op path (autograd over the custom ops) otherwise; the
-choice is made once per run and recorded in its config.
+One pass goes through :func:`run_pass`, which uses the native fused engines
+(``lenet5_fast.fused``) where they support the model (classic or modern LeNet5, CPU, float32):
+SDLM at batch 1 as one native pass, any other optimizer or batch through the fused op under
+autograd; the op-by-op path (autograd over the per-layer ops) otherwise or with ``--no-fused``.
+The choice is made once per run and recorded in its config.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -45,10 +47,7 @@ from .checkpoint import atomic_write_bytes, load_checkpoint, model_from_checkpoi
 from .model import LAYER_NAMES, VARIANTS, LeNet5
 from .optim import PAPER_HESSIAN_SAMPLES, PAPER_MU, SDLM, TRAINING_MAX_STEP, gauss_newton_diagonal, paper_eta
 
-try:  # the native fused engine lands separately; everything works without it
-    from . import fused as _fused
-except ImportError:  # pragma: no cover - depends on the build
-    _fused = None
+from . import fused as _fused
 
 __all__ = ["TrainConfig", "DEFAULTS", "DEFAULT", "train", "resume_config", "run_pass", "evaluate", "make_optimizer",
            "pass_generator", "plot_errors", "data_fingerprint", "OPTIMIZERS", "MissingExtra",
@@ -391,9 +390,14 @@ def _hms(s: float) -> str:
 # ---------------------------------------------------------------------------------------------
 # one pass, evaluation
 
-def _use_fused(model: LeNet5, optimizer, x: Tensor, cfg: TrainConfig) -> bool:
-    return (cfg.fused and _fused is not None and isinstance(optimizer, SDLM) and cfg.batch_size == 1
-            and getattr(model, "variant", None) == "classic" and bool(_fused.supports(model, x)))
+def _use_fused(model: LeNet5, x: Tensor, cfg: TrainConfig) -> bool:
+    """Whether this run trains on the fused engines: the per-sample SDLM pass (SDLM at batch 1)
+    or the fused op through autograd (any optimizer, any batch), where they support the model."""
+    return bool(cfg.fused and x.shape[0] > 0 and _fused.supports(model, x[:1]))
+
+
+def _per_sample_sdlm(optimizer, cfg: TrainConfig) -> bool:
+    return isinstance(optimizer, SDLM) and cfg.batch_size == 1 and cfg.variant == "classic"
 
 
 def run_pass(model: LeNet5, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, order: Tensor,
@@ -403,18 +407,22 @@ def run_pass(model: LeNet5, optimizer: torch.optim.Optimizer, x: Tensor, y: Tens
     """One pass over ``x[order]``: re-estimates SDLM's h_kk on ``x[hessian_idx]`` first (None:
     keep the optimizer's estimate, as a pass resumed in the middle does), then updates per sample
     (batch 1) or per mini-batch. Returns (sum of per-sample losses, training errors during the
-    pass, whether the fused engine ran it). ``should_stop`` is asked before every update (every
-    2,000 samples on the fused engine); when it says True the pass raises
-    :class:`PassInterrupted`, leaving the model as the updates so far made it."""
+    pass, whether a fused engine ran it). With ``cfg.fused`` the pass runs on the fused engines
+    where they support the model: SDLM at batch 1 as one native pass (single-threaded), anything
+    else through ``model(x)``'s fused op; without it, layer by layer. ``should_stop`` is asked
+    before every update (every 2,000 samples on the per-sample pass); when it says True the pass
+    raises :class:`PassInterrupted`, leaving the model as the updates so far made it."""
     cfg = cfg.resolved()
-    fused = _use_fused(model, optimizer, x, cfg)
+    fused = _use_fused(model, x, cfg)
+    per_sample = fused and _per_sample_sdlm(optimizer, cfg)
     if isinstance(optimizer, SDLM) and hessian_idx is not None:
         xs, ys = x[hessian_idx], y[hessian_idx]
-        optimizer.set_hessian(_fused.sdlm_hessian(model, xs, ys) if fused else gauss_newton_diagonal(model, xs, ys))
+        optimizer.set_hessian(_fused.sdlm_hessian(model, xs, ys) if fused and cfg.variant == "classic"
+                              else gauss_newton_diagonal(model, xs, ys))
     stop = should_stop if should_stop is not None else (lambda: False)
     n = order.numel()
     total_loss, errors, done = 0.0, 0, 0
-    if fused:
+    if per_sample:
         steps = optimizer.step_sizes()
         chunk = 2000  # the fused engine runs a chunk at a time, so the bar can move
         for i in range(0, n, chunk):
@@ -426,6 +434,14 @@ def run_pass(model: LeNet5, optimizer: torch.optim.Optimizer, x: Tensor, y: Tens
                 progress.update(done, total_loss / done, 100.0 * errors / done)
         return total_loss, errors, True
 
+    with contextlib.nullcontext() if fused else _fused.disabled():
+        total_loss, errors = _minibatch_pass(model, optimizer, x, y, order, cfg, progress, stop)
+    return total_loss, errors, fused
+
+
+def _minibatch_pass(model, optimizer, x, y, order, cfg, progress, stop) -> Tuple[float, int]:
+    n = order.numel()
+    total_loss, errors = 0.0, 0
     xo, yo = x[order], y[order]  # one gather, then contiguous slices
     model.train()
     bs = cfg.batch_size
@@ -444,7 +460,7 @@ def run_pass(model: LeNet5, optimizer: torch.optim.Optimizer, x: Tensor, y: Tens
         done = min(n, i + bs)
         if progress:
             progress.update(done, total_loss / done, 100.0 * errors / done)
-    return total_loss, errors, False
+    return total_loss, errors
 
 
 @torch.no_grad()
@@ -452,11 +468,10 @@ def evaluate(model: LeNet5, x: Tensor, y: Tensor, batch_size: int = 1000,
              return_predictions: bool = False):
     """(errors, mean loss[, predictions]) of ``model`` on (x, y), in batches."""
     model.eval()
-    use_fused = _fused is not None and model.variant == "classic" and bool(_fused.supports(model, x))
     errors, loss, preds = 0, 0.0, []
-    for i in range(0, x.shape[0], batch_size):
+    for i in range(0, x.shape[0], batch_size):  # model(xb): the fused forward where it applies
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        out = _fused.forward(model, xb) if use_fused else model(xb)
+        out = model(xb)
         p = model.scores(out).argmax(1)
         errors += int((p != yb).sum())
         loss += float(model.loss(out, yb, reduction="sum"))
@@ -669,7 +684,7 @@ def _train(cfg, data_dir, out: Path, resume: bool, log, progress_stream, data, c
     if not 0 <= position < n:
         raise ValueError(f"{ck_path}: position {position} in pass {len(history) + 1} is outside its {n} samples")
 
-    fused_now = _use_fused(model, optimizer, x_train, cfg)
+    fused_now = _use_fused(model, x_train, cfg)
     if not resume:
         cfg.fused = fused_now  # the engine this run uses, from now on and when resumed
     elif cfg.fused and not fused_now:
@@ -752,7 +767,7 @@ def _train(cfg, data_dir, out: Path, resume: bool, log, progress_stream, data, c
                 lines.append(f"note: errors.png not written: {e}")
         return lines, None
 
-    # A pass on the fused engine is single-threaded: with 2+ threads, pass p's evaluation,
+    # A per-sample SDLM pass on the fused engine is single-threaded: with 2+ threads, pass p's evaluation,
     # checkpoints, metrics and plot (finish_pass, on copies of the model and optimizer) run in the
     # background while pass p + 1 trains, and pass p's line is logged after pass p + 1's progress
     # bar. Lines, files and weights are those of the sequential run, in the same order: every
@@ -815,7 +830,8 @@ def _train(cfg, data_dir, out: Path, resume: bool, log, progress_stream, data, c
             problem = output_problem(model, probe)
             if problem is not None:
                 raise diverged(p, problem, loss_sum, run_err, start)
-            if fused and p + 1 < cfg.epochs and torch.get_num_threads() > 1 and not stop():
+            if fused and _per_sample_sdlm(optimizer, cfg) and p + 1 < cfg.epochs and torch.get_num_threads() > 1 \
+                    and not stop():
                 copies = copy.deepcopy((model, optimizer))
                 pending = background.submit(finish_pass, p, *copies, t0 - secs0, t_train, loss_sum, run_err,
                                             fused, start)
