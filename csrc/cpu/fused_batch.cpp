@@ -208,6 +208,11 @@ template <bool C> constexpr int kHidden = C ? kScaledTanh : kRelu;  // hidden la
 
 template <int L> LENET5_INLINE vf<L> zero() { return vf<L>{}; }
 template <int L> LENET5_INLINE vi<L> is_nan(const vf<L>& x) { return x != x; }
+// m ? a : b lane by lane, m all ones or all zeros per lane. (Bitwise: GCC scalarizes a vector
+// ?: whose condition is an OR of comparisons, measured 70% of the modern forward's time.)
+template <int L> LENET5_INLINE vf<L> select(const vi<L>& m, const vf<L>& a, const vf<L>& b) {
+  return reinterpret_cast<vf<L>>((m & reinterpret_cast<vi<L>>(a)) | (~m & reinterpret_cast<vi<L>>(b)));
+}
 
 // The tile's saved activations.
 template <int L> struct Saved {
@@ -400,9 +405,9 @@ LENET5_INLINE void pool_forward(const float* Y, int M, const float* coef, const 
           z = act::forward<kScaledTanh>(coef[m] * (a + b + cc + d) + bias[m]);
         } else {
           z = a;
-          z = (b > z) | is_nan<L>(b) ? b : z;
-          z = (cc > z) | is_nan<L>(cc) ? cc : z;
-          z = (d > z) | is_nan<L>(d) ? d : z;
+          z = select<L>((b > z) | is_nan<L>(b), b, z);
+          z = select<L>((cc > z) | is_nan<L>(cc), cc, z);
+          z = select<L>((d > z) | is_nan<L>(d), d, z);
         }
         store<L>(Z + ((m * P + r) * P + c) * L, z);
       }
@@ -445,11 +450,11 @@ LENET5_INLINE void pool_backward(const float* GZ, const float* Z, const float* Y
                       ec = (cc == z) | (is_nan<L>(cc) & zn), ed = (d == z) | (is_nan<L>(d) & zn);
           const vi<L> hb = eb & ~ea, hc = ec & ~(ea | eb), hd = ed & ~(ea | eb | ec);
           const vi<L> ha = ~(hb | hc | hd);  // a: the first match, or nothing matched
-          const vf<L> zero_v = zero<L>();
-          ga = ha ? gz : zero_v;
-          gb = hb ? gz : zero_v;
-          gc = hc ? gz : zero_v;
-          gd = hd ? gz : zero_v;
+          const vi<L> gi = reinterpret_cast<vi<L>>(gz);
+          ga = reinterpret_cast<vf<L>>(ha & gi);
+          gb = reinterpret_cast<vf<L>>(hb & gi);
+          gc = reinterpret_cast<vf<L>>(hc & gi);
+          gd = reinterpret_cast<vf<L>>(hd & gi);
         }
         const int ci = (kGP + 2 * c) * L;
         store<L>(g0 + ci, ga * act::derivative<ACT>(a));
