@@ -26,21 +26,36 @@ constexpr int64_t kReduceSlots = 16;
 // First image of slice s when N images are cut into nslots slices.
 inline int64_t slice_begin(int64_t N, int64_t nslots, int64_t s) { return N * s / nslots; }
 
+// Per calling thread, a buffer of at least n values that lives on between calls: scratch that
+// costs no allocation (and no page faults) once it has grown to a call's size.
+template <class T> T* reusable_scratch(int64_t n) {
+  thread_local std::vector<T> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
 // Runs body(begin, end) over the batch in fixed slices, in parallel. If acc_size > 0, each
 // slice gets its own zeroed accumulator of acc_size values, and the slices' accumulators are
 // summed in slice order into out[0:acc_size]. body(begin, end, acc) sees its slice's accumulator.
+// (Slice 0 accumulates in out itself, the others in reusable scratch: the sum is the same.)
 template <class T, class Body>
 void batch_slices(int64_t N, int64_t acc_size, T* out, int nthreads, Body&& body) {
   const int64_t nslots = std::max<int64_t>(1, std::min<int64_t>(N, kReduceSlots));
-  std::vector<T> acc(acc_size > 0 ? nslots * acc_size : 0, T(0));
+  T* rest = nullptr;
+  if (acc_size > 0) {
+    std::fill(out, out + acc_size, T(0));
+    if (nslots > 1) {
+      rest = reusable_scratch<T>((nslots - 1) * acc_size);
+      std::fill(rest, rest + (nslots - 1) * acc_size, T(0));
+    }
+  }
   parallel_tasks(nslots, nthreads, [&](int64_t s) {
     body(slice_begin(N, nslots, s), slice_begin(N, nslots, s + 1),
-         acc_size > 0 ? acc.data() + s * acc_size : nullptr);
+         acc_size > 0 ? (s == 0 ? out : rest + (s - 1) * acc_size) : nullptr);
   });
-  if (acc_size > 0 && out) {
-    std::memcpy(out, acc.data(), sizeof(T) * acc_size);
+  if (acc_size > 0) {
     for (int64_t s = 1; s < nslots; ++s) {
-      const T* a = acc.data() + s * acc_size;
+      const T* a = rest + (s - 1) * acc_size;
       for (int64_t i = 0; i < acc_size; ++i) out[i] += a[i];
     }
   }

@@ -29,6 +29,7 @@ This module imports only ``_C``, ``ops`` and ``layers`` (no import of ``model``)
 from __future__ import annotations
 
 import contextlib
+import operator
 import threading
 import weakref
 from typing import List, Optional, Sequence, Tuple
@@ -88,15 +89,45 @@ def _expected_shapes(variant: str, cin: int, kernels: int, classes: int):
 # which models and inputs run fused: plan()
 
 class _Net:
-    """A model's tensors as the engines take them (checked once, see plan())."""
+    """A model's tensors as the engines take them, checked once (see _net), and what tells
+    whether they are still the ones checked: the layer objects, where each tensor is looked up,
+    the hook dictionaries that must stay empty, and the tensors' addresses."""
 
-    __slots__ = ("variant", "code", "cin", "classes", "params", "codes", "offsets", "inputs", "ptrs", "key",
-                 "__weakref__")
+    __slots__ = ("variant", "code", "cin", "in_shape", "classes", "params", "codes", "offsets", "inputs", "ptrs", "layers",
+                 "dicts", "names", "tensors", "hooks", "__weakref__")
 
-    def __init__(self, variant, cin, classes, params, codes, offsets, inputs, key):
-        self.variant, self.code, self.cin, self.classes = variant, VARIANT_CODES[variant], cin, classes
-        self.params, self.codes, self.offsets, self.inputs, self.key = params, codes, offsets, inputs, key
+    def __init__(self, model, variant, params, codes, offsets, inputs):
+        self.variant, self.code, self.cin = variant, VARIANT_CODES[variant], model.in_channels
+        self.in_shape = torch.Size((self.cin, _IN, _IN))
+        self.classes = _CLASSES if variant == "classic" else params[-1].shape[0]
+        self.params, self.codes, self.offsets, self.inputs = params, codes, offsets, inputs
         self.ptrs = ([p.data_ptr() for p in params], ops._ptr(codes), ops._ptr(offsets), ops._ptr(inputs))
+        mods = model._modules
+        self.layers = tuple(mods.values())
+        slots = [(mods[n]._parameters, p) for n, _, _, ps in _LAYOUT[variant] for p in ps]
+        if variant == "classic":
+            slots += [(mods["output"]._buffers, "weight"), (mods["c3"]._buffers, "table_offsets"),
+                      (mods["c3"]._buffers, "table_inputs")]
+        self.dicts, self.names = tuple(d for d, _ in slots), tuple(n for _, n in slots)
+        self.tensors = tuple(map(dict.__getitem__, self.dicts, self.names))
+        self.hooks = (model._forward_hooks, model._forward_pre_hooks, *_GLOBAL_HOOKS, *(
+            h for m in self.layers for h in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks,
+                                              m._backward_pre_hooks)))
+
+    def current(self, model) -> bool:
+        """Whether the model still holds exactly the checked layers and tensors (same objects at
+        the same addresses: new tensors, .data assignments, dtype or device moves all change one
+        or the other) and no hook was registered since."""
+        if any(self.hooks) or tuple(model._modules.values()) != self.layers:
+            return False
+        now = tuple(map(dict.get, self.dicts, self.names))
+        return all(map(operator.is_, now, self.tensors)) and list(map(Tensor.data_ptr, now[:len(self.params)])) \
+            == self.ptrs[0]
+
+
+_GLOBAL_HOOKS = tuple(getattr(torch.nn.modules.module, name) for name in (
+    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
+    if isinstance(getattr(torch.nn.modules.module, name, None), dict))
 
 
 def _tensors(model):
@@ -181,39 +212,41 @@ def _input_problem(x, cin: int) -> str:
 # model -> its _Net, valid while its tensors are the same objects at the same addresses (new
 # tensors, .data assignments, dtype or device moves all change one or the other).
 _plans = weakref.WeakKeyDictionary()
-_state = threading.local()
+_off = {}  # thread id -> depth of disabled() blocks on that thread (empty: read in a few ns)
 
 
 @contextlib.contextmanager
 def disabled():
     """Within this block (on this thread) no model runs fused: ``LeNet5.forward`` takes the per-op
     path. For comparisons, and for the trainer's ``--no-fused``."""
-    before = getattr(_state, "off", False)
-    _state.off = True
+    me = threading.get_ident()
+    _off[me] = _off.get(me, 0) + 1
     try:
         yield
     finally:
-        _state.off = before
+        _off[me] -= 1
+        if not _off[me]:
+            del _off[me]
+
+
+def _disabled() -> bool:
+    return bool(_off) and threading.get_ident() in _off
 
 
 def _net(model, fn: Optional[str]):
     """The model's _Net, or (fn None) None when it does not qualify; with fn, raises TypeError
-    naming fn and the reason."""
+    naming fn and the reason. A model checked before is not checked again while its _Net is
+    current (a few identity and address comparisons)."""
+    net = _plans.get(model)
+    if net is not None and net.current(model):
+        return net
     found = _tensors(model)
-    if found is not None:
-        key = tuple(map(id, found[1])) + tuple(id(t) for t in found[2:]) + tuple(
-            t.data_ptr() for t in found[1]) + (model.in_channels,)
-        net = _plans.get(model)
-        if net is not None and net.key == key:
-            return net
     problem = _model_problem(model, found)
     if problem:
         if fn is None:
             return None
         raise TypeError(f"lenet5_fast.fused.{fn}: {problem}")
-    variant, params, codes, offsets, inputs = found
-    net = _Net(variant, model.in_channels, _CLASSES if variant == "classic" else params[-1].shape[0], params,
-               codes, offsets, inputs, key)
+    net = _Net(model, *found)
     _plans[model] = net
     return net
 
@@ -222,20 +255,18 @@ def plan(model, x) -> Optional[_Net]:
     """The one decision: the model's native arguments when ``model(x)`` may run fused, else None
     (then ``LeNet5.forward`` runs layer by layer). Cheap after the first call for a model: a
     fingerprint of its tensors is compared, the input's attributes read."""
-    if getattr(_state, "off", False):
+    if _off and _disabled():
         return None
     net = _net(model, None)
-    if net is None:
-        return None
-    if not (type(x) is Tensor and x.dtype is torch.float32 and x.device.type == "cpu" and x.dim() == 4
-            and x.shape[0] > 0 and x.shape[1] == net.cin and x.shape[2] == _IN and x.shape[3] == _IN):
+    if net is None or not (type(x) is Tensor and x.is_cpu and x.dtype is torch.float32 and x.ndim == 4
+                           and x.shape[1:] == net.in_shape and x.shape[0] > 0):
         return None
     return net
 
 
 def supports(model, x=None) -> bool:
     """True when ``model`` (and input ``x``, if given) runs on the fused engines (see :func:`plan`)."""
-    if getattr(_state, "off", False):
+    if _disabled():
         return False
     net = _net(model, None) if x is None else plan(model, x)
     return net is not None and _can_run(net, False)
@@ -280,10 +311,11 @@ def _saved_size(variant: int, cin: int, classes: int, n: int, eng: int):
                                          inputs, n),)
 
 
-def _native_forward(variant, cin, classes, ptrs, x: Tensor, eng: int, save: bool) -> Tuple[Tensor, Tensor]:
+def _native_forward(variant, cin, classes, ptrs, x: Tensor, eng: int, save: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """(outputs, saved activations or None): one native forward of the contiguous batch x."""
     n = x.shape[0]
-    out = x.new_empty((n, classes))
-    saved = x.new_empty(_saved_size(variant, cin, classes, n, eng) if save else (0,))
+    out = torch.empty((n, classes))
+    saved = torch.empty(_saved_size(variant, cin, classes, n, eng)) if save else None
     sp = saved.data_ptr() if save else 0
     if eng == SAMPLE:
         if save:
@@ -415,7 +447,7 @@ def run(model, x: Tensor) -> Optional[Tensor]:
         if not grad:
             return _native_forward(net.code, net.cin, net.classes, net.ptrs, x, _inference_engine(net), False)[0]
         return _Eager.apply(x, net, engine(net.code, net.cin, x.shape[0], input_grad), *net.params)
-    if getattr(_state, "off", False) or torch.jit.is_tracing() or ops._onnx_exporting():
+    if _disabled() or torch.jit.is_tracing() or ops._onnx_exporting():
         return None
     if not isinstance(x, Tensor) or not isinstance(x.shape[0], int):
         return None  # a symbolic batch size (dynamic shapes): the layers, which trace for any N

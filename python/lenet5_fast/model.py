@@ -158,7 +158,8 @@ class LeNet5(nn.Module):
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
         """Class index per image (through the fused native forward when it supports the model)."""
-        return self.scores(self(x)).argmax(dim=1)
+        out = self(x)
+        return out.argmin(dim=1) if self.variant == "classic" else out.argmax(dim=1)
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, in_channels={self.in_channels}"
