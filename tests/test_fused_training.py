@@ -155,6 +155,14 @@ def test_what_falls_back_to_the_layers():
     hooked(_images(2))
     assert seen == [(2, 16, 10, 10)]  # the hook saw its layer run
     assert fused.run(_model("keras"), _images(2)) is None
+    m = _model()
+    assert fused.plan(m, _images(2)) is not None
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda mod, i, o: seen.append(type(mod)))
+    try:
+        assert fused.plan(m, _images(2)) is None  # a global hook must see every layer run
+    finally:
+        handle.remove()
+    assert fused.plan(m, _images(2)) is not None
 
 
 @needs_batch

@@ -136,7 +136,8 @@ def _tensors(model):
     variant = getattr(model, "variant", None)
     layout = _LAYOUT.get(variant) if isinstance(variant, str) else None
     mods = getattr(model, "_modules", None)
-    if layout is None or not isinstance(mods, dict) or model._forward_hooks or model._forward_pre_hooks:
+    if layout is None or not isinstance(mods, dict) or model._forward_hooks or model._forward_pre_hooks \
+            or any(_GLOBAL_HOOKS):
         return None
     params = []
     for name, kind, act, names in layout:
