@@ -7,11 +7,10 @@ optimizer; what falls back to the layers."""
 import pytest
 import torch
 
-from lenet5_fast import LeNet5, _C, fused, reference
+from lenet5_fast import LeNet5, fused, reference
 
 ODD_TABLE = [[o % 6] for o in range(8)] + [[5, 0, 3], [1, 4], [2, 3, 4, 5, 0], [0, 2], [4], [1, 3, 5], [3, 2],
                                             [0, 1, 2, 3, 4, 5]]
-needs_batch = pytest.mark.skipif(not fused._HAS_BATCH, reason="this build has no batch engine")
 
 
 def _model(variant="classic", cin=1, classes=10, table=None, seed=0):
@@ -65,9 +64,6 @@ CASE_IDS = ["classic", "classic-odd-table", "classic-rgb", "modern", "modern-rgb
 @pytest.mark.parametrize("input_grad", [False, True], ids=["params", "params+input"])
 def test_outputs_and_gradients_match_float64_reference(case, n, input_grad):
     variant, cin, classes, table = case
-    per_image = variant == "classic" and cin == 1 and not input_grad and n < fused.SAMPLE_MAX_BATCH
-    if not per_image and not fused._HAS_BATCH:
-        pytest.skip("this build has no batch engine")
     m = _model(variant, cin, classes, table)
     x = _images(n, cin)
     grad_out = torch.randn(n, classes, generator=torch.Generator().manual_seed(7))
@@ -87,8 +83,6 @@ def test_outputs_and_gradients_match_float64_reference(case, n, input_grad):
 @pytest.mark.parametrize("case", [CASES[0], CASES[4]], ids=["classic", "modern-rgb-7"])
 def test_gradients_are_bitwise_the_same_for_any_thread_count(case, n):
     variant, cin, classes, table = case
-    if variant != "classic" and not fused._HAS_BATCH:
-        pytest.skip("this build has no batch engine")
     m = _model(variant, cin, classes, table)
     x = _images(n, cin)
     grad_out = torch.randn(n, classes, generator=torch.Generator().manual_seed(3))
@@ -165,7 +159,6 @@ def test_what_falls_back_to_the_layers():
     assert fused.plan(m, _images(2)) is not None
 
 
-@needs_batch
 @pytest.mark.parametrize("variant,engine", [("classic", fused.SAMPLE), ("classic", fused.BATCH), ("modern", fused.BATCH)])
 def test_opcheck(variant, engine):
     m = _model(variant)

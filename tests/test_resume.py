@@ -18,7 +18,6 @@ import torch
 import lenet5_fast
 from lenet5_fast import train as T
 from lenet5_fast.checkpoint import load_checkpoint
-from lenet5_fast import fused
 from lenet5_fast.cli import main
 
 # The CLI in a child process, with one hook: in pass 2, once half of it is done, it creates
@@ -141,7 +140,7 @@ def test_resume_refuses_conflicting_settings_and_keeps_the_run(tmp_path, capsys)
     T.train(T.TrainConfig(epochs=1, optimizer="sgd", variant="modern", seed=4), None, tmp_path,
             data=data, log=lambda s: None, progress_stream=_Null())
     cfg = load_checkpoint(tmp_path / "checkpoint.pt")["meta"]["config"]
-    assert cfg["batch_size"] == T.DEFAULTS[("sgd", "modern")]["batch_size"] and cfg["fused"] is fused._HAS_BATCH
+    assert cfg["batch_size"] == T.DEFAULTS[("sgd", "modern")]["batch_size"] and cfg["fused"] is True
     for flags, what in ((["--optimizer", "adam"], "--optimizer 'adam' (the run has 'sgd')"),
                         (["--variant", "classic"], "--variant"), (["--batch-size", "7"], "--batch-size 7"),
                         (["--lr", "0.5"], "--lr"), (["--seed", "5"], "--seed"), (["--distort"], "--distort"),

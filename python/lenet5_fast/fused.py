@@ -51,7 +51,6 @@ _SCALED_TANH, _RELU, _IDENTITY = 1, 2, 0
 
 VARIANT_CODES = {"classic": 0, "modern": 1}
 SAMPLE, BATCH = 0, 1  # the engines (see engine())
-_HAS_BATCH = hasattr(_C, "lenet5_batch_forward")
 # Below this batch size the per-image engine trains faster than the batch engine (measured in
 # bench/cpu.py on the dev machine; both engines give the same gradients within float32 rounding).
 SAMPLE_MAX_BATCH = 16
@@ -177,7 +176,7 @@ def _model_problem(model, found) -> str:
             return (f"C3 must have {_C3} output maps and 1..{_C1 * _C3} kernels, got {offsets.numel() - 1} maps "
                     f"and {inputs.numel()} kernels")
         if not _is_cpu_f32(codes, (_CLASSES, _F6)):
-            return f"the RBF codes (output.weight) must be a fixed contiguous float32 CPU tensor of shape (10, 84)"
+            return "the RBF codes (output.weight) must be a fixed contiguous float32 CPU tensor of shape (10, 84)"
         kernels, classes = inputs.numel(), _CLASSES
     else:
         kernels, classes = 0, params[-1].shape[0] if params[-1].dim() == 1 else -1
@@ -269,27 +268,21 @@ def supports(model, x=None) -> bool:
     """True when ``model`` (and input ``x``, if given) runs on the fused engines (see :func:`plan`)."""
     if _disabled():
         return False
-    net = _net(model, None) if x is None else plan(model, x)
-    return net is not None and _can_run(net, False)
+    return (_net(model, None) if x is None else plan(model, x)) is not None
 
 
 def engine(variant: int, cin: int, n: int, input_grad: bool) -> int:
-    """Which engine runs a batch: :data:`SAMPLE` (per image; classic, one channel, no input
-    gradient, small batches, or when the batch engine is not built) or :data:`BATCH`."""
-    if variant == 0 and cin == 1 and not input_grad and (n < SAMPLE_MAX_BATCH or not _HAS_BATCH):
+    """Which engine runs a batch that needs gradients: :data:`SAMPLE` (per image: the classic
+    network, one channel, no input gradient, batches below :data:`SAMPLE_MAX_BATCH`) or
+    :data:`BATCH`. Forward and backward of a batch always take the same engine."""
+    if variant == 0 and cin == 1 and not input_grad and n < SAMPLE_MAX_BATCH:
         return SAMPLE
-    if not _HAS_BATCH:
-        raise NotImplementedError("lenet5_fast.fused: this build has no batch engine (fused_batch.cpp)")
     return BATCH
 
 
 def _inference_engine(net: _Net) -> int:
     # The per-image engine infers fastest at every batch size where it applies (bench/cpu.py).
     return SAMPLE if net.code == 0 and net.cin == 1 else BATCH
-
-
-def _can_run(net: _Net, input_grad: bool) -> bool:
-    return _HAS_BATCH or (net.code == 0 and net.cin == 1 and not input_grad)
 
 
 def _threads() -> int:
@@ -442,8 +435,6 @@ def run(model, x: Tensor) -> Optional[Tensor]:
             return None
         grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in net.params))
         input_grad = grad and x.requires_grad
-        if not _can_run(net, input_grad):
-            return None
         x = x if x.is_contiguous() else x.contiguous()
         if not grad:
             return _native_forward(net.code, net.cin, net.classes, net.ptrs, x, _inference_engine(net), False)[0]
@@ -459,8 +450,6 @@ def run(model, x: Tensor) -> Optional[Tensor]:
     variant, params, codes, offsets, inputs = found
     code = VARIANT_CODES[variant]
     input_grad = torch.is_grad_enabled() and x.requires_grad
-    if not _HAS_BATCH and not (code == 0 and cin == 1 and not input_grad):
-        return None
     eng = engine(code, cin, x.shape[0], input_grad)
     return lenet5(x, params, codes, offsets, inputs, code, eng)[0]
 
@@ -504,9 +493,6 @@ def forward(model, x: Tensor) -> Tensor:
     what is expected when the model or input does not qualify."""
     net = _net(model, "forward")
     x = _images(x, net, "forward")
-    if not _can_run(net, False):
-        raise TypeError(f"lenet5_fast.fused.forward: this build fuses only the classic variant with 1 input "
-                        f"channel, got variant={net.variant!r}, in_channels={net.cin}")
     return _native_forward(net.code, net.cin, net.classes, net.ptrs, x, _inference_engine(net), False)[0]
 
 
