@@ -221,24 +221,50 @@ template <int L> struct Saved {
       : Y1(s), Y2(Y1 + kY1 * L), Y3(Y2 + kY2 * L), Y4(Y3 + kY3 * L), Y5(Y4 + kIn5 * L), Y6(Y5 + kU5 * L) {}
 };
 
-// A[r][lane] (R rows of L) -> T[lane][ld] (zeros in rows' columns [R, ld)).
-template <int L> LENET5_INLINE void transpose_rows(const float* A, int R, float* T, int ld) {
-  for (int n = 0; n < L; ++n) {
-    float* t = T + int64_t(n) * ld;
-    for (int r = 0; r < R; ++r) t[r] = A[int64_t(r) * L + n];
-    for (int r = R; r < ld; ++r) t[r] = 0.0f;
+// In-register transpose of an L x L block t[row][col] -> t[col][row]: level S swaps the S bit
+// of every element's row and column (two-source shuffles: L per level, log2(L) levels).
+template <int L, int S, int... C>
+LENET5_INLINE void swap_blocks_(vf<L>& a, vf<L>& b, std::integer_sequence<int, C...>) {
+  const vf<L> na = LENET5_SHUFFLE2(L, a, b, ((C & S) == 0 ? C : L + C - S)...);
+  const vf<L> nb = LENET5_SHUFFLE2(L, a, b, ((C & S) == 0 ? C + S : L + C)...);
+  a = na;
+  b = nb;
+}
+template <int L, int S = L / 2> LENET5_INLINE void transpose_block(vf<L>* t) {
+  if constexpr (S >= 1) {
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i)
+      if ((i & S) == 0) swap_blocks_<L, S>(t[i], t[i + S], std::make_integer_sequence<int, L>{});
+    transpose_block<L, S / 2>(t);
   }
 }
 
-// Images [base, base + valid) of x[N, cin, 32, 32] into lanes: X[cin][32][32][L], zeros in
-// the missing lanes.
+// A[r][lane] (R rows of L) -> T[lane][ld] (zeros in rows' columns [R, ld)), ld >= R.
+template <int L> LENET5_INLINE void transpose_rows(const float* A, int R, float* T, int ld) {
+  int r0 = 0;
+  for (; r0 + L <= ld; r0 += L) {
+    vf<L> t[L];
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) t[i] = r0 + i < R ? load<L>(A + int64_t(r0 + i) * L) : zero<L>();
+    transpose_block<L>(t);
+#pragma GCC unroll 16
+    for (int n = 0; n < L; ++n) store<L>(T + int64_t(n) * ld + r0, t[n]);
+  }
+  for (int n = 0; n < L; ++n)
+    for (int r = r0; r < ld; ++r) T[int64_t(n) * ld + r] = r < R ? A[int64_t(r) * L + n] : 0.0f;
+}
+
+// Images [0, valid) of x[valid, cin, 32, 32] into lanes: X[cin][32][32][L], zeros in the
+// missing lanes. L pixels of the L images at a time, transposed in registers.
 template <int L> LENET5_INLINE void load_tile(const float* x, int cin, int valid, float* X) {
-  constexpr int P = kIn * kIn;
-  const int total = cin * P;
-  if (valid < L) std::memset(X, 0, sizeof(float) * total * L);
-  for (int n = 0; n < valid; ++n) {
-    const float* src = x + int64_t(n) * total;
-    for (int p = 0; p < total; ++p) X[int64_t(p) * L + n] = src[p];
+  const int64_t total = int64_t(cin) * kIn * kIn;  // a multiple of L
+  for (int64_t p0 = 0; p0 < total; p0 += L) {
+    vf<L> t[L];
+#pragma GCC unroll 16
+    for (int n = 0; n < L; ++n) t[n] = n < valid ? load<L>(x + n * total + p0) : zero<L>();
+    transpose_block<L>(t);
+#pragma GCC unroll 16
+    for (int p = 0; p < L; ++p) store<L>(X + (p0 + p) * L, t[p]);
   }
 }
 
