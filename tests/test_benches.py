@@ -5,6 +5,10 @@ a benchmark silently drop a contender)."""
 import ast
 import importlib
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +16,7 @@ import pytest
 import lenet5_fast
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-# bench/cpu.py is being reworked on the fused-engine branch (it still edits sys.path there).
-SCRIPTS = sorted(p for p in BENCH.glob("*.py") if p.name != "cpu.py")
+SCRIPTS = sorted(BENCH.glob("*.py"))
 
 
 def _imports(tree):
@@ -46,3 +49,37 @@ def test_bench_imports_the_installed_package(script):
     for module, name in _imports(tree):
         assert _exists(module, name), f"{script.name} imports {module}{'.' + name if name else ''}, which does not exist"
     assert lenet5_fast.__file__  # the package the scripts would import
+
+
+def test_cpu_bench_smoke(tmp_path):
+    """bench/cpu.py end to end in its smoke mode (tiny budget, no torch.compile), in a fresh
+    process as a user runs it: every section is measured, every contender runs (no errors), the
+    markdown and JSON are written where asked."""
+    out, js = tmp_path / "cpu.md", tmp_path / "cpu.json"
+    cmd = [sys.executable, str(BENCH / "cpu.py"), "--quick", "--no-compile", "--batches", "1", "16",
+           "--rounds", "1", "--run-s", "0.005", "--sdlm-images", "300", "--sdlm-loop-images", "20",
+           "--threads", "2", "--out", str(out), "--json", str(js)]
+    # the package this test imported (installed, or on PYTHONPATH), nothing from the source tree
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(lenet5_fast.__file__).parents[1]),
+                                                    env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md, res = out.read_text(), json.loads(js.read_text())
+    for title in ("## Training", "## Inference", "## Batch-1 latency", "## Op by op", "## Batch-1 SDLM pass",
+                  "## Targets"):
+        assert title in md, title
+    assert "## Errors" not in md and not res["errors"], res["errors"]
+    for kind in ("train", "infer"):
+        for variant in ("classic", "modern"):
+            for n in ("1", "16"):
+                row = res[kind][variant][n]
+                for c in ("ref", "opbyop", "fused"):
+                    assert row[c]["images_per_s"] > 0 and row[c]["vs_ref"] > 0, (kind, variant, n, c)
+                assert row["compile"] is None
+    for variant in ("classic", "modern"):
+        assert res["path_checks"][variant]["fused_planned"] and res["path_checks"][variant]["opbyop_unplanned"]
+        assert res["latency"][variant]["fused"]["us"] > 0 and res["per_op"][variant]["chained"]["us"] > 0
+    assert res["sdlm"]["sdlm_pass"]["samples_per_s"] > 0 and res["sdlm"]["ref"]["samples_per_s"] > 0
+    assert res["fma_ceiling"]["2"]["gflops"] > 0 or res["machine"]["simd_supported"] == 0
+    assert {t["met"] for t in res["targets"]} <= {True, False, None}
