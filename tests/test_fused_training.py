@@ -215,3 +215,10 @@ def test_import_before_torch_makes_openmp_wait_passively_unless_told_otherwise()
     assert run(code, env) == "PASSIVE"
     assert run(code, dict(env, OMP_WAIT_POLICY="ACTIVE")) == "ACTIVE"   # the user's choice stays
     assert run("import torch; " + code, env) == "None"                  # torch first: nothing changed
+
+
+def test_every_public_name_is_importable():
+    import lenet5_fast
+
+    missing = [n for n in lenet5_fast.__all__ if not hasattr(lenet5_fast, n)]
+    assert not missing

@@ -14,8 +14,8 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import ops  # noqa: E402
-from .layers import (PAPER_C3_TABLE,  # noqa: E402 Convolution, EuclideanRBF, FullConnection, MaxPool, ScaledTanh,
-                     SparseConvolution, Subsampling)
+from .layers import (PAPER_C3_TABLE, Convolution, EuclideanRBF, FullConnection, MaxPool,  # noqa: E402
+                     ScaledTanh, SparseConvolution, Subsampling)
 from .model import LeNet5, map_loss, summary  # noqa: E402
 
 __version__ = "0.1.0"
