@@ -110,20 +110,24 @@ def _cmd_eval(args) -> int:
 
 
 def _predict_model(args):
-    """The model ``predict`` uses: --checkpoint, --weights, or the default shipped weights."""
+    """The model ``predict`` uses: --checkpoint, --weights NAME (one network), or by default the
+    ensemble of the shipped networks (the mixture of their posteriors)."""
     from . import weights
     from .checkpoint import model_from_checkpoint
+    from .confidence import Ensemble
 
     if args.checkpoint:
         return model_from_checkpoint(args.checkpoint)
-    return weights.load(args.weights or weights.DEFAULT)
+    if args.weights:
+        return weights.load(args.weights)
+    return Ensemble.from_pretrained()
 
 
 def _predict_one(model, path, reject, show_dir):
     """One image -> its result dict (raises ValueError/OSError for this file alone)."""
     from pathlib import Path
 
-    from .confidence import classify, model_outputs
+    from .confidence import Ensemble, classify, model_outputs
     from .imageio import NoDigit, read_digit, save_input_png
 
     try:
@@ -134,9 +138,17 @@ def _predict_one(model, path, reject, show_dir):
     out = model_outputs(model, digit.input)
     p = classify(model, out)
     cls, conf, margin = int(p.label[0]), float(p.confidence[0]), float(p.margin[0])
-    key = "distances" if model.variant == "classic" else "logits"
     r = {"image": str(path), "class": cls, "confidence": float(f"{conf:.6g}"), "margin": round(margin, 4),
-         "rejected": False, key: [round(float(v), 4) for v in out[0]]}
+         "rejected": False}
+    if isinstance(model, Ensemble):         # the mixture, and what each network says
+        r["posterior"] = [round(float(v), 4) for v in p.posterior[0]]
+        r["networks"] = {}
+        for name, m, o in zip(model.names, model.models, out):
+            q = classify(m, o)
+            r["networks"][name] = {"class": int(q.label[0]), "confidence": float(f"{float(q.confidence[0]):.4g}")}
+    else:
+        key = "distances" if model.variant == "classic" else "logits"
+        r[key] = [round(float(v), 4) for v in out[0]]
     if reject > 0 and conf < reject:
         r.update(rejected=True, reason=f"confidence {conf:.3g} below {reject:g}")
     elif reject > 0 and digit.ink.several:
@@ -146,6 +158,14 @@ def _predict_one(model, path, reject, show_dir):
         save_input_png(png, digit.input)
         r["input_png"] = str(png)
     return r
+
+
+def _predict_details(r) -> str:
+    """The per-network (ensemble) or per-class (one network) numbers of a result, for its line."""
+    if "networks" in r:
+        return "networks " + "  ".join(f"{n}:{v['class']} ({v['confidence']:.2g})" for n, v in r["networks"].items())
+    key = "distances" if "distances" in r else "logits"
+    return f"{key} " + "  ".join(f"{d}:{v:.2f}" for d, v in enumerate(r[key]))
 
 
 def _cmd_predict(args) -> int:
@@ -174,11 +194,11 @@ def _cmd_predict(args) -> int:
         if not args.json and r.get("class", 0) is None:
             print(f"{r['image']}: reject ({r['reason']})", flush=True)
         elif not args.json and "error" not in r:
-            key = "distances" if "distances" in r else "logits"
-            vals = "  ".join(f"{d}:{v:.2f}" for d, v in enumerate(r[key]))
             answer = f"reject ({r['reason']}; best {r['class']})" if r["rejected"] else str(r["class"])
-            print(f"{r['image']}: {answer}    confidence {r['confidence']:.3g}  margin {r['margin']:.2f}    "
-                  f"{key} {vals}" + (f"    input: {r['input_png']}" if "input_png" in r else ""), flush=True)
+            margin = f"{r['margin']:.2f}" if "networks" not in r else f"{r['margin']:.3g}"
+            print(f"{r['image']}: {answer}    confidence {r['confidence']:.3g}  margin {margin}    "
+                  f"{_predict_details(r)}" + (f"    input: {r['input_png']}" if "input_png" in r else ""),
+                  flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
     if failed:
@@ -385,10 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("images", nargs="+", help="PNG/JPG/... files, one digit each")
     which = r.add_mutually_exclusive_group()
     which.add_argument("--weights", default=None,
-                       help="shipped weights (`lenet5-fast weights` lists them; default paper-distort)")
-    which.add_argument("--checkpoint", default=None, help="a checkpoint of yours instead")
+                       help="one network, by the name of its shipped weights (`lenet5-fast weights` lists "
+                            "them); default: all three together (the mixture of their posteriors)")
+    which.add_argument("--checkpoint", default=None, help="one network: a checkpoint of yours")
     r.add_argument("--reject", type=_non_negative_float, default=None,
-                   help="answer 'reject' below this confidence (default 0.005 classic, 0.99 modern; 0: never)")
+                   help="answer 'reject' below this confidence (default 0.38 for the three together, 0.005 "
+                        "for one classic network, 0.99 for a modern one; 0: never)")
     r.add_argument("--show", action="store_true",
                    help="write the 32x32 input the network saw next to each image (IMAGE.lenet5.png)")
     r.add_argument("--debug-dir", default=None, help="write those inputs to this directory instead")
