@@ -49,6 +49,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cpu/parallel.h"
@@ -281,16 +282,19 @@ template <int L, int CB> LENET5_INLINE void row_taps(vf<L>* acc, const float* x,
   }
 }
 // The input gradient's mirror image: acc[c] += sum_kx w[kx] * g[c + 4 - kx], g: CB + 4 vectors of
-// a zero-padded gradient row (g[i] is output column c0 + i - 4).
-template <int L, int CB> LENET5_INLINE void row_taps_back(vf<L>* acc, const float* g, const float* w) {
+// a zero-padded gradient row (g[i] is output column C0 + i - 4, zero outside [0, W)); taps that
+// would meet the zero columns are skipped at compile time.
+template <int L, int CB, int C0, int W> LENET5_INLINE void row_taps_back(vf<L>* acc, const float* g, const float* w) {
   vf<L> gv[CB + kK - 1];
 #pragma GCC unroll 32
-  for (int i = 0; i < CB + kK - 1; ++i) gv[i] = load<L>(g + i * L);
+  for (int i = 0; i < CB + kK - 1; ++i)
+    if (C0 + i - (kK - 1) >= 0 && C0 + i - (kK - 1) < W) gv[i] = load<L>(g + i * L);
 #pragma GCC unroll 5
   for (int kx = 0; kx < kK; ++kx) {
     const vf<L> wv = splat<L>(w[kx]);
 #pragma GCC unroll 32
-    for (int c = 0; c < CB; ++c) acc[c] += wv * gv[c + kK - 1 - kx];
+    for (int c = 0; c < CB; ++c)
+      if (C0 + c - kx >= 0 && C0 + c - kx < W) acc[c] += wv * gv[c + kK - 1 - kx];
   }
 }
 // Weight terms of one kernel row ky: acc[r & 1][kx] += sum_c g[r][c] * x[r + ky][c + kx] over
@@ -378,28 +382,33 @@ LENET5_INLINE void conv_param_terms(const float* X, int out_maps, const float* G
 
 // Input gradient of a convolution: gx[c][q][col] = sum over kernels k reading c, ky, kx of
 // w[k][ky][kx] g[out(k)][q - ky][col - kx] (Gp's zero columns cover the column edges).
+template <int L, int H, int CB, int C0, class InputsOf>
+LENET5_INLINE void conv_input_grad_block(const float* Gp, int c, int q, const float* w, InputsOf inputs_of, float* GX) {
+  constexpr int W = H - kK + 1, GW = W + 2 * kGP;
+  vf<L> acc[CB];
+#pragma GCC unroll 32
+  for (int i = 0; i < CB; ++i) acc[i] = zero<L>();
+  const int nk = inputs_of.count(c);
+  const int ky0 = std::max(0, q - (W - 1)), ky1 = std::min(kK - 1, q);
+  for (int j = 0; j < nk; ++j) {
+    const int k = inputs_of.kernel(c, j), o = inputs_of.output(k);
+    const float* g = Gp + int64_t(o) * W * GW * L;
+    for (int ky = ky0; ky <= ky1; ++ky)
+      row_taps_back<L, CB, C0, W>(acc, g + ((q - ky) * GW + C0) * L, w + (k * kK + ky) * kK);
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < CB; ++i) store<L>(GX + ((c * H + q) * H + C0 + i) * L, acc[i]);
+}
+template <int L, int H, int CB, class InputsOf, int... B>
+LENET5_INLINE void conv_input_grad_(const float* Gp, int in_maps, const float* w, InputsOf inputs_of, float* GX,
+                                    std::integer_sequence<int, B...>) {
+  for (int c = 0; c < in_maps; ++c)
+    for (int q = 0; q < H; ++q) (conv_input_grad_block<L, H, CB, B * CB>(Gp, c, q, w, inputs_of, GX), ...);
+}
 template <int L, int H, int CB, class InputsOf>
 LENET5_INLINE void conv_input_grad(const float* Gp, int in_maps, const float* w, InputsOf inputs_of, float* GX) {
-  constexpr int W = H - kK + 1, GW = W + 2 * kGP;
   static_assert(H % CB == 0, "column blocks");
-  for (int c = 0; c < in_maps; ++c) {
-    const int nk = inputs_of.count(c);
-    for (int q = 0; q < H; ++q)
-      for (int c0 = 0; c0 < H; c0 += CB) {
-        vf<L> acc[CB];
-#pragma GCC unroll 32
-        for (int i = 0; i < CB; ++i) acc[i] = zero<L>();
-        for (int j = 0; j < nk; ++j) {
-          const int k = inputs_of.kernel(c, j), o = inputs_of.output(k);
-          const float* g = Gp + int64_t(o) * W * GW * L;
-          const int ky0 = std::max(0, q - (W - 1)), ky1 = std::min(kK - 1, q);
-          for (int ky = ky0; ky <= ky1; ++ky)
-            row_taps_back<L, CB>(acc, g + ((q - ky) * GW + c0) * L, w + (k * kK + ky) * kK);
-        }
-#pragma GCC unroll 32
-        for (int i = 0; i < CB; ++i) store<L>(GX + ((c * H + q) * H + c0 + i) * L, acc[i]);
-      }
-  }
+  conv_input_grad_<L, H, CB>(Gp, in_maps, w, inputs_of, GX, std::make_integer_sequence<int, H / CB>{});
 }
 struct DenseInputs {  // C1: kernel (o, c) = o cin + c
   int cin;
@@ -765,7 +774,9 @@ LENET5_BATCH_KERNELS(portable, 4, __attribute__((LENET5_BATCH_OPT flatten)))
 #if defined(__x86_64__) || defined(__i386__)
 LENET5_BATCH_KERNELS(avx2, 8, __attribute__((target("avx2,fma"), LENET5_BATCH_OPT flatten)))
 LENET5_BATCH_KERNELS(avx2_wide, 16, __attribute__((target("avx2,fma"), LENET5_BATCH_OPT flatten)))
-LENET5_BATCH_KERNELS(avx512, 16, __attribute__((target("avx512f,avx2,fma"), LENET5_BATCH_OPT flatten)))
+// (current_isa() picks kAvx512 only when F, BW, VL and DQ are all there; DQ materialises the
+// max-pool's comparison masks as vectors, without it GCC compares lane by lane.)
+LENET5_BATCH_KERNELS(avx512, 16, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"), LENET5_BATCH_OPT flatten)))
 #endif
 #undef LENET5_BATCH_KERNELS
 
