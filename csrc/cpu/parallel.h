@@ -38,9 +38,11 @@ template <class T> T* reusable_scratch(int64_t n) {
 // slice gets its own zeroed accumulator of acc_size values, and the slices' accumulators are
 // summed in slice order into out[0:acc_size]. body(begin, end, acc) sees its slice's accumulator.
 // (Slice 0 accumulates in out itself, the others in reusable scratch: the sum is the same.)
+// min_per_slot > 1 gives each slice at least that many images (fewer slices for small N), where
+// one image's work is small next to adding up an accumulator.
 template <class T, class Body>
-void batch_slices(int64_t N, int64_t acc_size, T* out, int nthreads, Body&& body) {
-  const int64_t nslots = std::max<int64_t>(1, std::min<int64_t>(N, kReduceSlots));
+void batch_slices(int64_t N, int64_t acc_size, T* out, int nthreads, Body&& body, int64_t min_per_slot = 1) {
+  const int64_t nslots = std::max<int64_t>(1, std::min<int64_t>(N / std::max<int64_t>(1, min_per_slot), kReduceSlots));
   T* rest = nullptr;
   if (acc_size > 0) {
     std::fill(out, out + acc_size, T(0));

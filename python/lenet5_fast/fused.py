@@ -53,7 +53,7 @@ VARIANT_CODES = {"classic": 0, "modern": 1}
 SAMPLE, BATCH = 0, 1  # the engines (see engine())
 # Below this batch size the per-image engine trains faster than the batch engine (measured in
 # bench/cpu.py on the dev machine; both engines give the same gradients within float32 rounding).
-SAMPLE_MAX_BATCH = 16
+SAMPLE_MAX_BATCH = 8
 
 # Each variant's layers: (name, layer type, activation code or None, parameter names).
 _LAYOUT = {
@@ -280,9 +280,9 @@ def engine(variant: int, cin: int, n: int, input_grad: bool) -> int:
     return BATCH
 
 
-def _inference_engine(net: _Net) -> int:
-    # The per-image engine infers fastest at every batch size where it applies (bench/cpu.py).
-    return SAMPLE if net.code == 0 and net.cin == 1 else BATCH
+def _inference_engine(net: _Net, n: int) -> int:
+    # The per-image engine infers faster below a tile of images, the batch engine from there on.
+    return SAMPLE if net.code == 0 and net.cin == 1 and n < SAMPLE_MAX_BATCH else BATCH
 
 
 def _threads() -> int:
@@ -437,7 +437,7 @@ def run(model, x: Tensor) -> Optional[Tensor]:
         input_grad = grad and x.requires_grad
         x = x if x.is_contiguous() else x.contiguous()
         if not grad:
-            return _native_forward(net.code, net.cin, net.classes, net.ptrs, x, _inference_engine(net), False)[0]
+            return _native_forward(net.code, net.cin, net.classes, net.ptrs, x, _inference_engine(net, x.shape[0]), False)[0]
         return _Eager.apply(x, net, engine(net.code, net.cin, x.shape[0], input_grad), *net.params)
     if _disabled() or torch.jit.is_tracing() or ops._onnx_exporting():
         return None
@@ -493,7 +493,7 @@ def forward(model, x: Tensor) -> Tensor:
     what is expected when the model or input does not qualify."""
     net = _net(model, "forward")
     x = _images(x, net, "forward")
-    return _native_forward(net.code, net.cin, net.classes, net.ptrs, x, _inference_engine(net), False)[0]
+    return _native_forward(net.code, net.cin, net.classes, net.ptrs, x, _inference_engine(net, x.shape[0]), False)[0]
 
 
 def sdlm_hessian(model, x: Tensor, y: Tensor) -> List[Tensor]:
