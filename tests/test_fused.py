@@ -244,7 +244,11 @@ def test_supports():
     x = _images(2)
     assert fused.supports(m) and fused.supports(m, x)
     assert fused.supports(LeNet5(variant="modern"))
-    assert fused.supports(LeNet5(variant="modern", in_channels=3), torch.zeros(2, 3, 32, 32))
+    assert fused.supports(LeNet5(variant="modern", in_channels=3), torch.zeros(4, 3, 32, 32))
+    # no per-image engine: below fused.BATCH_MIN images, the layers are faster
+    assert not fused.supports(LeNet5(variant="modern", in_channels=3), torch.zeros(3, 3, 32, 32))
+    assert fused.supports(LeNet5(in_channels=3), torch.zeros(4, 3, 32, 32))
+    assert not fused.supports(LeNet5(in_channels=3), torch.zeros(1, 3, 32, 32))
     assert not fused.supports(LeNet5(variant="keras"))
     assert not fused.supports(_model().double())
     assert not fused.supports(_model(), x.double())
