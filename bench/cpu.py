@@ -71,7 +71,6 @@ CONTENDERS = ("ref", "compile", "opbyop", "fused")
 LABELS = {"ref": "(a) ref", "compile": "(b) ref+compile", "opbyop": "(c) op-by-op", "fused": "(d) fused"}
 LAYER_NAMES = ("c1", "s2", "c3", "s4", "c5", "f6", "output")
 SIMD_NAMES = {0: "portable", 1: "avx2", 2: "avx512"}
-ENGINE_NAMES = {fused.SAMPLE: "per-image", fused.BATCH: "batch"}
 SDLM_ETA, SDLM_MU, SDLM_HESSIAN_IMAGES = 5e-4, 0.02, 500
 
 
@@ -311,14 +310,7 @@ def throughput(ms: Models, n: int, kind: str, compile_here: bool, run_s: float, 
         if r and "images_per_s" in r:
             r["vs_ref"] = r["images_per_s"] / ref if ref else None
             r["fraction_of_fma_ceiling"] = r["images_per_s"] * flop / peak
-    code = fused.VARIANT_CODES[ms.variant]
-    if infer:
-        inf = getattr(fused, "_inference_engine", None)
-        net = fused.plan(ms.models["fused"], x)
-        eng = inf(net) if inf is not None and net is not None else None
-    else:
-        eng = fused.engine(code, 1, n, False)
-    row["fused_engine"] = ENGINE_NAMES.get(eng, "?") if eng is not None else "?"
+    row["fused_engine"] = fused.path(ms.models["fused"], x, grad=not infer)
     return row
 
 

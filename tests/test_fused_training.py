@@ -225,3 +225,14 @@ def test_every_public_name_is_importable():
 
     missing = [n for n in lenet5_fast.__all__ if not hasattr(lenet5_fast, n)]
     assert not missing
+
+
+def test_path_says_which_engine_runs():
+    m, modern = _model(), _model("modern")
+    assert fused.path(m, _images(1)) == "per-image" and fused.path(m, _images(1).requires_grad_()) == "batch"
+    assert fused.path(m, _images(fused.SAMPLE_MAX_BATCH)) == "batch"
+    assert fused.path(m, _images(100), grad=False) == "batch" and fused.path(m, _images(1), grad=False) == "per-image"
+    assert fused.path(modern, _images(fused.BATCH_MIN - 1)) == "layers"
+    assert fused.path(modern, _images(fused.BATCH_MIN)) == "batch"
+    with fused.disabled():
+        assert fused.path(m, _images(1)) == "layers"

@@ -41,7 +41,7 @@ from torch.autograd.function import once_differentiable
 from . import _C, ops
 from .layers import Convolution, EuclideanRBF, FullConnection, MaxPool, SparseConvolution, Subsampling
 
-__all__ = ["plan", "run", "supports", "engine", "disabled", "forward", "sdlm_hessian", "sdlm_pass",
+__all__ = ["plan", "run", "supports", "engine", "path", "disabled", "forward", "sdlm_hessian", "sdlm_pass",
            "lenet5", "lenet5_backward", "SAMPLE", "BATCH"]
 
 _G = dict(_C.geometry)
@@ -288,6 +288,17 @@ def engine(variant: int, cin: int, n: int, input_grad: bool) -> int:
 def _inference_engine(net: _Net, n: int) -> int:
     # The per-image engine infers faster below a tile of images, the batch engine from there on.
     return SAMPLE if net.code == 0 and net.cin == 1 and n < SAMPLE_MAX_BATCH else BATCH
+
+
+def path(model, x, grad: bool = True) -> str:
+    """Which path ``model(x)`` takes (with autograd when ``grad``): "per-image" or "batch" (the
+    fused engines, see :func:`engine`), or "layers" (each layer its own op)."""
+    net = plan(model, x)
+    if net is None:
+        return "layers"
+    n = x.shape[0]
+    eng = engine(net.code, net.cin, n, x.requires_grad) if grad else _inference_engine(net, n)
+    return "per-image" if eng == SAMPLE else "batch"
 
 
 def _threads() -> int:

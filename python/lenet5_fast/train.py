@@ -393,7 +393,7 @@ def _hms(s: float) -> str:
 def _use_fused(model: LeNet5, x: Tensor, cfg: TrainConfig) -> bool:
     """Whether this run trains on the fused engines: the per-sample SDLM pass (SDLM at batch 1)
     or the fused op through autograd (any optimizer, any batch), where they support the model."""
-    return bool(cfg.fused and x.shape[0] > 0 and _fused.supports(model, x[:1]))
+    return bool(cfg.fused and x.shape[0] > 0 and _fused.supports(model, x[:cfg.batch_size]))
 
 
 def _per_sample_sdlm(optimizer, cfg: TrainConfig) -> bool:
