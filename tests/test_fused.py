@@ -6,29 +6,14 @@ import copy
 import pytest
 import torch
 
-from lenet5_fast import LeNet5, _C, fused, ops
+from lenet5_fast import LeNet5, fused, ops
 from lenet5_fast.layers import PAPER_C3_TABLE
 
-BEST_LEVEL = _C.simd_level()
 # (simd level, run the AVX-512 path's 16-lane code compiled for AVX2)
-LEVELS = [(0, False), (1, False), (1, True), (2, False)]
-LEVEL_IDS = ["portable", "avx2", "avx512-code-on-avx2", "avx512"]
 
 # C3 tables other than Table I: every map reads all six inputs (96 kernels), and an irregular one.
 FULL_TABLE = [list(range(6))] * 16
 ODD_TABLE = [[o % 6] for o in range(8)] + [[5, 0, 3], [1, 4], [2, 3, 4, 5, 0], [0, 2], [4], [1, 3, 5], [3, 2], [0, 1, 2, 3, 4, 5]]
-
-
-@pytest.fixture(params=LEVELS, ids=LEVEL_IDS)
-def level(request):
-    lvl, wide = request.param
-    if lvl > BEST_LEVEL:
-        pytest.skip(f"this CPU has SIMD level {BEST_LEVEL} < {lvl}")
-    _C.set_simd_level(lvl)
-    _C._set_wide_emulation(wide)
-    yield lvl
-    _C.set_simd_level(-1)
-    _C._set_wide_emulation(False)
 
 
 def _model(table=None, seed=0):

@@ -10,22 +10,8 @@ import torch
 from lenet5_fast import LeNet5, _C, reference
 
 BEST_LEVEL = _C.simd_level()
-LEVELS = [(0, False), (1, False), (1, True), (2, False)]
-LEVEL_IDS = ["portable", "avx2", "avx512-code-on-avx2", "avx512"]
 SPARSE_TABLE = [[0], [1, 2], [3], [4, 5, 0], [4], [2], [5], [1, 3], [0, 4], [2], [3, 5], [1], [4], [0, 5], [2, 3], [1]]
 CLASSIC, MODERN = 0, 1
-
-
-@pytest.fixture(params=LEVELS, ids=LEVEL_IDS)
-def level(request):
-    lvl, wide = request.param
-    if lvl > BEST_LEVEL:
-        pytest.skip(f"this CPU has SIMD level {BEST_LEVEL} < {lvl}")
-    _C.set_simd_level(lvl)
-    _C._set_wide_emulation(wide)
-    yield lvl
-    _C.set_simd_level(-1)
-    _C._set_wide_emulation(False)
 
 
 def _model(variant="classic", cin=1, classes=10, table=None, seed=0):

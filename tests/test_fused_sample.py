@@ -10,23 +10,8 @@ import torch
 
 from lenet5_fast import LeNet5, _C, fused, reference
 
-BEST_LEVEL = _C.simd_level()
-LEVELS = [(0, False), (1, False), (1, True), (2, False)]
-LEVEL_IDS = ["portable", "avx2", "avx512-code-on-avx2", "avx512"]
 ODD_TABLE = [[o % 6] for o in range(8)] + [[5, 0, 3], [1, 4], [2, 3, 4, 5, 0], [0, 2], [4], [1, 3, 5], [3, 2], [0, 1, 2, 3, 4, 5]]
 SAVED = _C.lenet5_sample_saved_floats()
-
-
-@pytest.fixture(params=LEVELS, ids=LEVEL_IDS)
-def level(request):
-    lvl, wide = request.param
-    if lvl > BEST_LEVEL:
-        pytest.skip(f"this CPU has SIMD level {BEST_LEVEL} < {lvl}")
-    _C.set_simd_level(lvl)
-    _C._set_wide_emulation(wide)
-    yield lvl
-    _C.set_simd_level(-1)
-    _C._set_wide_emulation(False)
 
 
 def _model(table=None, seed=0):

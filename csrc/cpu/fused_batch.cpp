@@ -765,31 +765,12 @@ struct Kernels {
   }                                                                                              \
   const Kernels NAME##_kernels = {NAME##_forward, NAME##_backward, L};
 
-#if defined(__clang__)
-#define LENET5_BATCH_OPT
-#else
-#define LENET5_BATCH_OPT optimize("no-predictive-commoning"),
-#endif
-LENET5_BATCH_KERNELS(portable, 4, __attribute__((LENET5_BATCH_OPT flatten)))
-#if defined(__x86_64__) || defined(__i386__)
-LENET5_BATCH_KERNELS(avx2, 8, __attribute__((target("avx2,fma"), LENET5_BATCH_OPT flatten)))
-LENET5_BATCH_KERNELS(avx2_wide, 16, __attribute__((target("avx2,fma"), LENET5_BATCH_OPT flatten)))
-// (current_isa() picks kAvx512 only when F, BW, VL and DQ are all there; DQ materialises the
-// max-pool's comparison masks as vectors, without it GCC compares lane by lane.)
-LENET5_BATCH_KERNELS(avx512, 16, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"), LENET5_BATCH_OPT flatten)))
-#endif
+// (DQ, in the AVX-512 set, materialises the max-pool's comparison masks as vectors; without it
+// GCC compares lane by lane.)
+LENET5_ENGINE_KERNEL_SETS(LENET5_BATCH_KERNELS)  // one set per kernel family (vec.h)
 #undef LENET5_BATCH_KERNELS
 
-const Kernels& pick_kernels() {
-  switch (current_isa()) {
-#if defined(__x86_64__) || defined(__i386__)
-    case Isa::kAvx512: return avx512_kernels;
-    case Isa::kAvx2Wide: return avx2_wide_kernels;
-    case Isa::kAvx2: return avx2_kernels;
-#endif
-    default: return portable_kernels;
-  }
-}
+const Kernels& pick_kernels() { return LENET5_ENGINE_PICK(current_isa()); }
 
 void check_aligned(const float* saved, const char* fn) {
   if (!saved || reinterpret_cast<uintptr_t>(saved) % 64 != 0)

@@ -913,31 +913,10 @@ template <int L> LENET5_INLINE void pass_images(const ClassicNet& net, const Tab
   }                                                                                              \
   const Kernels NAME##_kernels = {NAME##_forward, NAME##_backward, NAME##_hessian, NAME##_pass};
 
-// GCC's predictive commoning turns the overlapping tap loads of the unrolled convolution loops
-// into long chains of spilled registers; it is off for these functions.
-#if defined(__clang__)
-#define LENET5_SAMPLE_OPT
-#else
-#define LENET5_SAMPLE_OPT optimize("no-predictive-commoning"),
-#endif
-LENET5_SAMPLE_KERNELS(portable, 4, __attribute__((LENET5_SAMPLE_OPT flatten)))
-#if defined(__x86_64__) || defined(__i386__)
-LENET5_SAMPLE_KERNELS(avx2, 8, __attribute__((target("avx2,fma"), LENET5_SAMPLE_OPT flatten)))
-LENET5_SAMPLE_KERNELS(avx2_wide, 16, __attribute__((target("avx2,fma"), LENET5_SAMPLE_OPT flatten)))
-LENET5_SAMPLE_KERNELS(avx512, 16, __attribute__((target("avx512f,avx2,fma"), LENET5_SAMPLE_OPT flatten)))
-#endif
+LENET5_ENGINE_KERNEL_SETS(LENET5_SAMPLE_KERNELS)  // one set per kernel family (vec.h)
 #undef LENET5_SAMPLE_KERNELS
 
-const Kernels& pick_kernels() {
-  switch (current_isa()) {
-#if defined(__x86_64__) || defined(__i386__)
-    case Isa::kAvx512: return avx512_kernels;
-    case Isa::kAvx2Wide: return avx2_wide_kernels;
-    case Isa::kAvx2: return avx2_kernels;
-#endif
-    default: return portable_kernels;
-  }
-}
+const Kernels& pick_kernels() { return LENET5_ENGINE_PICK(current_isa()); }
 
 void check_net(const ClassicNet& net) {
   for (int p = 0; p < kClassicParams; ++p)

@@ -129,3 +129,33 @@ template <int L> LENET5_INLINE vf<L> keep_first(const vf<L>& x, int n) {
 }  // namespace vec
 }  // namespace cpu
 }  // namespace lenet5
+
+// ---- An engine's entry points, one set per kernel family ----
+// The engine writes KERNELS(NAME, L, ATTR): functions with attributes ATTR that instantiate its
+// templates at L lanes, collected as `const Kernels NAME##_kernels`. LENET5_ENGINE_KERNEL_SETS
+// makes the sets portable (4 lanes), avx2 (8), avx2_wide (the 16-lane code on AVX2 registers)
+// and avx512 (16; current_isa() picks it only with F, BW, VL and DQ, so they may all be used),
+// and LENET5_ENGINE_PICK(isa) is the set for simd.h's current_isa(). GCC's predictive commoning
+// turns the overlapping loads of unrolled convolution loops into long chains of spilled
+// registers; it is off for these functions.
+#if defined(__clang__)
+#define LENET5_ENGINE_OPT
+#else
+#define LENET5_ENGINE_OPT optimize("no-predictive-commoning"),
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#define LENET5_ENGINE_KERNEL_SETS(KERNELS)                                                      \
+  KERNELS(portable, 4, __attribute__((LENET5_ENGINE_OPT flatten)))                              \
+  KERNELS(avx2, 8, __attribute__((target("avx2,fma"), LENET5_ENGINE_OPT flatten)))              \
+  KERNELS(avx2_wide, 16, __attribute__((target("avx2,fma"), LENET5_ENGINE_OPT flatten)))        \
+  KERNELS(avx512, 16,                                                                           \
+          __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"), LENET5_ENGINE_OPT flatten)))
+#define LENET5_ENGINE_PICK(isa)                                   \
+  ((isa) == ::lenet5::cpu::Isa::kAvx512     ? avx512_kernels    \
+   : (isa) == ::lenet5::cpu::Isa::kAvx2Wide ? avx2_wide_kernels \
+   : (isa) == ::lenet5::cpu::Isa::kAvx2     ? avx2_kernels      \
+                                            : portable_kernels)
+#else
+#define LENET5_ENGINE_KERNEL_SETS(KERNELS) KERNELS(portable, 4, __attribute__((LENET5_ENGINE_OPT flatten)))
+#define LENET5_ENGINE_PICK(isa) portable_kernels
+#endif
