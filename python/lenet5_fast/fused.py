@@ -96,8 +96,8 @@ class _Net:
     whether they are still the ones checked: the layer objects, where each tensor is looked up,
     the hook dictionaries that must stay empty, and the tensors' addresses."""
 
-    __slots__ = ("variant", "code", "cin", "in_shape", "min_batch", "classes", "params", "codes", "offsets", "inputs", "ptrs", "layers",
-                 "dicts", "names", "tensors", "hooks", "__weakref__")
+    __slots__ = ("variant", "code", "cin", "in_shape", "min_batch", "classes", "params", "codes", "offsets",
+                 "inputs", "ptrs", "layers", "dicts", "names", "tensors", "hooks", "__weakref__")
 
     def __init__(self, model, variant, params, codes, offsets, inputs):
         self.variant, self.code, self.cin = variant, VARIANT_CODES[variant], model.in_channels
@@ -452,9 +452,10 @@ def run(model, x: Tensor) -> Optional[Tensor]:
         grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in net.params))
         input_grad = grad and x.requires_grad
         x = x if x.is_contiguous() else x.contiguous()
+        n = x.shape[0]
         if not grad:
-            return _native_forward(net.code, net.cin, net.classes, net.ptrs, x, _inference_engine(net, x.shape[0]), False)[0]
-        return _Eager.apply(x, net, engine(net.code, net.cin, x.shape[0], input_grad), *net.params)
+            return _native_forward(net.code, net.cin, net.classes, net.ptrs, x, _inference_engine(net, n), False)[0]
+        return _Eager.apply(x, net, engine(net.code, net.cin, n, input_grad), *net.params)
     if _disabled() or torch.jit.is_tracing() or ops._onnx_exporting():
         return None
     if not isinstance(x, Tensor) or not isinstance(x.shape[0], int):
