@@ -11,7 +11,7 @@ whose result JSON exists is skipped, an interrupted one is resumed from its chec
   ``--tune-epochs`` passes, trained on the first 50,000 training digits and scored on the last
   10,000 (the test set is not read).
 * ``tuned``: each optimizer at the learning rate with the lowest final validation error, like
-  ``their`` otherwise.
+  ``their`` otherwise (where that is their setting's rate, the ``their`` runs are the tuned ones).
 
 Initial weights: PyTorch's default for Conv2d/Linear (weights and biases uniform in
 +-1/sqrt(fan-in)), as in a PyTorch write-up, unless ``--init paper`` (the paper's +-2.4/fan-in,
@@ -192,7 +192,8 @@ def write_table(args) -> str:
         for e in s.epochs:
             e_run = min(e, args.max_epochs) if args.max_epochs else e
             ours = [r for r in loaded if r["stage"] == "their" and r["setting"] == s.name and r["lr"] == s.lr]
-            tuned = [r for r in loaded if r["stage"] == "tuned" and r["setting"] == s.name and r["lr"] == lr_t]
+            tuned = [r for r in loaded if r["setting"] == s.name and r["lr"] == lr_t
+                     and (r["stage"] == "tuned" or (r["stage"] == "their" and lr_t == s.lr))]
             o, o_min = _cell(ours, e_run)
             t, t_min = _cell(tuned, e_run) if lr_t is not None else ("tuning not finished", "")
             their_setting = f"lr {s.lr:g}" + (f", momentum {s.momentum:g}" if s.momentum else "") + \
@@ -260,7 +261,10 @@ def main(argv=None) -> int:
                     continue
                 runs = [(with_lr(s, lr), seed) for seed in args.seeds]
             for setting, seed in runs:
-                run_one(stage, setting, seed, tune_data if stage == "tune" else (train_set, test_set), args)
+                # a tuned lr equal to their setting's: the very runs of stage "their" (same config, seed)
+                same = stage == "tuned" and setting.lr == s.lr
+                run_one("their" if same else stage, setting, seed, tune_data if stage == "tune" else (train_set, test_set),
+                        args)
                 write_table(args)
     print(write_table(args))
     print(f"total {(time.perf_counter() - t0) / 60:.1f} min")

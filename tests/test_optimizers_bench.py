@@ -51,7 +51,9 @@ def test_all_stages_resumable(bench, mnist_dir, tmp_path, monkeypatch):
     assert names == sorted(["their-adam-lr0.001-seed0", "their-nesterov-lr0.1-seed0"]
                            + [f"tune-adam-lr{lr:g}-seed0" for lr in bench.TUNE_LRS["adam"]]
                            + [f"tune-nesterov-lr{lr:g}-seed0" for lr in bench.TUNE_LRS["nesterov"]]
-                           + [f"tuned-{name}-lr{lr:g}-seed0" for name, lr in tuned.items()])
+                           # a tuned rate equal to their setting's reuses the "their" run
+                           + [f"tuned-{name}-lr{lr:g}-seed0" for name, lr in tuned.items()
+                              if lr != bench._setting(name).lr])
     val = {lr: json.loads((res / f"tune-adam-lr{lr:g}-seed0.json").read_text())["history"][-1]["test_error"]
            for lr in bench.TUNE_LRS["adam"]}
     assert val[tuned["adam"]] == min(val.values())  # the lowest validation error
@@ -62,6 +64,10 @@ def test_all_stages_resumable(bench, mnist_dir, tmp_path, monkeypatch):
     table = (res / "optimizers.md").read_text()
     assert "| adam | lr 0.001 | 1 | 97.02 / 97.36 | " in table and "Smoke-test configuration" in table
     assert "| sgd | lr 1 | 1 | 87.04 / 88.23 | not run |" in table
+    adam_row = next(line for line in table.splitlines() if line.startswith("| adam | lr 0.001 | 1 |")).split(" | ")
+    assert adam_row[7] != "not run" and "tuning" not in adam_row[7]  # tuned (reused or run) is in the table
+    if tuned["adam"] == 0.001:
+        assert adam_row[7] == adam_row[4]  # the same run as their setting
     assert list((tmp_path / "runs" / "their-adam-lr0.001-seed0").glob("checkpoint-pass*")) == []
 
     # a second call trains nothing
