@@ -22,9 +22,8 @@ fused op through autograd) timed on fewer images.
 
 Noise: the contenders of one measurement are interleaved run by run (each run ~0.2 s of
 repeated steps) and the best of N runs is reported (the median is in the JSON); the load
-average is recorded at the start and the end. lenet5_fast is imported before torch, so the
-package's OMP_WAIT_POLICY=PASSIVE default applies to every contender unless the environment sets
-the variable (it is recorded). On a loaded machine, runs on 2 threads suffer from stragglers
+average is recorded at the start and the end. OpenMP's wait policy (OMP_WAIT_POLICY, recorded)
+applies to every contender alike; bench/cpu_policy_summary.py combines runs under several. On a loaded machine, runs on 2 threads suffer from stragglers
 (one descheduled thread holds up a parallel region) far more than runs on 1 thread.
 
 FLOPs: 0.67 MFLOP per image forward and 1.73 MFLOP per training image (forward, backward,
@@ -52,12 +51,9 @@ import sys
 import time
 from pathlib import Path
 
-# lenet5_fast before torch, as a user's script would: imported first, it sets OMP_WAIT_POLICY=PASSIVE
-# unless the environment says otherwise (torch's OpenMP reads it once, when torch loads); recorded
-# below. Set OMP_WAIT_POLICY yourself to measure another policy.
-import lenet5_fast  # isort: skip
-
 import torch
+
+import lenet5_fast
 
 from lenet5_fast import _C, fused, reference
 

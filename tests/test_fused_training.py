@@ -206,18 +206,17 @@ def test_compile_trains_like_eager():
         assert torch.equal(a, b)
 
 
-def test_import_before_torch_makes_openmp_wait_passively_unless_told_otherwise():
+def test_import_leaves_the_openmp_policy_alone():
+    """Importing the package changes nothing process-wide (OpenMP's wait policy is the user's:
+    README "Training speed" measures both)."""
     import os
     import subprocess
     import sys
 
     code = "import lenet5_fast, os; print(os.environ.get('OMP_WAIT_POLICY'))"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    run = lambda c, e: subprocess.run([sys.executable, "-c", c], env=e, capture_output=True, text=True,  # noqa: E731
-                                      timeout=120).stdout.strip()
-    assert run(code, env) == "PASSIVE"
-    assert run(code, dict(env, OMP_WAIT_POLICY="ACTIVE")) == "ACTIVE"   # the user's choice stays
-    assert run("import torch; " + code, env) == "None"                  # torch first: nothing changed
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "None", out.stderr
 
 
 def test_every_public_name_is_importable():
