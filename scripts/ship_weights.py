@@ -12,15 +12,16 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
+from lenet5_fast import _C, weights
+from lenet5_fast.checkpoint import model_from_checkpoint
+from lenet5_fast.data import load_tensors
+from lenet5_fast.train import evaluate
+
+# The weights are written into the source tree (python/lenet5_fast/weights/), whichever copy of
+# the package runs this (PYTHONPATH=python for the tree's own).
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "python"))
-
-import torch  # noqa: E402
-
-from lenet5_fast import _C, weights  # noqa: E402
-from lenet5_fast.checkpoint import model_from_checkpoint  # noqa: E402
-from lenet5_fast.data import load_tensors  # noqa: E402
-from lenet5_fast.train import evaluate  # noqa: E402
 
 SHIPPED = {
     "paper": "the paper's network and training (SDLM, per-sample updates, 20 passes)",

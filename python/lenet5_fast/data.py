@@ -100,7 +100,7 @@ MNIST_FILES: Dict[Tuple[str, str], str] = {
 
 #: md5 of the published .gz files, by dataset and file name.
 KNOWN_GZ_MD5: Dict[str, Dict[str, str]] = {
-    "mnist": {  # = /work/shared/data/mnist/MD5SUMS, the files on yann.lecun.com and its mirrors
+    "mnist": {  # the published files (yann.lecun.com and its mirrors; MD5SUMS beside the project's copy)
         "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
         "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
         "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
