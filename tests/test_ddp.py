@@ -48,6 +48,7 @@ def ddp_worker(rank: int, init_file: str, out_file: str) -> None:
         dist.all_gather(gathered, mine)
         if rank == 0:
             torch.save(gathered, out_file)
+        dist.barrier()  # neither rank tears gloo down while the other still talks (a rare SIGABRT in CI)
     finally:
         dist.destroy_process_group()
 
