@@ -54,8 +54,9 @@ def ddp_worker(rank: int, init_file: str, out_file: str) -> None:
     finally:
         dist.destroy_process_group()
     # Two CI runs saw a rank abort after its work ("terminate called without an active exception",
-    # SIGABRT; never in 40 runs by hand): the interpreter's teardown with gloo's threads. Our
-    # kernels start no thread here (one thread per rank). A rank that did its work leaves at once.
+    # SIGABRT; never in 40 runs by hand): gloo's worker threads can still hold tensors when the
+    # interpreter finalizes (described in pytorch/pytorch#179291). Our kernels start no thread here
+    # (one thread per rank). A rank that did its work leaves at once, without that teardown.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
