@@ -268,34 +268,22 @@ def _int_at_least(low: int, high: int = None):
 _positive_int = _int_at_least(1)
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return v
+def _float_where(ok, what: str):
+    """A parser of numbers for which ok(v) holds; else 'what, got ...'."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+        return v
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return v
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
-    return v
+_non_negative_float = _float_where(lambda v: v >= 0, "expected a number >= 0")
+_positive_float = _float_where(lambda v: math.isfinite(v) and v > 0, "must be a positive number")
+_fraction = _float_where(lambda v: 0 <= v < 1, "must be in [0, 1)")
 
 
 def _float_or_none(text: str):
