@@ -144,7 +144,8 @@ struct BatchNet {
 int batch_net_params(const BatchNet& net);
 // Floats in trainable tensor p (0 outside [0, batch_net_params)).
 int64_t batch_param_size(const BatchNet& net, int p);
-// Floats of the `saved` buffer lenet5_batch_forward fills for N images (any SIMD level).
+// Floats of the `saved` buffer lenet5_batch_forward fills for N images (any SIMD level); reads
+// only the variant, in_channels and classes (no weights or table needed).
 int64_t lenet5_batch_saved_floats(const BatchNet& net, int64_t N);
 // out[N, classes]. When saved is not null it also receives everything backward needs (a
 // 64-byte aligned buffer of lenet5_batch_saved_floats floats; std::invalid_argument otherwise).

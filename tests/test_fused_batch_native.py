@@ -174,6 +174,11 @@ def test_bad_arguments():
         _C.lenet5_batch_forward(a[0], 0, *a[2:], x.data_ptr(), out.data_ptr(), saved.data_ptr(), 2, 1)
     with pytest.raises(ValueError, match="in_channels"):
         _C.lenet5_batch_saved_floats(a[0], 9, *a[2:], 2)
+    # the saved size depends on the sizes only: no weights or table needed (the fake kernel has none)
+    assert _C.lenet5_batch_saved_floats(a[0], a[1], a[2], [0] * len(a[3]), 0, 0, 0, 2) == \
+        _C.lenet5_batch_saved_floats(*a, 2)
+    with pytest.raises(ValueError, match="classes"):
+        _C.lenet5_batch_saved_floats(a[0], a[1], 9, [0] * len(a[3]), 0, 0, 0, 2)
     with pytest.raises(ValueError, match="classes"):
         _C.lenet5_batch_forward(a[0], a[1], 9, *a[3:], x.data_ptr(), out.data_ptr(), saved.data_ptr(), 2, 1)
     with pytest.raises(ValueError, match="aligned"):

@@ -134,18 +134,24 @@ int64_t role_size(const Net& n, int r) {
 }
 
 // Checks what is cheap to check and resolves the network (throws std::invalid_argument).
-Net resolve(const BatchNet& b, const char* fn, bool need_params = true) {
-  Net n{};
+// The variant, input channels and classes (all the saved buffer's size depends on).
+void check_sizes(const BatchNet& b, const char* fn) {
   const int v = static_cast<int>(b.variant);
   if (v != static_cast<int>(Variant::kClassic) && v != static_cast<int>(Variant::kModern))
     bad(fn, "variant must be 0 (classic) or 1 (modern), got " + std::to_string(v));
-  n.classic = b.variant == Variant::kClassic;
+  const bool classic = b.variant == Variant::kClassic;
   if (b.in_channels < 1 || b.in_channels > kMaxIn)
     bad(fn, "in_channels must be in [1, " + std::to_string(kMaxIn) + "], got " + std::to_string(b.in_channels));
+  if (classic ? b.classes != kRbf : (b.classes < 1 || b.classes > kMaxClasses))
+    bad(fn, classic ? "the classic variant has " + std::to_string(kRbf) + " classes, got " + std::to_string(b.classes)
+                    : "classes must be in [1, " + std::to_string(kMaxClasses) + "], got " + std::to_string(b.classes));
+}
+
+Net resolve(const BatchNet& b, const char* fn, bool need_params = true) {
+  check_sizes(b, fn);
+  Net n{};
+  n.classic = b.variant == Variant::kClassic;
   n.cin = b.in_channels;
-  if (n.classic ? b.classes != kRbf : (b.classes < 1 || b.classes > kMaxClasses))
-    bad(fn, n.classic ? "the classic variant has " + std::to_string(kRbf) + " classes, got " + std::to_string(b.classes)
-                      : "classes must be in [1, " + std::to_string(kMaxClasses) + "], got " + std::to_string(b.classes));
   n.classes = b.classes;
   if (n.classic) {
     if (!b.c3_offsets || !b.c3_inputs) bad(fn, "missing C3 table");
@@ -194,13 +200,8 @@ Net resolve(const BatchNet& b, const char* fn, bool need_params = true) {
   return n;
 }
 
-// Per-thread scratch, reused across calls (grown when needed, 64-byte aligned).
-float* thread_buffer(int64_t floats) {
-  thread_local std::vector<float> buf;
-  if (static_cast<int64_t>(buf.size()) < floats + 16) buf.assign(floats + 16, 0.0f);
-  const uintptr_t a = reinterpret_cast<uintptr_t>(buf.data());
-  return buf.data() + ((64 - a % 64) % 64) / sizeof(float);
-}
+// Per-thread scratch, reused across calls (grown when needed, 64-byte aligned: parallel.h).
+float* thread_buffer(int64_t floats) { return reusable_scratch<float, ScratchUse::kEngineWork>(floats); }
 
 // =============================================================================================
 // Small helpers
@@ -794,7 +795,7 @@ int64_t batch_param_size(const BatchNet& net, int p) {
 }
 
 int64_t lenet5_batch_saved_floats(const BatchNet& net, int64_t N) {
-  resolve(net, "lenet5_batch_saved_floats", false);
+  check_sizes(net, "lenet5_batch_saved_floats");  // the size does not depend on the table or weights
   if (N < 0) bad("lenet5_batch_saved_floats", "N must be >= 0");
   return kHeader + (N + kMaxL - 1) / kMaxL * kMaxL * int64_t(kTileVecs);
 }
@@ -837,15 +838,17 @@ void lenet5_batch_backward(const BatchNet& net, const float* x, const float* sav
     bad(fn, "the saved buffer was written with " + std::to_string(h.lanes) + " lanes, the current SIMD level uses " +
                 std::to_string(L));
   const int64_t total = n.acc_off[kRoles];
-  std::vector<float> sum(total, 0.0f);
+  float* sum = reusable_scratch<float, ScratchUse::kReduceResult>(total);  // no fresh buffer per call
   const int64_t ntiles = (N + L - 1) / L;
   if (N > 0)
-    batch_slices<float>(ntiles, total, sum.data(), std::max(1, nthreads), [&](int64_t t0, int64_t t1, float* acc) {
+    batch_slices<float>(ntiles, total, sum, std::max(1, nthreads), [&](int64_t t0, int64_t t1, float* acc) {
       k.backward(n, x, saved, grad_out, N, t0, t1, acc, grad_x);
     });
+  else
+    std::fill(sum, sum + total, 0.0f);  // no images: zero gradients
   for (int p = 0; p < np; ++p) {
     const int r = role_of(n.classic, p);
-    const float* a = sum.data() + n.acc_off[r];
+    const float* a = sum + n.acc_off[r];
     if (n.fc_jpad[r]) {
       const int U = r == kW5 ? kU5 : r == kW6 ? kU6 : n.classes, J = r == kW5 ? kIn5 : r == kW6 ? kU5 : kU6;
       for (int u = 0; u < U; ++u) std::memcpy(grads[p] + int64_t(u) * J, a + int64_t(u) * n.fc_jpad[r], sizeof(float) * J);

@@ -935,12 +935,6 @@ State* saved_states(const float* saved, const char* fn) {
                                 std::to_string(alignof(State)) + "-byte aligned");
   return reinterpret_cast<State*>(const_cast<float*>(saved));
 }
-// The calling thread's buffer for a reduction's result (kept between calls, grown as needed).
-std::vector<float>& sum_buffer(int64_t n) {
-  thread_local std::vector<float> buf;
-  buf.resize(static_cast<size_t>(n));
-  return buf;
-}
 // Runs k.forward over [0, N) in contiguous ranges, a few per thread so uneven progress balances.
 void forward_threaded(const ClassicNet& net, const float* x, float* out, State* saved, int64_t N, int nthreads) {
   check_net(net);
@@ -991,16 +985,16 @@ void lenet5_sample_backward(const ClassicNet& net, const float* saved, const flo
   // Fixed slices summed in slice order: the result does not depend on the thread count.
   // (The sum's buffer is kept between calls: a batch-1 backward is ~10 us, a fresh 240 KB
   // buffer would add its page faults.)
-  std::vector<float>& sum = sum_buffer(total);
+  float* sum = reusable_scratch<float, ScratchUse::kReduceResult>(total);
   // A slice has at least 4 images: one image's backward (~25 us) is about what adding up one
   // slice's 60,000 sums costs.
-  batch_slices<float>(N, total, sum.data(), nthreads, [&](int64_t begin, int64_t end, float* acc) {
+  batch_slices<float>(N, total, sum, nthreads, [&](int64_t begin, int64_t end, float* acc) {
     Sink s{};
     for (int p = 0; p < kClassicParams; ++p) s.dst[p] = acc + offset[p];
     k.backward(net, t, states + begin, grad_out + begin * kClasses, end - begin, s);
   }, 4);
   for (int p = 0; p < kClassicParams; ++p)
-    std::memcpy(grads[p], sum.data() + offset[p], sizeof(float) * (offset[p + 1] - offset[p]));
+    std::memcpy(grads[p], sum + offset[p], sizeof(float) * (offset[p + 1] - offset[p]));
 }
 
 void lenet5_sdlm_hessian(const ClassicNet& net, const float* x, const int64_t* labels, int64_t N,

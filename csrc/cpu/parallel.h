@@ -27,11 +27,15 @@ constexpr int64_t kReduceSlots = 16;
 inline int64_t slice_begin(int64_t N, int64_t nslots, int64_t s) { return N * s / nslots; }
 
 // Per calling thread, a buffer of at least n values that lives on between calls: scratch that
-// costs no allocation (and no page faults) once it has grown to a call's size.
-template <class T> T* reusable_scratch(int64_t n) {
+// costs no allocation (and no page faults) once it has grown to a call's size, 64-byte aligned.
+// Each Use is a buffer of its own, so a caller's result buffer never aliases batch_slices' slots.
+enum class ScratchUse : int { kReduceSlots, kReduceResult, kEngineWork };
+template <class T, ScratchUse Use = ScratchUse::kReduceSlots> T* reusable_scratch(int64_t n) {
+  constexpr int64_t kPad = 64 / sizeof(T);
   thread_local std::vector<T> buf;
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
-  return buf.data();
+  if (static_cast<int64_t>(buf.size()) < n + kPad) buf.resize(static_cast<size_t>(n + kPad));
+  const uintptr_t a = reinterpret_cast<uintptr_t>(buf.data());
+  return buf.data() + ((64 - a % 64) % 64) / sizeof(T);
 }
 
 // Runs body(begin, end) over the batch in fixed slices, in parallel. If acc_size > 0, each

@@ -308,17 +308,11 @@ def _threads() -> int:
 # ---------------------------------------------------------------------------------------------
 # the native calls (net: (param addresses, codes, offsets, inputs) of a _Net or of the op's args)
 
-# A valid C3 table (one kernel per map) for asking the batch engine's saved size, which does not
-# depend on the table (the fake kernel has no real one to give).
-_SIZE_TABLE = (torch.arange(_C3 + 1, dtype=torch.int32), torch.zeros(_C3, dtype=torch.int32))
-
-
 def _saved_size(variant: int, cin: int, classes: int, n: int, eng: int):
     if eng == SAMPLE:
         return (n, _C.lenet5_sample_saved_floats())
-    offsets, inputs = (t.data_ptr() for t in _SIZE_TABLE)
-    return (_C.lenet5_batch_saved_floats(variant, cin, classes, [0] * (12 if variant == 0 else 10), 0, offsets,
-                                         inputs, n),)
+    # (no tensors: the fake kernel has none to give, and the size depends only on the sizes)
+    return (_C.lenet5_batch_saved_floats(variant, cin, classes, [0] * (12 if variant == 0 else 10), 0, 0, 0, n),)
 
 
 def _native_forward(variant, cin, classes, ptrs, x: Tensor, eng: int, save: bool) -> Tuple[Tensor, Optional[Tensor]]:
