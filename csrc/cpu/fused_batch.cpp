@@ -814,6 +814,10 @@ void lenet5_batch_forward(const BatchNet& net, const float* x, float* out, float
   }
   if (N == 0) return;
   const int64_t ntiles = (N + L - 1) / L;
+  if (saved) {  // the buffer is sized for 16 lanes: zero what fewer lanes leave unwritten (no garbage in an output)
+    const int64_t used = kHeader + ntiles * L * int64_t(kTileVecs);
+    std::memset(saved + used, 0, sizeof(float) * (lenet5_batch_saved_floats(net, N) - used));
+  }
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, ntiles)));
   parallel_tasks(ntiles, threads, [&](int64_t t) { k.forward(n, x, out, saved, N, t, t + 1); });
 }
