@@ -626,128 +626,216 @@ def train(cfg: Union[TrainConfig, Dict[str, object], None], data_dir, out_dir, r
 
 def _train(cfg, data_dir, out: Path, resume: bool, log, progress_stream, data, command, download,
            stop: Callable[[], bool]) -> dict:
+    """The run's steps: set it up (new or resumed), attach and check its data, pick its engine,
+    then train its passes."""
+    command = command or " ".join(sys.argv)
+    run = _resumed_run(cfg, out, command) if resume else _new_run(cfg, out, command)
+    run.log, run.progress_stream = log, progress_stream
+    run.attach_data(data_dir, data, download)
+    run.choose_engine()
+    run.log_start()
+    return run.train_passes(stop)
+
+
+def _new_run(cfg, out: Path, command: str) -> "_Run":
+    """A run starting in ``out``: its config validated and resolved, the initial weights seeded."""
+    if isinstance(cfg, dict):
+        cfg = TrainConfig(**cfg)
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"train: cfg must be a TrainConfig, got {type(cfg).__name__}")
+    cfg = cfg.validate().resolved().validate()
+    if (out / "checkpoint.pt").exists():
+        raise ValueError(f"{out} already holds a run (checkpoint.pt); use --resume to continue it, "
+                         f"or choose another --out")
+    torch.manual_seed(cfg.seed)  # the initial weights
+    model = init_weights(LeNet5(variant=cfg.variant, in_channels=dataset_channels(cfg.dataset)), cfg.init)
+    return _Run(out, cfg, model, make_optimizer(model, cfg), resumed=False, commands=[command])
+
+
+def _resumed_run(given, out: Path, command: str) -> "_Run":
+    """The run saved in ``out/checkpoint.pt``, with ``given`` (None or a dict of settings asked
+    for now) checked against it by :func:`resume_config`."""
     ck_path = out / "checkpoint.pt"
-    history: List[dict] = []
-    wall_before, position, partial, saved_fp, start_loss = 0.0, 0, {}, None, None
-    commands = [command or " ".join(sys.argv)]
-    if resume:
-        if isinstance(cfg, TrainConfig):
-            raise TypeError("train(resume=True): give None or a dict of the settings to change "
-                            "(e.g. {'epochs': 30}), not a TrainConfig; the run's own config is used")
-        if not ck_path.exists():
-            raise ValueError(f"{out} holds no run to resume (no checkpoint.pt)")
-        ck = load_checkpoint(ck_path)
-        meta = ck["meta"]
-        history = list(meta.get("history", []))
-        cfg = resume_config(meta.get("config"), cfg, len(history), out)
-        wall_before = float(meta.get("wall_seconds", 0.0))
-        position, partial = int(meta.get("position", 0)), dict(meta.get("partial") or {})
-        saved_fp, start_loss = meta.get("data_fingerprint"), meta.get("start_loss")
-        commands = list(meta.get("commands", [])) + commands
-        model = model_from_checkpoint(ck)
-        optimizer = make_optimizer(model, cfg)
-        if ck["optimizer"] is not None:
-            if ck.get("optimizer_name") != type(optimizer).__name__:
-                raise ValueError(f"{ck_path} was saved with {ck.get('optimizer_name')}, not {type(optimizer).__name__}")
-            optimizer.load_state_dict(ck["optimizer"])
-    else:
-        if isinstance(cfg, dict):
-            cfg = TrainConfig(**cfg)
-        if not isinstance(cfg, TrainConfig):
-            raise TypeError(f"train: cfg must be a TrainConfig, got {type(cfg).__name__}")
-        cfg = cfg.validate().resolved().validate()
-        if ck_path.exists():
-            raise ValueError(f"{out} already holds a run (checkpoint.pt); use --resume to continue it, "
-                             f"or choose another --out")
-        torch.manual_seed(cfg.seed)  # the initial weights
-        model = init_weights(LeNet5(variant=cfg.variant, in_channels=dataset_channels(cfg.dataset)), cfg.init)
-        optimizer = make_optimizer(model, cfg)
+    if isinstance(given, TrainConfig):
+        raise TypeError("train(resume=True): give None or a dict of the settings to change "
+                        "(e.g. {'epochs': 30}), not a TrainConfig; the run's own config is used")
+    if not ck_path.exists():
+        raise ValueError(f"{out} holds no run to resume (no checkpoint.pt)")
+    ck = load_checkpoint(ck_path)
+    meta = ck["meta"]
+    history = list(meta.get("history", []))
+    cfg = resume_config(meta.get("config"), given, len(history), out)
+    model = model_from_checkpoint(ck)
+    optimizer = make_optimizer(model, cfg)
+    if ck["optimizer"] is not None:
+        if ck.get("optimizer_name") != type(optimizer).__name__:
+            raise ValueError(f"{ck_path} was saved with {ck.get('optimizer_name')}, not {type(optimizer).__name__}")
+        optimizer.load_state_dict(ck["optimizer"])
+    return _Run(out, cfg, model, optimizer, resumed=True, commands=list(meta.get("commands", [])) + [command],
+                history=history, wall_before=float(meta.get("wall_seconds", 0.0)),
+                position=int(meta.get("position", 0)), partial=dict(meta.get("partial") or {}),
+                saved_fingerprint=meta.get("data_fingerprint"), start_loss=meta.get("start_loss"))
 
-    if data is None:
-        where = dataset_dir(cfg.dataset, data_dir if data_dir is not None else cfg.data_dir)
-        if resume and cfg.data_dir is not None and str(where) != cfg.data_dir:
-            log(f"note: reading the data from {where}; the run was started on {cfg.data_dir}")
-        data = (load_dataset(cfg.dataset, where, "train", download=download, limit=cfg.train_limit),
-                load_dataset(cfg.dataset, where, "test", download=download, limit=cfg.test_limit))
-        cfg.data_dir = str(where)
-    (x_train, y_train), (x_test, y_test) = data
-    if x_train.dim() != 4 or x_train.shape[1] != model.in_channels:
-        raise ValueError(f"the {cfg.variant} model takes {model.in_channels}-channel images, got training "
-                         f"data of shape {tuple(x_train.shape)}")
-    fingerprint = data_fingerprint(data)
-    if saved_fp is not None and fingerprint != saved_fp:
-        raise ValueError(f"cannot resume {out}: the data{' in ' + cfg.data_dir if cfg.data_dir else ''} is not "
-                         f"the data this run was trained on (their sha256 differ)")
-    n = x_train.shape[0]
-    if n == 0 or x_test.shape[0] == 0:
-        raise ValueError(f"no {'training' if n == 0 else 'test'} samples to train on")
-    if not 0 <= position < n:
-        raise ValueError(f"{ck_path}: position {position} in pass {len(history) + 1} is outside its {n} samples")
 
-    fused_now = _use_fused(model, x_train, cfg)
-    if not resume:
-        cfg.fused = fused_now  # the engine this run uses, from now on and when resumed
-    elif cfg.fused and not fused_now:
-        raise ValueError(f"cannot resume {out}: it was trained on the fused native engine, which this "
-                         f"installation does not provide; op by op it would not be the same run")
-    if start_loss is None and not history and position == 0:
-        start_loss = evaluate(model, x_train[:1000], y_train[:1000])[1]  # the loss at the initial weights
-    probe = x_train[:256]
+class _Overlap:
+    """A per-sample SDLM pass on the fused engine is single-threaded: with 2+ threads, pass p's
+    evaluation, checkpoints, metrics and plot (:meth:`_Run.finish_pass`, on copies of the model
+    and optimizer) run here in the background while pass p + 1 trains, and pass p's line is
+    logged after pass p + 1's progress bar. Lines, files and weights are those of the sequential
+    run, in the same order: every step that writes or stops (an interruption, a divergence found
+    in pass p's evaluation, the end) first calls :meth:`wait`. A divergence found there stops
+    the run after pass p + 1, whose updates are dropped: the checkpoint keeps pass p - 1, as
+    sequentially."""
 
-    log(("resuming" if resume else "training") + f" LeNet-5 ({cfg.variant}) on {cfg.dataset} with {cfg.optimizer}, batch "
-        f"{cfg.batch_size}{', distortions' if cfg.distort else ''}, "
-        f"{'fused engine' if cfg.fused else 'op by op'}: {n} training and {x_test.shape[0]} test samples, "
-        f"{cfg.epochs} passes" + (f", from pass {len(history) + 1}" + (f" sample {position}" if position else "")
-                                  if resume else "") + f", {torch.get_num_threads()} threads")
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.pending = log, None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenet5-eval")
 
-    def meta(**extra) -> dict:
-        return dict(config=asdict(cfg), history=history, data_fingerprint=fingerprint, start_loss=start_loss,
-                    commands=commands, pass_index=len(history), **extra)
+    def __enter__(self) -> "_Overlap":
+        return self
 
-    def write_metrics(wall: float, **extra) -> dict:
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True)
+
+    def submit(self, finish: Callable, *args) -> None:
+        self.pending = self.pool.submit(finish, *args)
+
+    def wait(self) -> None:
+        """Waits for the pass finishing in the background; logs its lines or raises its failure."""
+        if self.pending is not None:
+            job, self.pending = self.pending, None
+            _log_or_raise(job.result(), self.log)
+
+
+def _log_or_raise(finished: Tuple[Optional[List[str]], Optional[TrainingDiverged]], log) -> None:
+    lines, failure = finished
+    if failure is not None:
+        raise failure
+    for line in lines:
+        log(line)
+
+
+class _Run:
+    """One run while it trains: its settings, model and optimizer, the passes done (``history``),
+    where in the current pass it stands (``position``, ``partial``), and its run directory."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, model: LeNet5, optimizer: torch.optim.Optimizer,
+                 resumed: bool, commands: List[str], history: Optional[List[dict]] = None,
+                 wall_before: float = 0.0, position: int = 0, partial: Optional[dict] = None,
+                 saved_fingerprint: Optional[str] = None, start_loss: Optional[float] = None):
+        self.out, self.ck_path = out, out / "checkpoint.pt"
+        self.cfg, self.model, self.optimizer, self.resumed, self.commands = cfg, model, optimizer, resumed, commands
+        self.history = history if history is not None else []
+        self.wall_before, self.position, self.partial = wall_before, position, partial or {}
+        self.saved_fingerprint, self.start_loss = saved_fingerprint, start_loss
+        self.log: Callable[[str], None] = print
+        self.progress_stream = None
+        self.plot_note: Optional[str] = None
+        self.t_run = time.perf_counter()  # reset when the passes start (train_passes)
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def attach_data(self, data_dir, data, download: bool) -> None:
+        """Reads the run's data (unless given as tensors) and checks it: the model's channels,
+        the fingerprint a resumed run saved, non-empty splits, the saved position inside them."""
+        cfg = self.cfg
+        if data is None:
+            where = dataset_dir(cfg.dataset, data_dir if data_dir is not None else cfg.data_dir)
+            if self.resumed and cfg.data_dir is not None and str(where) != cfg.data_dir:
+                self.log(f"note: reading the data from {where}; the run was started on {cfg.data_dir}")
+            data = (load_dataset(cfg.dataset, where, "train", download=download, limit=cfg.train_limit),
+                    load_dataset(cfg.dataset, where, "test", download=download, limit=cfg.test_limit))
+            cfg.data_dir = str(where)
+        (x_train, y_train), (x_test, y_test) = data
+        if x_train.dim() != 4 or x_train.shape[1] != self.model.in_channels:
+            raise ValueError(f"the {cfg.variant} model takes {self.model.in_channels}-channel images, got training "
+                             f"data of shape {tuple(x_train.shape)}")
+        self.fingerprint = data_fingerprint(data)
+        if self.saved_fingerprint is not None and self.fingerprint != self.saved_fingerprint:
+            raise ValueError(f"cannot resume {self.out}: the data{' in ' + cfg.data_dir if cfg.data_dir else ''} "
+                             f"is not the data this run was trained on (their sha256 differ)")
+        n = x_train.shape[0]
+        if n == 0 or x_test.shape[0] == 0:
+            raise ValueError(f"no {'training' if n == 0 else 'test'} samples to train on")
+        if not 0 <= self.position < n:
+            raise ValueError(f"{self.ck_path}: position {self.position} in pass {len(self.history) + 1} is outside "
+                             f"its {n} samples")
+        self.x_train, self.y_train, self.x_test, self.y_test, self.n = x_train, y_train, x_test, y_test, n
+
+    def choose_engine(self) -> None:
+        """Records the engine a new run uses (a resumed one must get the one it started on) and
+        the loss at the initial weights, the divergence check's reference."""
+        fused_now = _use_fused(self.model, self.x_train, self.cfg)
+        if not self.resumed:
+            self.cfg.fused = fused_now  # the engine this run uses, from now on and when resumed
+        elif self.cfg.fused and not fused_now:
+            raise ValueError(f"cannot resume {self.out}: it was trained on the fused native engine, which this "
+                             f"installation does not provide; op by op it would not be the same run")
+        if self.start_loss is None and not self.history and self.position == 0:
+            self.start_loss = evaluate(self.model, self.x_train[:1000], self.y_train[:1000])[1]
+
+    def log_start(self) -> None:
+        cfg, resume = self.cfg, self.resumed
+        self.log(("resuming" if resume else "training") + f" LeNet-5 ({cfg.variant}) on {cfg.dataset} with "
+                 f"{cfg.optimizer}, batch {cfg.batch_size}{', distortions' if cfg.distort else ''}, "
+                 f"{'fused engine' if cfg.fused else 'op by op'}: {self.n} training and {self.x_test.shape[0]} test "
+                 f"samples, {cfg.epochs} passes"
+                 + (f", from pass {len(self.history) + 1}" + (f" sample {self.position}" if self.position else "")
+                    if resume else "") + f", {torch.get_num_threads()} threads")
+
+    # -- what the run writes ----------------------------------------------------------------------
+
+    def wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t_run
+
+    def meta(self, **extra) -> dict:
+        return dict(config=asdict(self.cfg), history=self.history, data_fingerprint=self.fingerprint,
+                    start_loss=self.start_loss, commands=self.commands, pass_index=len(self.history), **extra)
+
+    def write_metrics(self, wall: float, **extra) -> dict:
+        history = self.history
         last = history[-1] if history else {}
-        metrics = dict(config=asdict(cfg), machine=machine_info(), passes=len(history), history=history,
+        metrics = dict(config=asdict(self.cfg), machine=machine_info(), passes=len(history), history=history,
                        test_error=last.get("test_error"), train_error=last.get("train_error"),
-                       wall_seconds=wall, complete=len(history) >= cfg.epochs, start_loss=start_loss,
-                       command=commands[0], resumed_with=commands[1:], **extra)
-        _write_json(out / "metrics.json", metrics)
+                       wall_seconds=wall, complete=len(history) >= self.cfg.epochs, start_loss=self.start_loss,
+                       command=self.commands[0], resumed_with=self.commands[1:], **extra)
+        _write_json(self.out / "metrics.json", metrics)
         return metrics
 
-    plot_note = None
-    t_run = time.perf_counter()
-
-    def diverged(p: int, problem: str, loss_sum: float, run_err: int, start: int,
+    def diverged(self, p: int, problem: str, loss_sum: float, run_err: int, start: int,
                  tr_loss=None, tr_err=None) -> TrainingDiverged:
         """Records why pass p failed in metrics.json; the error to raise (the checkpoint keeps the
         last good state)."""
-        wall = wall_before + time.perf_counter() - t_run
+        n, ck_path = self.n, self.ck_path
         kept = "no checkpoint was written" if not ck_path.exists() else \
-            f"{ck_path} keeps pass {len(history)}" + (f" and {start} samples of pass {p + 1}" if start else "") + \
+            f"{ck_path} keeps pass {len(self.history)}" + (f" and {start} samples of pass {p + 1}" if start else "") + \
             ", the last good one"
-        write_metrics(wall, diverged={"pass": p + 1, "reason": problem, "running_train_loss": loss_sum / n,
-                                      "running_train_error": 100.0 * run_err / n, "train_loss": tr_loss,
-                                      "train_error": None if tr_err is None else 100.0 * tr_err / n})
+        self.write_metrics(self.wall(), diverged={
+            "pass": p + 1, "reason": problem, "running_train_loss": loss_sum / n,
+            "running_train_error": 100.0 * run_err / n, "train_loss": tr_loss,
+            "train_error": None if tr_err is None else 100.0 * tr_err / n})
+        cfg = self.cfg
         return TrainingDiverged(f"training stopped in pass {p + 1}, diverged or not learning: {problem}; {kept}. "
                                 f"Start a new run with other settings: a smaller learning rate (--lr, or "
                                 f"--eta-scale for sdlm) if the loss grew, else a larger one"
                                 + (" or --init he" if cfg.variant == "modern" and cfg.init != "he" else ""))
 
-    def finish_pass(p, model, optimizer, t0, t_train, loss_sum, run_err, fused, start):
+    def finish_pass(self, p, model, optimizer, t0, t_train, loss_sum, run_err, fused, start):
         """Evaluates pass p's weights (a training loss not below its start stops the run), writes
         its checkpoints, metrics.json and plot. Returns (lines to log, None) or (None, the
-        TrainingDiverged to raise). Runs in the background, on copies of the model and optimizer,
-        while the next pass trains (see below)."""
-        nonlocal plot_note
-        tr_err, tr_loss = evaluate(model, x_train, y_train)
-        if start_loss is not None and not tr_loss < start_loss:
-            problem = f"the training loss {tr_loss:.4g} is not below its start, {start_loss:.4g}"
-            return None, diverged(p, problem, loss_sum, run_err, start, tr_loss, tr_err)
-        te_err, te_loss = evaluate(model, x_test, y_test)
+        TrainingDiverged to raise). May run in the background (:class:`_Overlap`), on copies of
+        the model and optimizer, while the next pass trains."""
+        cfg, n, history = self.cfg, self.n, self.history
+        tr_err, tr_loss = evaluate(model, self.x_train, self.y_train)
+        if self.start_loss is not None and not tr_loss < self.start_loss:
+            problem = f"the training loss {tr_loss:.4g} is not below its start, {self.start_loss:.4g}"
+            return None, self.diverged(p, problem, loss_sum, run_err, start, tr_loss, tr_err)
+        te_err, te_loss = evaluate(model, self.x_test, self.y_test)
         rec = dict(pass_=p + 1, lr=optimizer.param_groups[0]["lr"], fused=fused,
                    mu=SDLM.damping(optimizer.param_groups[0]) if isinstance(optimizer, SDLM) else None,
                    running_train_loss=loss_sum / n, running_train_error=100.0 * run_err / n,
                    train_error=100.0 * tr_err / n, train_loss=tr_loss,
-                   test_error=100.0 * te_err / x_test.shape[0], test_loss=te_loss,
+                   test_error=100.0 * te_err / self.x_test.shape[0], test_loss=te_loss,
                    train_seconds=t_train, seconds=time.perf_counter() - t0, samples_per_s=n / t_train)
         rec["pass"] = rec.pop("pass_")
         mu_text = "" if rec["mu"] is None else f", mu {rec['mu']:g}"
@@ -755,94 +843,97 @@ def _train(cfg, data_dir, out: Path, resume: bool, log, progress_stream, data, c
         lines = [f"pass {p + 1}/{cfg.epochs}: train error {rec['train_error']:.2f}% test error "
                  f"{rec['test_error']:.2f}% (running loss {rec['running_train_loss']:.4f}, lr {rec['lr']:g}{mu_text}, "
                  f"{t_train:.1f}s training, {rec['samples_per_s']:.0f} samples/s{', fused' if fused else ''})"]
-        wall = wall_before + time.perf_counter() - t_run
-        save_checkpoint(out / f"checkpoint-pass{p + 1:02d}.pt", model, optimizer, wall_seconds=wall, **meta())
-        save_checkpoint(ck_path, model, optimizer, wall_seconds=wall, **meta())
-        write_metrics(wall)
-        if plot_note is None:
+        wall = self.wall()
+        save_checkpoint(self.out / f"checkpoint-pass{p + 1:02d}.pt", model, optimizer, wall_seconds=wall,
+                        **self.meta())
+        save_checkpoint(self.ck_path, model, optimizer, wall_seconds=wall, **self.meta())
+        self.write_metrics(wall)
+        if self.plot_note is None:
             try:
-                plot_errors(history, out / "errors.png")
+                plot_errors(history, self.out / "errors.png")
             except MissingExtra as e:
-                plot_note = str(e)
+                self.plot_note = str(e)
                 lines.append(f"note: errors.png not written: {e}")
         return lines, None
 
-    # A per-sample SDLM pass on the fused engine is single-threaded: with 2+ threads, pass p's evaluation,
-    # checkpoints, metrics and plot (finish_pass, on copies of the model and optimizer) run in the
-    # background while pass p + 1 trains, and pass p's line is logged after pass p + 1's progress
-    # bar. Lines, files and weights are those of the sequential run, in the same order: every
-    # step that writes or stops (an interruption, a divergence found in pass p's evaluation, the
-    # end) first waits for pass p's finish_pass. A divergence found there stops the run after
-    # pass p + 1, whose updates are dropped: the checkpoint keeps pass p - 1, as sequentially.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenet5-eval") as background:
-        pending = None
+    # -- training ---------------------------------------------------------------------------------
 
-        def wait_pending() -> None:
-            nonlocal pending
-            if pending is not None:
-                job, pending = pending, None
-                lines, failure = job.result()
-                if failure is not None:
-                    raise failure
-                for line in lines:
-                    log(line)
+    def pass_inputs(self, p: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Pass p's images (distorted when asked), sample order and Gauss-Newton samples, all drawn
+        from the generator seeded by (seed, p)."""
+        g = pass_generator(self.cfg.seed, p)
+        xp = self.x_train
+        if self.cfg.distort:
+            from .distort import distort
+            xp = distort(self.x_train, generator=g)
+        order = torch.randperm(self.n, generator=g)
+        hidx = torch.randperm(self.n, generator=g)[:min(self.n, self.cfg.hessian_samples)]
+        return xp, order, hidx
 
-        for p in range(len(history), cfg.epochs):
-            t0 = time.perf_counter()
-            g = pass_generator(cfg.seed, p)
-            xp = x_train
-            if cfg.distort:
-                from .distort import distort
-                xp = distort(x_train, generator=g)
-            order = torch.randperm(n, generator=g)
-            hidx = torch.randperm(n, generator=g)[:min(n, cfg.hessian_samples)]
-            if isinstance(optimizer, SDLM):
-                optimizer.set_lr(_eta(cfg, p))
-            start, loss0, err0, secs0 = position, float(partial.get("loss", 0.0)), int(partial.get("errors", 0)), \
-                float(partial.get("train_seconds", 0.0))
-            position, partial = 0, {}
-            bar = Progress(n, f"pass {p + 1}/{cfg.epochs}", stream=progress_stream, before=(start, loss0, err0))
-            try:
-                loss_sum, run_err, fused = run_pass(model, optimizer, xp, y_train, order[start:], cfg,
-                                                    hidx if start == 0 else None, bar, stop)
-            except PassInterrupted as e:
-                wait_pending()  # pass p - 1's checkpoint first: this one holds the later state
-                done = start + e.done
-                wall = wall_before + time.perf_counter() - t_run
-                save_checkpoint(ck_path, model, optimizer, wall_seconds=wall, position=done,
-                                **meta(partial=dict(loss=loss0 + e.loss, errors=err0 + e.errors,
-                                                    train_seconds=secs0 + time.perf_counter() - t0)))
-                write_metrics(wall, interrupted={"pass": p + 1, "position": done})
-                raise TrainingInterrupted(
-                    f"interrupted in pass {p + 1} after {done} of {n} samples; {ck_path} holds that state. "
-                    f"Continue with: {_resume_hint(out)}") from None
-            loss_sum, run_err = loss_sum + loss0, run_err + err0
-            bar.update(n - start, (loss_sum - loss0) / max(1, n - start), 100.0 * (run_err - err0) / max(1, n - start),
-                       final=True)
-            t_train = secs0 + time.perf_counter() - t0
-            wait_pending()  # the previous pass's line, after this pass's finished bar
+    def save_interrupted(self, p: int, done: int, partial: dict) -> TrainingInterrupted:
+        """Saves the exact state after ``done`` samples of pass p; the error to raise."""
+        wall = self.wall()
+        save_checkpoint(self.ck_path, self.model, self.optimizer, wall_seconds=wall, position=done,
+                        **self.meta(partial=partial))
+        self.write_metrics(wall, interrupted={"pass": p + 1, "position": done})
+        return TrainingInterrupted(f"interrupted in pass {p + 1} after {done} of {self.n} samples; {self.ck_path} "
+                                   f"holds that state. Continue with: {_resume_hint(self.out)}")
 
-            # divergence: from what the pass computed anyway, plus a forward pass of 256 probe
-            # images; the training loss against its start is checked in finish_pass
-            if not math.isfinite(loss_sum) or not all(bool(torch.isfinite(q).all()) for q in model.parameters()):
-                raise diverged(p, f"the loss or the weights are no longer finite (running loss {loss_sum / n:g})",
-                               loss_sum, run_err, start)
-            problem = output_problem(model, probe)
-            if problem is not None:
-                raise diverged(p, problem, loss_sum, run_err, start)
-            if fused and _per_sample_sdlm(optimizer, cfg) and p + 1 < cfg.epochs and torch.get_num_threads() > 1 \
-                    and not stop():
-                copies = copy.deepcopy((model, optimizer))
-                pending = background.submit(finish_pass, p, *copies, t0 - secs0, t_train, loss_sum, run_err,
-                                            fused, start)
-            else:
-                lines, failure = finish_pass(p, model, optimizer, t0 - secs0, t_train, loss_sum, run_err, fused, start)
-                if failure is not None:
-                    raise failure
-                for line in lines:
-                    log(line)
-            if stop() and p + 1 < cfg.epochs:
-                raise TrainingInterrupted(f"interrupted after pass {p + 1}; {ck_path} holds it. "
-                                          f"Continue with: {_resume_hint(out)}")
-        wait_pending()
-    return write_metrics(wall_before + time.perf_counter() - t_run)
+    def check_health(self, p: int, loss_sum: float, run_err: int, start: int) -> None:
+        """Divergence, from what the pass computed anyway plus a forward pass of 256 probe images
+        (the training loss against its start is checked in :meth:`finish_pass`)."""
+        model = self.model
+        if not math.isfinite(loss_sum) or not all(bool(torch.isfinite(q).all()) for q in model.parameters()):
+            raise self.diverged(p, f"the loss or the weights are no longer finite (running loss {loss_sum / self.n:g})",
+                                loss_sum, run_err, start)
+        problem = output_problem(model, self.x_train[:256])
+        if problem is not None:
+            raise self.diverged(p, problem, loss_sum, run_err, start)
+
+    def train_pass(self, p: int, stop: Callable[[], bool], overlap: _Overlap) -> None:
+        """Pass p (from the saved position when resumed mid-pass), its health check, then its
+        evaluation and files (in the background when :class:`_Overlap` applies)."""
+        cfg, n, model, optimizer = self.cfg, self.n, self.model, self.optimizer
+        t0 = time.perf_counter()
+        xp, order, hidx = self.pass_inputs(p)
+        if isinstance(optimizer, SDLM):
+            optimizer.set_lr(_eta(cfg, p))
+        partial = self.partial
+        start, loss0, err0, secs0 = self.position, float(partial.get("loss", 0.0)), int(partial.get("errors", 0)), \
+            float(partial.get("train_seconds", 0.0))
+        self.position, self.partial = 0, {}
+        bar = Progress(n, f"pass {p + 1}/{cfg.epochs}", stream=self.progress_stream, before=(start, loss0, err0))
+        try:
+            loss_sum, run_err, fused = run_pass(model, optimizer, xp, self.y_train, order[start:], cfg,
+                                                hidx if start == 0 else None, bar, stop)
+        except PassInterrupted as e:
+            overlap.wait()  # pass p - 1's checkpoint first: this one holds the later state
+            raise self.save_interrupted(p, start + e.done, dict(
+                loss=loss0 + e.loss, errors=err0 + e.errors,
+                train_seconds=secs0 + time.perf_counter() - t0)) from None
+        loss_sum, run_err = loss_sum + loss0, run_err + err0
+        bar.update(n - start, (loss_sum - loss0) / max(1, n - start), 100.0 * (run_err - err0) / max(1, n - start),
+                   final=True)
+        t_train = secs0 + time.perf_counter() - t0
+        overlap.wait()  # the previous pass's line, after this pass's finished bar
+        self.check_health(p, loss_sum, run_err, start)
+        if fused and _per_sample_sdlm(optimizer, cfg) and p + 1 < cfg.epochs and torch.get_num_threads() > 1 \
+                and not stop():
+            overlap.submit(self.finish_pass, p, *copy.deepcopy((model, optimizer)), t0 - secs0, t_train, loss_sum,
+                           run_err, fused, start)
+        else:
+            _log_or_raise(self.finish_pass(p, model, optimizer, t0 - secs0, t_train, loss_sum, run_err, fused, start),
+                          self.log)
+
+    def train_passes(self, stop: Callable[[], bool]) -> dict:
+        """The passes left; after each, stops if asked (``stop()``). Returns the final metrics."""
+        self.t_run = time.perf_counter()
+        with _Overlap(self.log) as overlap:
+            for p in range(len(self.history), self.cfg.epochs):
+                self.train_pass(p, stop, overlap)
+                if stop() and p + 1 < self.cfg.epochs:
+                    overlap.wait()  # pass p's files and line first, as a sequential run has them
+                    raise TrainingInterrupted(f"interrupted after pass {p + 1}; {self.ck_path} holds it. "
+                                              f"Continue with: {_resume_hint(self.out)}")
+            overlap.wait()
+        return self.write_metrics(self.wall())
