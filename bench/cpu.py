@@ -57,6 +57,8 @@ import lenet5_fast
 
 from lenet5_fast import _C, fused, reference
 
+import ceiling  # bench/ceiling.py (the script's directory is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 FWD_MFLOP = 0.67
 TRAIN_MFLOP = 1.73
@@ -66,7 +68,6 @@ VARIANTS = ("classic", "modern")
 CONTENDERS = ("ref", "compile", "opbyop", "fused")
 LABELS = {"ref": "(a) ref", "compile": "(b) ref+compile", "opbyop": "(c) op-by-op", "fused": "(d) fused"}
 LAYER_NAMES = ("c1", "s2", "c3", "s4", "c5", "f6", "output")
-SIMD_NAMES = {0: "portable", 1: "avx2", 2: "avx512"}
 SDLM_ETA, SDLM_MU, SDLM_HESSIAN_IMAGES = 5e-4, 0.02, 500
 
 
@@ -108,37 +109,6 @@ def git_commit() -> str | None:
 
 def load_average():
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-
-
-def fma_probe(threads: int, repeats: int, run_s: float) -> dict:
-    """GFLOP/s of the register-only FMA probe at every supported SIMD level on `threads` threads:
-    {level: best GFLOP/s} (levels interleaved run by run). The probe does nothing at level 0."""
-    levels = list(range(_C.simd_supported() + 1))
-    iters = {}
-    out = {lvl: 0.0 for lvl in levels}
-    try:
-        for lvl in levels:
-            _C.set_simd_level(lvl)
-            n = 1 << 16
-            while True:
-                s = time.perf_counter()
-                flops = _C._fma_probe(n, threads)
-                dt = time.perf_counter() - s
-                if flops == 0 or dt >= run_s or n >= 1 << 34:
-                    break
-                n *= 2
-            iters[lvl] = n
-            out[lvl] = flops / dt / 1e9 if flops else 0.0
-        for _ in range(repeats):
-            for lvl in levels:
-                _C.set_simd_level(lvl)
-                s = time.perf_counter()
-                flops = _C._fma_probe(iters[lvl], threads)
-                dt = time.perf_counter() - s
-                out[lvl] = max(out[lvl], flops / dt / 1e9 if flops else 0.0)
-    finally:
-        _C.set_simd_level(-1)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,10 +447,7 @@ def cell(r, key="images_per_s", unit="", scale=1.0):
 
 def render(res: dict) -> str:
     m = res["machine"]
-    ceil = res["fma_ceiling"]
-    ceil_txt = "; ".join(
-        f"{t} thread(s): " + ", ".join(f"{SIMD_NAMES.get(int(l), l)} {g:.1f}" for l, g in c["per_level"].items())
-        + f" -> **{c['gflops']:.1f} GFLOP/s**" for t, c in ceil.items())
+    ceil_txt = "; ".join(f"{t} thread(s): {ceiling.describe(c)}" for t, c in res["fma_ceiling"].items())
     la0, la1 = (", ".join(f"{x:.2f}" for x in (la or [])) for la in (m["load_average_start"], m["load_average_end"]))
     L = [
         "# CPU benchmark (bench/cpu.py)",
@@ -492,7 +459,8 @@ def render(res: dict) -> str:
         f"- Load average (1, 5, 15 min) at the start: {la0}; at the end: {la1}. The machine may be shared: "
         f"every number is the best of {m['rounds']} interleaved runs of ~{m['run_s']:g} s"
         + (" (**--quick**: a smoke run, not for citing)" if m["quick"] else "") + ".",
-        f"- FMA ceiling, register-only probe (`_C._fma_probe`) at each SIMD level, measured now: {ceil_txt}.",
+        f"- FMA ceiling on this {m['cpu']}, measured now by the register-only probe (`_C._fma_probe`, "
+        f"bench/ceiling.py: every SIMD level, every chain count that fits its registers, best kept): {ceil_txt}.",
         "- (a) ref = `lenet5_fast.reference.LeNet5`, pure PyTorch eager; (b) ref+compile = "
         f"{m['compile']}; (c) op-by-op = `lenet5_fast.LeNet5` inside `fused.disabled()` (seven native ops, "
         "eager autograd); (d) fused = `lenet5_fast.LeNet5` plain (the fused op `lenet5_fast::lenet5` "
@@ -619,14 +587,11 @@ def main(argv=None) -> int:
             compile_ok, compile_note = False, f"unavailable ({type(e).__name__}: {e})"
 
     probe_repeats = 3 if args.quick else 5
-    ceiling = {}
-    for t in sorted({1, threads}):
-        per = fma_probe(t, probe_repeats, min(run_s, 0.1))
-        ceiling[str(t)] = {"gflops": max(per.values()), "per_level": {str(k): v for k, v in per.items()}}
-    peak = ceiling[str(threads)]["gflops"] * 1e9
-    log("FMA ceiling " + ", ".join(f"{t} thread(s) {c['gflops']:.1f}" for t, c in ceiling.items()) + " GFLOP/s")
+    ceil = {str(t): ceiling.measure(t, probe_repeats, min(run_s, 0.1)) for t in sorted({1, threads})}
+    peak = ceil[str(threads)]["gflops"] * 1e9
+    log("FMA ceiling " + ", ".join(f"{t} thread(s) {c['gflops']:.1f}" for t, c in ceil.items()) + " GFLOP/s")
 
-    res = {"variants": args.variants, "batches": args.batches, "fma_ceiling": ceiling, "train": {}, "infer": {},
+    res = {"variants": args.variants, "batches": args.batches, "fma_ceiling": ceil, "train": {}, "infer": {},
            "latency": {}, "per_op": {}, "path_checks": {}, "errors": []}
     for v in args.variants:
         ms = Models(v, compile_ok)

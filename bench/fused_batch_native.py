@@ -3,7 +3,7 @@ through _C: forward + backward (all parameter gradients) at batch 256 on 1 and 2
 forward only at batch 1024, against the per-image engine's autograd entry points
 (lenet5_sample_forward_save / lenet5_sample_backward, classic only) and the pure-PyTorch eager
 reference (lenet5_fast.reference.LeNet5, forward + autograd backward) in the same run; plus the
-FMA probe (_C._fma_probe), timed here, for the fraction of the machine's FMA ceiling.
+FMA ceiling (bench/ceiling.py), measured here, for the fraction of the machine's FMA ceiling.
 
     PYTHONPATH=python python bench/fused_batch_native.py [--repeats 5] [--variant classic|modern|both]
 
@@ -20,6 +20,8 @@ import time
 import torch
 
 from lenet5_fast import LeNet5, _C, reference
+
+import ceiling  # bench/ceiling.py (the script's directory is on sys.path)
 
 FORWARD_MFLOP = 0.67
 TRAIN_MFLOP = 1.73
@@ -52,21 +54,8 @@ def _rate(fn, images, repeats, min_time=0.3):
 
 
 def _fma_peak(threads):
-    """FLOP/s of the FMA probe on `threads` threads (best of 3)."""
-    iters = 1 << 20
-    while True:
-        t0 = time.perf_counter()
-        flops = _C._fma_probe(iters, threads)
-        t = time.perf_counter() - t0
-        if t > 0.2 or flops == 0:
-            break
-        iters *= 2
-    best = flops / t
-    for _ in range(2):
-        t0 = time.perf_counter()
-        flops = _C._fma_probe(iters, threads)
-        best = max(best, flops / (time.perf_counter() - t0))
-    return best
+    """FLOP/s of the FMA ceiling on `threads` threads (bench/ceiling.py: best level and chain count)."""
+    return ceiling.measure(threads, rounds=3)["gflops"] * 1e9
 
 
 def _model(variant, seed=0):

@@ -321,10 +321,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("simd_supported", &cpu::simd_supported, "Best SIMD level this CPU and OS support: 0, 1 (AVX2+FMA) or 2 (AVX-512)");
   m.def("simd_isa", [] { return std::string(cpu::isa_name(cpu::current_isa())); },
         "Kernel family float32 CPU calls use now: portable, avx2, avx512 or avx2-wide16 (test mode)");
-  m.def("_fma_probe", [](int64_t iters, int nthreads) {
+  m.def("_fma_probe", [](int64_t iters, int nthreads, int accumulators) {
     py::gil_scoped_release no_gil;
-    return cpu::fma_probe(iters, nthreads);
-  }, "Benchmarks only: FLOPs done by `iters` rounds of independent vector FMAs on each of nthreads threads");
+    return cpu::fma_probe(iters, nthreads, accumulators);
+  }, py::arg("iters"), py::arg("nthreads"), py::arg("accumulators") = 0,
+        "Benchmarks only: FLOPs done by `iters` rounds of `accumulators` independent vector FMA chains (0: the "
+        "level's default) on each of nthreads threads, at the current SIMD level (0.0 at level 0)");
+  m.def("_fma_probe_counts", &cpu::fma_probe_counts,
+        "Benchmarks only: the chain counts _fma_probe takes at the current SIMD level (those that fit its registers)");
   m.def("_set_wide_emulation", &cpu::set_wide_emulation,
         "Tests only: at level 1, run the 16-lane (AVX-512) kernels, per-op and fused, on pairs of AVX2 registers");
 #ifdef LENET5_WITH_CUDA

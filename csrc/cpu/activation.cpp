@@ -5,6 +5,10 @@
 // Trick (float32 SIMD): straight vector loops over contiguous ranges, the tail through masked
 // loads/stores; the formulas are activations.h's (a rational tanh for float32).
 #ifndef LENET5_SIMD_ISA
+#include <stdexcept>
+#include <string>
+#include <utility>
+
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 
@@ -29,26 +33,52 @@ void portable_activation_backward(const T* gy, const T* y, T* gx, int64_t n, Act
 }  // namespace cpu
 }  // namespace lenet5
 
+// The FMA probe's chain counts (each level offers those that fit its registers).
+#define LENET5_FMA_PROBE_COUNTS(X) X(1) X(2) X(4) X(6) X(8) X(10) X(12) X(14) X(16) X(20) X(24) X(28) X(30)
+
 #define LENET5_SIMD_SELF "cpu/activation.cpp"
 #include "cpu/simd_pass.h"
 
 namespace lenet5 {
 namespace cpu {
 
-double fma_probe(int64_t iters, int nthreads) {
-  auto run = [&]() -> double {
+std::vector<int> fma_probe_counts() {
+  std::vector<int> out;
 #if LENET5_X86_SIMD
-    switch (current_isa()) {
-      case Isa::kAvx512: return isa_avx512::fma_probe_simd<isa_avx512::Avx512>(iters);
-      case Isa::kAvx2Wide: return isa_avx2::fma_probe_simd<isa_avx2::Avx2x2>(iters);
-      case Isa::kAvx2: return isa_avx2::fma_probe_simd<isa_avx2::Avx2>(iters);
-      default: break;
-    }
+  int max = 0;
+  switch (current_isa()) {
+    case Isa::kAvx512: max = isa_avx512::fma_probe_max_chains<isa_avx512::Avx512>(); break;
+    case Isa::kAvx2Wide: max = isa_avx2::fma_probe_max_chains<isa_avx2::Avx2x2>(); break;
+    case Isa::kAvx2: max = isa_avx2::fma_probe_max_chains<isa_avx2::Avx2>(); break;
+    default: break;
+  }
+#define LENET5_PROBE_COUNT(A) if (A <= max) out.push_back(A);
+  LENET5_FMA_PROBE_COUNTS(LENET5_PROBE_COUNT)
+#undef LENET5_PROBE_COUNT
 #endif
-    return 0.0;
-  };
+  return out;
+}
+
+double fma_probe(int64_t iters, int nthreads, int accumulators) {
+  double (*run)(int64_t) = nullptr;  // one thread's probe at the current level
+#if LENET5_X86_SIMD
+  switch (current_isa()) {
+    case Isa::kAvx512: run = isa_avx512::fma_probe_pick<isa_avx512::Avx512>(accumulators); break;
+    case Isa::kAvx2Wide: run = isa_avx2::fma_probe_pick<isa_avx2::Avx2x2>(accumulators); break;
+    case Isa::kAvx2: run = isa_avx2::fma_probe_pick<isa_avx2::Avx2>(accumulators); break;
+    default: return 0.0;
+  }
+  if (!run) {
+    std::string valid;
+    for (int a : fma_probe_counts()) valid += (valid.empty() ? "" : ", ") + std::to_string(a);
+    throw std::invalid_argument("fma_probe: " + std::to_string(accumulators) + " accumulators at level " +
+                                isa_name(current_isa()) + ": 0 (the level's default) or one of " + valid);
+  }
+#else
+  return 0.0;
+#endif
   std::vector<double> per(std::max(1, nthreads), 0.0);
-  parallel_tasks(int64_t(per.size()), nthreads, [&](int64_t t) { per[t] = run(); });
+  parallel_tasks(int64_t(per.size()), nthreads, [&](int64_t t) { per[t] = run(iters); });
   double flops = 0;
   for (double f : per) flops += f;
   return flops;
@@ -91,22 +121,46 @@ void activation_backward_simd(const float* gy, const float* y, float* gx, int64_
   });
 }
 
-// FMA throughput probe for benchmarks: kAcc independent FMA chains (all in registers), iters rounds.
-template <class V>
-double fma_probe_simd(int64_t iters) {
-  constexpr int A = V::kAcc;
-  typename V::R acc[A];
-  for (int j = 0; j < A; ++j) acc[j] = V::set1(float(j));
-  const typename V::R m = V::set1(0.999999f), c = V::set1(1e-7f);
-  for (int64_t i = 0; i < iters; ++i) {
-#pragma GCC unroll 16
-    for (int j = 0; j < A; ++j) acc[j] = V::fmadd(acc[j], m, c);
-  }
+// FMA throughput probe for benchmarks: A independent chains acc = acc * m + c, iters rounds.
+// Saturating the FMA units takes latency x ports chains (Zen 3: 4 cycles x 2 pipes = 8; Intel
+// with two 512-bit ports: 4 x 2 = 8), and every chain must live in a register: the chains are
+// A separate variables expanded from a parameter pack (no array, which GCC keeps on the stack
+// when a loop over it is not fully unrolled: the old 24-accumulator AVX-512 probe loaded and
+// stored every accumulator each round and measured below AVX2). The counts offered stop where
+// the registers run out (16 ymm, 32 zmm, two of them for m and c); objdump shows each
+// instantiation's loop as A register-to-register FMAs and a counter.
+template <class V, int... I>
+double fma_probe_chains(int64_t iters, std::integer_sequence<int, I...>) {
+  using R = typename V::R;
+  alignas(64) float lanes[V::L];  // every lane its own value (Avx2x2: or GCC merges its two halves)
+  for (int k = 0; k < V::L; ++k) lanes[k] = 1.0f + 0.01f * float(k);
+  const R start = V::load(lanes);
+  R acc[sizeof...(I)] = {V::add(start, V::set1(float(I)))...};
+  const R m = V::set1(0.999999f), c = V::set1(1e-7f);
+  for (int64_t i = 0; i < iters; ++i) ((acc[I] = V::fmadd(acc[I], m, c)), ...);
   float s = 0;
-  for (int j = 0; j < A; ++j) s += V::hsum(acc[j]);
+  ((s += V::hsum(acc[I])), ...);
   volatile float sink = s;
   (void)sink;
-  return double(iters) * A * V::L * 2.0;
+  return double(iters) * sizeof...(I) * V::L * 2.0;
+}
+template <class V, int A> double fma_probe_simd(int64_t iters) {
+  return fma_probe_chains<V>(iters, std::make_integer_sequence<int, A>{});
+}
+
+// The probe with `accumulators` chains at vector type V (0: V::kAcc), or null when that many
+// do not fit V's registers next to m and c.
+template <class V> constexpr int fma_probe_max_chains() { return V::kRegisters / V::kRegsPerValue - 2; }
+template <class V> double (*fma_probe_pick(int accumulators))(int64_t) {
+  constexpr int kMax = fma_probe_max_chains<V>();
+  if (accumulators == 0) accumulators = V::kAcc;
+  switch (accumulators) {
+#define LENET5_PROBE_CASE(A) \
+  case A: return A <= kMax ? &fma_probe_simd<V, (A <= kMax ? A : 1)> : nullptr;
+    LENET5_FMA_PROBE_COUNTS(LENET5_PROBE_CASE)
+#undef LENET5_PROBE_CASE
+    default: return nullptr;
+  }
 }
 
 #endif

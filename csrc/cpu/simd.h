@@ -16,6 +16,7 @@
 #pragma once
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define LENET5_X86_SIMD 1
@@ -43,9 +44,11 @@ int simd_level();            // the level in use: simd_supported(), capped by se
 void set_simd_level(int level);  // cap the level (tests, comparisons); -1 restores the best
 const char* isa_name(Isa);   // "portable", "avx2", "avx512", "avx2-wide16"
 void set_wide_emulation(bool on);  // tests only: kAvx2Wide instead of kAvx2 while the level is 1
-// Benchmark helper: runs `iters` rounds of independent FMA chains with the current family on
-// nthreads threads at once; returns the floating-point operations done (0 if portable).
-double fma_probe(int64_t iters, int nthreads);
+// Benchmarks only: FLOPs done by `iters` rounds of `accumulators` independent vector FMA chains
+// (0: the level's default) on each of nthreads threads, at the current level (0 at level 0).
+double fma_probe(int64_t iters, int nthreads, int accumulators = 0);
+// The chain counts fma_probe takes at the current level.
+std::vector<int> fma_probe_counts();
 
 }  // namespace cpu
 }  // namespace lenet5

@@ -3,7 +3,8 @@
 // and an ISA namespace, once per ISA (no include guard on purpose).
 //
 // A vector type V provides: R (register), M (lane mask), L (lanes), kAcc (how many R a
-// micro-kernel may keep as accumulators without spilling), and static always-inline
+// micro-kernel may keep as accumulators without spilling), kRegisters (vector registers of the
+// ISA) and kRegsPerValue (registers one R takes), and static always-inline
 // primitives: zero set1 load store loadn storen (first n lanes; masked, never touching memory
 // past them) add sub mul fmadd(a,b,c)=a*b+c gt eq isnan mor mand mandnot select(m,b,a)=m?b:a
 // maskz(m,a)=m?a:0 hsum
@@ -24,6 +25,7 @@ struct Avx2 {
   using M = __m256;
   static constexpr int L = 8;
   static constexpr int kAcc = 12;
+  static constexpr int kRegisters = 16, kRegsPerValue = 1;
   static LENET5_AI R zero() { return _mm256_setzero_ps(); }
   static LENET5_AI R set1(float a) { return _mm256_set1_ps(a); }
   static LENET5_AI R load(const float* p) { return _mm256_loadu_ps(p); }
@@ -72,6 +74,7 @@ struct Avx2x2 {
   using M = R;
   static constexpr int L = 16;
   static constexpr int kAcc = 6;
+  static constexpr int kRegisters = 16, kRegsPerValue = 2;
   using H = Avx2;
   static LENET5_AI R zero() { return {H::zero(), H::zero()}; }
   static LENET5_AI R set1(float v) { return {H::set1(v), H::set1(v)}; }
@@ -121,6 +124,7 @@ struct Avx512 {
   using M = __mmask16;
   static constexpr int L = 16;
   static constexpr int kAcc = 24;
+  static constexpr int kRegisters = 32, kRegsPerValue = 1;
   static LENET5_AI R zero() { return _mm512_setzero_ps(); }
   static LENET5_AI R set1(float a) { return _mm512_set1_ps(a); }
   static LENET5_AI R load(const float* p) { return _mm512_loadu_ps(p); }
