@@ -90,6 +90,17 @@ cpu::BatchNet batch_net(int variant, int in_channels, int classes, const std::ve
   return net;
 }
 
+// The gradient buffers of a batched network: one address per trainable tensor.
+std::vector<float*> batch_grads(const cpu::BatchNet& net, const std::vector<Addr>& grads, const char* fn) {
+  const int np = cpu::batch_net_params(net);
+  if (grads.size() != static_cast<size_t>(np))
+    throw std::invalid_argument(std::string(fn) + ": expected " + std::to_string(np) + " gradient addresses, got " +
+                                std::to_string(grads.size()));
+  std::vector<float*> g(grads.size());
+  for (size_t i = 0; i < grads.size(); ++i) g[i] = P<float>(grads[i]);
+  return g;
+}
+
 // The op shape structs, built from the tensors' shapes (torch.Size tuples): the input's and the
 // output's, which must agree (so a pointer is never handed over with a size it does not have).
 using Shape4 = std::array<int64_t, 4>;
@@ -267,6 +278,15 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release no_gil;
     cpu::lenet5_sample_backward(net, P<const float>(saved), P<const float>(grad_out), N, g.data(), nthreads);
   });
+  m.def("lenet5_sample_train", [](const std::vector<Addr>& params, Addr codes, Addr offsets, Addr inputs, Addr x,
+                                  Addr labels, int64_t N, double map_j, double scale, Addr out, Addr loss,
+                                  const std::vector<Addr>& grads, int nthreads) {
+    const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
+    const std::vector<float*> g = float_ptrs(grads, "grads");
+    py::gil_scoped_release no_gil;
+    cpu::lenet5_sample_train(net, P<const float>(x), P<const int64_t>(labels), N, map_j, scale, P<float>(out),
+                             P<float>(loss), g.data(), nthreads);
+  });
   // The whole network, batched, images in lanes (float32 CPU only). params: the trainable
   // tensors' addresses in model.parameters() order (12 classic, 10 modern); codes / offsets /
   // inputs: 0 for the modern variant; grads: addresses in the same order as params.
@@ -285,15 +305,20 @@ PYBIND11_MODULE(_C, m) {
                                     Addr codes, Addr offsets, Addr inputs, Addr x, Addr saved, Addr grad_out,
                                     int64_t N, const std::vector<Addr>& grads, Addr grad_x, int nthreads) {
     const cpu::BatchNet net = batch_net(variant, in_channels, classes, params, codes, offsets, inputs);
-    const int np = cpu::batch_net_params(net);
-    if (grads.size() != static_cast<size_t>(np))
-      throw std::invalid_argument("lenet5_batch_backward: expected " + std::to_string(np) + " gradient addresses, got " +
-                                  std::to_string(grads.size()));
-    std::vector<float*> g(grads.size());
-    for (size_t i = 0; i < grads.size(); ++i) g[i] = P<float>(grads[i]);
+    const std::vector<float*> g = batch_grads(net, grads, "lenet5_batch_backward");
     py::gil_scoped_release no_gil;
     cpu::lenet5_batch_backward(net, P<const float>(x), P<const float>(saved), P<const float>(grad_out), N, g.data(),
                                P<float>(grad_x), nthreads);
+  });
+  m.def("lenet5_batch_train", [](int variant, int in_channels, int classes, const std::vector<Addr>& params,
+                                 Addr codes, Addr offsets, Addr inputs, Addr x, Addr labels, int64_t N, double map_j,
+                                 double scale, Addr out, Addr loss, const std::vector<Addr>& grads, Addr grad_x,
+                                 int nthreads) {
+    const cpu::BatchNet net = batch_net(variant, in_channels, classes, params, codes, offsets, inputs);
+    const std::vector<float*> g = batch_grads(net, grads, "lenet5_batch_train");
+    py::gil_scoped_release no_gil;
+    cpu::lenet5_batch_train(net, P<const float>(x), P<const int64_t>(labels), N, map_j, scale, P<float>(out),
+                            P<float>(loss), g.data(), P<float>(grad_x), nthreads);
   });
   m.def("classic_param_size", &cpu::classic_param_size);
   {

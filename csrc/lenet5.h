@@ -104,6 +104,12 @@ void lenet5_sample_forward_save(const ClassicNet& net, const float* x, float* ou
                                 int64_t N, int nthreads);
 void lenet5_sample_backward(const ClassicNet& net, const float* saved, const float* grad_out, int64_t N,
                             float* const* grads, int nthreads);
+// Training step in one call: per image, forward, the MAP loss against labels[N] (in [0, 10),
+// else std::invalid_argument) and backward, back to back. out[N, 10] receives the outputs,
+// *loss = scale * the sum of the per-sample losses (summed in image order), grads[p] are
+// OVERWRITTEN with scale * d(sum of the losses)/dparam. Bitwise the same for any nthreads.
+void lenet5_sample_train(const ClassicNet& net, const float* x, const int64_t* labels, int64_t N, double map_j,
+                         double scale, float* out, float* loss, float* const* grads, int nthreads);
 // hessian[p] = mean over the N samples of the SDLM Gauss-Newton diagonal of parameter p
 // (MAP loss with constant j), as the per-op kernels compute it with gauss_newton = true.
 // Bitwise independent of nthreads. Throws std::invalid_argument on a label outside [0, 10).
@@ -159,6 +165,14 @@ void lenet5_batch_forward(const BatchNet& net, const float* x, float* out, float
 // partition of the tiles into slices summed in order: bitwise identical for any nthreads.
 void lenet5_batch_backward(const BatchNet& net, const float* x, const float* saved, const float* grad_out,
                            int64_t N, float* const* grads, float* grad_x, int nthreads);
+// Training step in one call: per tile, forward, the variant's loss against labels[N] (in
+// [0, classes), else std::invalid_argument; classic: the MAP criterion with map_j, modern:
+// cross-entropy) and backward, back to back while the tile's activations are in cache (nothing
+// per image goes to memory and back). out[N, classes] receives the outputs, *loss = scale * the
+// sum of the per-sample losses (summed in image order); grads[p] and grad_x (null: not computed)
+// are OVERWRITTEN with scale * d(sum of the losses)/d(them). Bitwise the same for any nthreads.
+void lenet5_batch_train(const BatchNet& net, const float* x, const int64_t* labels, int64_t N, double map_j,
+                        double scale, float* out, float* loss, float* const* grads, float* grad_x, int nthreads);
 
 // The kernel family (portable, AVX2, AVX-512) is chosen at run time for all CPU code: cpu/simd.h.
 

@@ -1,6 +1,9 @@
-// fused_batch.cpp — the whole LeNet-5 (classic or modern) for training at batch >= 16, with the
+// fused_batch.cpp — the whole LeNet-5 (classic or modern) for training at batch >= 8, with the
 // images in the SIMD lanes: forward (saving what backward needs) and backward (parameter
-// gradients, optionally the input gradient) in one native call each. float32, CPU.
+// gradients, optionally the input gradient) in one native call each, or forward, loss (MAP or
+// cross-entropy, loss.h) and backward in one call, tile by tile (lenet5_batch_train: the tile's
+// activations stay in a per-thread buffer, in cache, instead of going to memory and back).
+// float32, CPU.
 // (fused_sample.cpp is the other engine: one image at a time, vectorised within the image.)
 //
 // Networks (sizes from lenet5.h's geometry; weights used in the model's own layout):
@@ -52,6 +55,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/loss.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "cpu/vec.h"
@@ -672,19 +676,23 @@ template <int L> struct Work {
   }
 };
 
-template <int L, bool C>
-LENET5_INLINE void backward_tile(const Net& n, const float* x, int valid, const float* saved, const float* grad_out,
-                                 float* acc, float* grad_x, Work<L>& w) {
-  const Saved<L> s(const_cast<float*>(saved));
-  constexpr int ACT = kHidden<C>;
-  float* A[kRoles];
-  for (int r = 0; r < kRoles; ++r) A[r] = acc + n.acc_off[r];
-  // dE/dout into lanes (missing lanes: 0)
+// dE/dout of the tile's images (rows of `classes`) into lanes w.GO (missing lanes: 0).
+template <int L> LENET5_INLINE void grad_out_to_lanes(const Net& n, const float* grad_out, int valid, Work<L>& w) {
   for (int i = 0; i < n.classes; ++i) {
     alignas(64) float g[kMaxL] = {};
     for (int k = 0; k < valid; ++k) g[k] = grad_out[int64_t(k) * n.classes + i];
     store<L>(w.GO + i * L, load<L>(g));
   }
+}
+
+// From w.GO = dE/dout (lanes) and w.X = the tile's input (load_tile), every parameter's terms
+// into acc, and the input gradient into grad_x when wanted.
+template <int L, bool C>
+LENET5_INLINE void backward_tile(const Net& n, int valid, const float* saved, float* acc, float* grad_x, Work<L>& w) {
+  const Saved<L> s(const_cast<float*>(saved));
+  constexpr int ACT = kHidden<C>;
+  float* A[kRoles];
+  for (int r = 0; r < kRoles; ++r) A[r] = acc + n.acc_off[r];
   // output layer -> G6 = dE/dY6
   if constexpr (C) {
     for (int j = 0; j < kU6; ++j) {
@@ -705,7 +713,6 @@ LENET5_INLINE void backward_tile(const Net& n, const float* x, int valid, const 
   constexpr int CB2 = L == 16 ? 14 : 7, CBX = L == 16 ? 16 : 8;
   conv_input_grad<L, kS2, CB2>(w.G3p, kM1, n.w[kW3], TableInputs{&n}, w.G2);
   pool_backward<L, C, kC1>(w.G2, s.Y2, s.Y1, kM1, n.w[kC2], A[kC2], A[kB2], w.G1p);
-  load_tile<L>(x, n.cin, valid, w.X);
   conv_param_terms<L, kIn>(w.X, kM1, w.G1p, DenseKernels{n.cin}, A[kW1], A[kB1]);
   if (grad_x) {
     conv_input_grad<L, kIn, CBX>(w.G1p, n.cin, n.w[kW1], DenseInputs{n.cin}, w.GX);
@@ -744,14 +751,51 @@ template <int L> LENET5_INLINE void backward_tiles(const Net& n, const float* x,
     const int valid = static_cast<int>(std::min<int64_t>(L, N - base));
     const float* s = saved + kHeader + t * int64_t(kTileVecs) * L;
     float* gx = grad_x ? grad_x + base * img : nullptr;
-    if (n.classic) backward_tile<L, true>(n, x + base * img, valid, s, grad_out + base * n.classes, acc, gx, w);
-    else backward_tile<L, false>(n, x + base * img, valid, s, grad_out + base * n.classes, acc, gx, w);
+    grad_out_to_lanes<L>(n, grad_out + base * n.classes, valid, w);
+    load_tile<L>(x + base * img, n.cin, valid, w.X);
+    if (n.classic) backward_tile<L, true>(n, valid, s, acc, gx, w);
+    else backward_tile<L, false>(n, valid, s, acc, gx, w);
+  }
+}
+
+// Forward, loss and backward of tiles [t0, t1), each tile's three back to back while its
+// activations are in cache (a per-thread tile of saved activations, never the caller's memory):
+// outputs into out, each image's loss into losses, scale * dE/dw added to acc.
+template <int L> LENET5_INLINE void train_tiles(const Net& n, const float* x, const int64_t* labels, double map_j,
+                                                double scale, float* out, double* losses, int64_t N, int64_t t0,
+                                                int64_t t1, float* acc, float* grad_x) {
+  const int64_t img = int64_t(n.cin) * kIn * kIn;
+  const int64_t work = (Work<L>::floats(n) + 15) / 16 * 16;  // the saved tile after it, 64-byte aligned
+  float* buf = thread_buffer(work + int64_t(kTileVecs) * L);
+  Work<L> w(n, buf);
+  float* s = buf + work;
+  alignas(64) float g[kMaxClasses];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t base = t * L;
+    const int valid = static_cast<int>(std::min<int64_t>(L, N - base));
+    float* o = out + base * n.classes;
+    if (n.classic) forward_tile<L, true>(n, x + base * img, valid, o, s, w.X);
+    else forward_tile<L, false>(n, x + base * img, valid, o, s, w.X);
+    for (int k = 0; k < valid; ++k) {
+      const float* y = o + int64_t(k) * n.classes;
+      const int c = static_cast<int>(labels[base + k]);
+      losses[base + k] = (n.classic ? map_loss(y, n.classes, c, map_j, scale, false, g)
+                                    : cross_entropy(y, n.classes, c, scale, g)).loss;
+      for (int i = 0; i < n.classes; ++i) w.GO[i * L + k] = g[i];
+    }
+    for (int i = 0; i < n.classes; ++i)
+      for (int k = valid; k < L; ++k) w.GO[i * L + k] = 0.0f;
+    float* gx = grad_x ? grad_x + base * img : nullptr;
+    if (n.classic) backward_tile<L, true>(n, valid, s, acc, gx, w);
+    else backward_tile<L, false>(n, valid, s, acc, gx, w);
   }
 }
 
 struct Kernels {
   void (*forward)(const Net&, const float*, float*, float*, int64_t, int64_t, int64_t);
   void (*backward)(const Net&, const float*, const float*, const float*, int64_t, int64_t, int64_t, float*, float*);
+  void (*train)(const Net&, const float*, const int64_t*, double, double, float*, double*, int64_t, int64_t, int64_t,
+                float*, float*);
   int lanes;
 };
 
@@ -764,7 +808,12 @@ struct Kernels {
                             int64_t N, int64_t t0, int64_t t1, float* acc, float* gx) {           \
     backward_tiles<L>(n, x, saved, go, N, t0, t1, acc, gx);                                       \
   }                                                                                              \
-  const Kernels NAME##_kernels = {NAME##_forward, NAME##_backward, L};
+  ATTR void NAME##_train(const Net& n, const float* x, const int64_t* labels, double map_j, double scale, \
+                         float* out, double* losses, int64_t N, int64_t t0, int64_t t1, float* acc,     \
+                         float* gx) {                                                            \
+    train_tiles<L>(n, x, labels, map_j, scale, out, losses, N, t0, t1, acc, gx);                  \
+  }                                                                                              \
+  const Kernels NAME##_kernels = {NAME##_forward, NAME##_backward, NAME##_train, L};
 
 // (DQ, in the AVX-512 set, materialises the max-pool's comparison masks as vectors; without it
 // GCC compares lane by lane.)
@@ -783,6 +832,20 @@ struct Header {
   int64_t N;
 };
 static_assert(sizeof(Header) <= kHeader * sizeof(float), "header");
+
+// The reduced accumulators (padded fully connected rows) into the caller's gradient buffers.
+void write_grads(const Net& n, const float* sum, float* const* grads) {
+  for (int p = 0; p < nparams(n.classic); ++p) {
+    const int r = role_of(n.classic, p);
+    const float* a = sum + n.acc_off[r];
+    if (n.fc_jpad[r]) {
+      const int U = r == kW5 ? kU5 : r == kW6 ? kU6 : n.classes, J = r == kW5 ? kIn5 : r == kW6 ? kU5 : kU6;
+      for (int u = 0; u < U; ++u) std::memcpy(grads[p] + int64_t(u) * J, a + int64_t(u) * n.fc_jpad[r], sizeof(float) * J);
+    } else {
+      std::memcpy(grads[p], a, sizeof(float) * role_size(n, r));
+    }
+  }
+}
 
 }  // namespace
 
@@ -850,16 +913,36 @@ void lenet5_batch_backward(const BatchNet& net, const float* x, const float* sav
     });
   else
     std::fill(sum, sum + total, 0.0f);  // no images: zero gradients
-  for (int p = 0; p < np; ++p) {
-    const int r = role_of(n.classic, p);
-    const float* a = sum + n.acc_off[r];
-    if (n.fc_jpad[r]) {
-      const int U = r == kW5 ? kU5 : r == kW6 ? kU6 : n.classes, J = r == kW5 ? kIn5 : r == kW6 ? kU5 : kU6;
-      for (int u = 0; u < U; ++u) std::memcpy(grads[p] + int64_t(u) * J, a + int64_t(u) * n.fc_jpad[r], sizeof(float) * J);
-    } else {
-      std::memcpy(grads[p], a, sizeof(float) * role_size(n, r));
-    }
-  }
+  write_grads(n, sum, grads);
+}
+
+void lenet5_batch_train(const BatchNet& net, const float* x, const int64_t* labels, int64_t N, double map_j,
+                        double scale, float* out, float* loss, float* const* grads, float* grad_x, int nthreads) {
+  const char* fn = "lenet5_batch_train";
+  const Net n = resolve(net, fn);
+  if (N < 0) bad(fn, "N must be >= 0");
+  for (int p = 0; p < nparams(n.classic); ++p)
+    if (!grads[p]) bad(fn, "missing gradient buffer " + std::to_string(p));
+  for (int64_t i = 0; i < N; ++i)
+    if (labels[i] < 0 || labels[i] >= n.classes)
+      bad(fn, "label " + std::to_string(labels[i]) + " at index " + std::to_string(i) + " is outside [0, " +
+                  std::to_string(n.classes) + ")");
+  const Kernels& k = pick_kernels();
+  const int L = k.lanes;
+  const int64_t total = n.acc_off[kRoles];
+  float* sum = reusable_scratch<float, ScratchUse::kReduceResult>(total);
+  std::vector<double> losses(N);
+  const int64_t ntiles = (N + L - 1) / L;
+  if (N > 0)
+    batch_slices<float>(ntiles, total, sum, std::max(1, nthreads), [&](int64_t t0, int64_t t1, float* acc) {
+      k.train(n, x, labels, map_j, scale, out, losses.data(), N, t0, t1, acc, grad_x);
+    });
+  else
+    std::fill(sum, sum + total, 0.0f);
+  write_grads(n, sum, grads);
+  double total_loss = 0;
+  for (double l : losses) total_loss += l;  // in image order: the same for any thread count
+  *loss = static_cast<float>(scale * total_loss);
 }
 
 }  // namespace cpu

@@ -1,8 +1,9 @@
 // fused_sample.cpp — the classic LeNet-5 one image at a time, vectorised within the image, in
 // one native call: batched inference (threaded over images), the SDLM Gauss-Newton diagonal,
-// a whole pass of per-sample (batch 1) SDLM updates, and a forward / backward pair for autograd
+// a whole pass of per-sample (batch 1) SDLM updates, a forward / backward pair for autograd
 // at small batches (the forward saves each image's activations in a caller buffer; the backward
-// adds the parameter gradients). float32, CPU. (fused_batch.cpp puts images in the lanes instead.)
+// adds the parameter gradients), and forward + MAP loss + backward per image in one call
+// (lenet5_sample_train). float32, CPU. (fused_batch.cpp puts images in the lanes instead.)
 //
 // Network: C1 1->6 (32x32 -> 28x28), S2, C3 through a CSR table (16 output maps, at most 96
 // kernels), S4, C5 (400 -> 120), F6 (120 -> 84), Euclidean RBF over the fixed [10, 84] codes;
@@ -64,6 +65,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/loss.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "cpu/vec.h"
@@ -752,26 +754,6 @@ template <bool Sq> LENET5_INLINE void rbf_backward(const ClassicNet& net, const 
   }
 }
 
-// MAP criterion at the RBF outputs y, its gradient (or Gauss-Newton h) into g, training error.
-struct LossOut {
-  double loss;
-  bool error;
-};
-LENET5_INLINE LossOut map_loss_grad(const float* y, int label, double j, bool gauss_newton, float* g) {
-  double m = -j;
-  for (int i = 0; i < kClasses; ++i) m = std::max(m, -static_cast<double>(y[i]));
-  double e[kClasses], z = std::exp(-j - m);
-  for (int i = 0; i < kClasses; ++i) z += (e[i] = std::exp(-static_cast<double>(y[i]) - m));
-  int best = 0;
-  for (int i = 1; i < kClasses; ++i)
-    if (y[i] < y[best]) best = i;
-  for (int i = 0; i < kClasses; ++i) {
-    const double q = e[i] / z;
-    g[i] = static_cast<float>(gauss_newton ? q * (1.0 - q) : (i == label ? 1.0 : 0.0) - q);
-  }
-  return {static_cast<double>(y[label]) + m + std::log(z), best != label};
-}
-
 // =============================================================================================
 // One image: forward from s.X, backward from w.Rbf
 
@@ -822,6 +804,8 @@ struct Kernels {
   void (*pass)(const ClassicNet&, const Table&, const float* x, const int64_t* labels,
                const int64_t* order, int64_t n, double map_j, const Sink& sink, double* loss,
                int64_t* errors);
+  void (*train)(const ClassicNet&, const Table&, const float* x, const int64_t* labels, int64_t begin,
+                int64_t end, double map_j, double scale, float* out, double* losses, const Sink& acc);
 };
 
 // The slack of a State the caller allocated: kernels read parts of it (so it must be finite),
@@ -868,7 +852,7 @@ template <int L> LENET5_INLINE void hessian_images(const ClassicNet& net, const 
   for (int64_t i = begin; i < end; ++i) {
     load_image(sc.state, x + i * kInSize);
     forward_image<L>(net, t, sc.state, sc.work);
-    map_loss_grad(sc.state.Out, static_cast<int>(labels[i]), map_j, true, sc.work.Rbf);
+    map_loss(sc.state.Out, kClasses, static_cast<int>(labels[i]), map_j, 1.0, true, sc.work.Rbf);
     backward_image<L, Mode::kGaussNewton>(net, t, acc, sc.state, sc.work);
   }
 }
@@ -883,13 +867,28 @@ template <int L> LENET5_INLINE void pass_images(const ClassicNet& net, const Tab
     if (i + 1 < n) prefetch_image(x + order[i + 1] * kInSize);   // a random image: from memory
     load_image(sc.state, x + k * kInSize);
     forward_image<L>(net, t, sc.state, sc.work);
-    const LossOut r = map_loss_grad(sc.state.Out, static_cast<int>(labels[k]), map_j, false, sc.work.Rbf);
+    const LossOut r = map_loss(sc.state.Out, kClasses, static_cast<int>(labels[k]), map_j, 1.0, false, sc.work.Rbf);
     sum += r.loss;
     wrong += r.error;
     backward_image<L, Mode::kUpdate>(net, t, sink, sc.state, sc.work);
   }
   *loss = sum;
   *errors = wrong;
+}
+
+// Forward, MAP loss and backward of images [begin, end), one after the other: outputs, each
+// image's loss, and scale * dE/dw added to acc.
+template <int L> LENET5_INLINE void train_images(const ClassicNet& net, const Table& t, const float* x,
+                                                 const int64_t* labels, int64_t begin, int64_t end, double map_j,
+                                                 double scale, float* out, double* losses, const Sink& acc) {
+  Scratch& sc = thread_scratch();
+  for (int64_t i = begin; i < end; ++i) {
+    load_image(sc.state, x + i * kInSize);
+    forward_image<L>(net, t, sc.state, sc.work);
+    std::memcpy(out + i * kClasses, sc.state.Out, sizeof(float) * kClasses);
+    losses[i] = map_loss(sc.state.Out, kClasses, static_cast<int>(labels[i]), map_j, scale, false, sc.work.Rbf).loss;
+    backward_image<L, Mode::kGradient>(net, t, acc, sc.state, sc.work);
+  }
 }
 
 #define LENET5_SAMPLE_KERNELS(NAME, L, ATTR)                                                      \
@@ -911,7 +910,12 @@ template <int L> LENET5_INLINE void pass_images(const ClassicNet& net, const Tab
                         const Sink& sink, double* loss, int64_t* errors) {                       \
     pass_images<L>(net, t, x, labels, order, n, map_j, sink, loss, errors);                      \
   }                                                                                              \
-  const Kernels NAME##_kernels = {NAME##_forward, NAME##_backward, NAME##_hessian, NAME##_pass};
+  ATTR void NAME##_train(const ClassicNet& net, const Table& t, const float* x, const int64_t* labels, \
+                         int64_t begin, int64_t end, double map_j, double scale, float* out,          \
+                         double* losses, const Sink& acc) {                                           \
+    train_images<L>(net, t, x, labels, begin, end, map_j, scale, out, losses, acc);                   \
+  }                                                                                              \
+  const Kernels NAME##_kernels = {NAME##_forward, NAME##_backward, NAME##_hessian, NAME##_pass, NAME##_train};
 
 LENET5_ENGINE_KERNEL_SETS(LENET5_SAMPLE_KERNELS)  // one set per kernel family (vec.h)
 #undef LENET5_SAMPLE_KERNELS
@@ -995,6 +999,35 @@ void lenet5_sample_backward(const ClassicNet& net, const float* saved, const flo
   }, 4);
   for (int p = 0; p < kClassicParams; ++p)
     std::memcpy(grads[p], sum + offset[p], sizeof(float) * (offset[p + 1] - offset[p]));
+}
+
+void lenet5_sample_train(const ClassicNet& net, const float* x, const int64_t* labels, int64_t N, double map_j,
+                         double scale, float* out, float* loss, float* const* grads, int nthreads) {
+  check_net(net);
+  const Table t = make_table(net);
+  check_labels(labels, N);
+  for (int p = 0; p < kClassicParams; ++p)
+    if (!grads[p]) throw std::invalid_argument("lenet5_sample_train: missing gradient buffer " + std::to_string(p));
+  int64_t offset[kClassicParams + 1] = {0};
+  for (int p = 0; p < kClassicParams; ++p) offset[p + 1] = offset[p] + classic_param_size(p, t.K);
+  const int64_t total = offset[kClassicParams];
+  float* sum = reusable_scratch<float, ScratchUse::kReduceResult>(total);
+  std::vector<double> losses(std::max<int64_t>(N, 0));
+  if (N > 0) {
+    const Kernels& k = pick_kernels();
+    batch_slices<float>(N, total, sum, nthreads, [&](int64_t begin, int64_t end, float* acc) {
+      Sink s{};
+      for (int p = 0; p < kClassicParams; ++p) s.dst[p] = acc + offset[p];
+      k.train(net, t, x, labels, begin, end, map_j, scale, out, losses.data(), s);
+    }, 4);
+  } else {
+    std::fill(sum, sum + total, 0.0f);
+  }
+  for (int p = 0; p < kClassicParams; ++p)
+    std::memcpy(grads[p], sum + offset[p], sizeof(float) * (offset[p + 1] - offset[p]));
+  double total_loss = 0;
+  for (double l : losses) total_loss += l;  // in image order: the same for any thread count
+  *loss = static_cast<float>(scale * total_loss);
 }
 
 void lenet5_sdlm_hessian(const ClassicNet& net, const float* x, const int64_t* labels, int64_t N,

@@ -8,6 +8,12 @@ layers. Here the network runs as one call with every intermediate in native scra
   a fake kernel and an autograd formula, so it works in eager mode, under ``torch.compile``
   (one op in the graph) and with any torch optimizer. ``LeNet5.forward`` takes it whenever
   :func:`plan` accepts the model and input (else the per-op path); :func:`run` is that call.
+* the op ``torch.ops.lenet5_fast.lenet5_loss`` (:func:`run_loss`, ``LeNet5.loss_of``): the
+  forward, the loss (classic: the MAP criterion; modern: cross-entropy, both computed by the
+  engine) and the backward in one native call, each tile's back to back while its activations
+  are in cache; it returns the loss and the outputs, and its autograd formula scales the
+  gradients computed with the forward by the incoming gradient (as fused cross-entropy kernels
+  do). The trainer trains through it.
 * :func:`forward`: outputs for a batch, no autograd (``LeNet5.predict``, evaluation).
 * :func:`sdlm_hessian`, :func:`sdlm_pass`: SDLM's Gauss-Newton diagonal and a pass of
   per-sample (batch 1) SDLM updates, classic variant only.
@@ -41,8 +47,8 @@ from torch.autograd.function import once_differentiable
 from . import _C, ops
 from .layers import Convolution, EuclideanRBF, FullConnection, MaxPool, SparseConvolution, Subsampling
 
-__all__ = ["plan", "run", "supports", "engine", "path", "disabled", "forward", "sdlm_hessian", "sdlm_pass",
-           "lenet5", "lenet5_backward", "SAMPLE", "BATCH"]
+__all__ = ["plan", "run", "run_loss", "supports", "engine", "path", "disabled", "forward", "sdlm_hessian",
+           "sdlm_pass", "lenet5", "lenet5_backward", "lenet5_loss", "SAMPLE", "BATCH"]
 
 _G = dict(_C.geometry)
 _K, _IN = _G["kernel"], _G["input"]
@@ -430,6 +436,127 @@ class _Eager(torch.autograd.Function):
                                       ctx.engine, input_grad)
         need = ctx.needs_input_grad[3:]
         return ((gx if input_grad else None), None, None, *(g if w else None for g, w in zip(grads, need)))
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss inside the op: lenet5_loss (forward, loss and backward in one native call)
+
+def _native_loss(variant, cin, classes, ptrs, params: Sequence[Tensor], x: Tensor, target: Tensor, eng: int,
+                 map_j: float, mean: bool, input_grad: bool) -> Tuple[Tensor, Tensor, List[Tensor], Tensor]:
+    """(loss, outputs, parameter gradients, input gradient) of the contiguous batch x against the
+    int64 labels ``target``: one native call runs the forward, the variant's loss (classic: the
+    MAP criterion with ``map_j``; modern: cross-entropy) and the backward, image by image or
+    tile by tile while the activations are in cache. The gradients are those of the returned
+    loss, the mean (or sum) of the per-sample losses."""
+    n = x.shape[0]
+    out = torch.empty((n, classes))
+    loss = torch.empty(())
+    grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
+    gx = torch.empty_like(x) if input_grad else x.new_empty((0,))
+    scale = 1.0 / n if mean else 1.0
+    gp = [g.data_ptr() for g in grads]
+    if eng == SAMPLE:
+        _C.lenet5_sample_train(*ptrs, x.data_ptr(), target.data_ptr(), n, float(map_j), scale, out.data_ptr(),
+                               loss.data_ptr(), gp, _threads())
+    else:
+        _C.lenet5_batch_train(variant, cin, classes, *ptrs, x.data_ptr(), target.data_ptr(), n, float(map_j), scale,
+                              out.data_ptr(), loss.data_ptr(), gp, gx.data_ptr() if input_grad else 0, _threads())
+    return loss, out, grads, gx
+
+
+def _lenet5_loss_kernel(x, target, params, codes, offsets, inputs, variant, eng, map_j, mean, input_grad):
+    x = x.contiguous()
+    params = [p.contiguous() for p in params]
+    return _native_loss(variant, x.shape[1], _classes(variant, params), _op_ptrs(params, codes, offsets, inputs),
+                        params, x, target.to(torch.int64).contiguous(), eng, map_j, mean, input_grad)
+
+
+def _lenet5_loss_fake(x, target, params, codes, offsets, inputs, variant, eng, map_j, mean, input_grad):
+    return (x.new_empty(()), x.new_empty((x.shape[0], _classes(variant, params))), [torch.empty_like(p) for p in params],
+            torch.empty_like(x) if input_grad else x.new_empty((0,)))
+
+
+lenet5_loss = ops._define(
+    "lenet5_loss(Tensor x, Tensor target, Tensor[] params, Tensor? codes, Tensor? offsets, Tensor? inputs, "
+    "int variant, int engine, float map_j, bool mean, bool input_grad) -> (Tensor, Tensor, Tensor[], Tensor)",
+    _lenet5_loss_kernel, _lenet5_loss_fake)
+
+
+def _loss_setup(ctx, inputs, output):
+    _, out, grads, gx = output
+    ctx.input_grad = inputs[-1]
+    ctx.save_for_backward(gx, *grads)
+    ctx.mark_non_differentiable(out, gx, *grads)
+
+
+def _loss_grad(ctx, grad_loss, _grad_out, _grad_grads, _grad_gx):
+    # the gradients were computed with the forward; the incoming gradient only scales them
+    gx, *grads = ctx.saved_tensors
+    return ((gx * grad_loss if ctx.input_grad else None), None, list(torch._foreach_mul(grads, grad_loss)),
+            None, None, None, None, None, None, None, None)
+
+
+torch.library.register_autograd(lenet5_loss, _loss_grad, setup_context=_loss_setup, lib=ops._lib)
+
+
+class _EagerLoss(torch.autograd.Function):
+    """The eager path of lenet5_loss (plain tensors only): the same native call, gradients held
+    from the forward and scaled by the incoming gradient in backward (as fused cross-entropy
+    kernels do), so a retained graph can run backward again."""
+
+    @staticmethod
+    def forward(ctx, x, target, net, eng, map_j, mean, input_grad, *params):
+        loss, out, grads, gx = _native_loss(net.code, net.cin, net.classes, net.ptrs, params, x, target, eng,
+                                            map_j, mean, input_grad)
+        ctx.grads, ctx.gx = grads, gx
+        ctx.mark_non_differentiable(out)
+        return loss, out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, _grad_out):
+        need = ctx.needs_input_grad
+        grads = torch._foreach_mul(ctx.grads, grad_loss)
+        gx = ctx.gx * grad_loss if need[0] else None
+        return (gx, None, None, None, None, None, None, *(g if w else None for g, w in zip(grads, need[7:])))
+
+
+def run_loss(model, x: Tensor, target: Tensor, reduction: str = "mean") -> Optional[Tuple[Tensor, Tensor]]:
+    """``(loss, outputs)`` of ``model.loss(model(x), target, reduction)`` through the fused loss
+    op when :func:`plan` accepts the model and input, a gradient is wanted and ``reduction`` is
+    "mean" or "sum"; else None (the caller runs the forward and the loss apart). The outputs carry
+    no gradient. Eager with plain tensors: the native call directly, under an autograd node;
+    under torch.compile with a static batch size: the registered op ``lenet5_fast::lenet5_loss``."""
+    if reduction not in ("mean", "sum") or not torch.is_grad_enabled():
+        return None
+    mean = reduction == "mean"
+    if ops.plain_eager(x, target):
+        net = plan(model, x)
+        if net is None or not (x.requires_grad or any(p.requires_grad for p in net.params)):
+            return None
+        target = _labels(target, x.shape[0], "loss_of", "target")
+        x = x if x.is_contiguous() else x.contiguous()
+        eng = engine(net.code, net.cin, x.shape[0], x.requires_grad)
+        return _EagerLoss.apply(x, target, net, eng, float(model.map_j), mean, x.requires_grad, *net.params)
+    if _disabled() or torch.jit.is_tracing() or ops._onnx_exporting():
+        return None
+    if not isinstance(x, Tensor) or not isinstance(x.shape[0], int):
+        return None
+    found = _tensors(model)
+    cin = getattr(model, "in_channels", None)
+    if found is None or _model_problem(model, found) or _input_problem(x, cin):
+        return None
+    variant, params, codes, offsets, inputs = found
+    code = VARIANT_CODES[variant]
+    if (code != 0 or cin != 1) and x.shape[0] < BATCH_MIN:
+        return None
+    if not (x.requires_grad or any(p.requires_grad for p in params)):
+        return None
+    target = _labels(target, x.shape[0], "loss_of", "target")
+    eng = engine(code, cin, x.shape[0], x.requires_grad)
+    loss, out, _, _ = lenet5_loss(x, target, params, codes, offsets, inputs, code, eng, float(model.map_j), mean,
+                                  x.requires_grad)
+    return loss, out
 
 
 def run(model, x: Tensor) -> Optional[Tensor]:

@@ -151,6 +151,21 @@ class LeNet5(nn.Module):
             return map_loss(out, target, self.map_j, reduction)
         return F.cross_entropy(out, target.to(out.device), reduction=reduction)
 
+    def loss_of(self, x: Tensor, target: Tensor, reduction: str = "mean", outputs: bool = False):
+        """``self.loss(self(x), target, reduction)``, the same value and gradients, with the fast
+        path for training: where the fused engines take the model and a gradient is wanted
+        (classic or modern, CPU float32, reduction "mean" or "sum"), one native call runs the
+        forward, the loss (MAP or cross-entropy, computed by the engine) and the backward, image
+        by image or tile by tile while the activations are in cache; ``backward()`` then only
+        scales the gradients it computed. Elsewhere (no grad, "none", keras, GPU, float64,
+        hooks, ``fused.disabled()``) it is exactly ``self.loss(self(x), ...)``. With ``outputs``
+        returns ``(loss, out)``, ``out`` the network's output for ``x`` with no gradient."""
+        got = fused.run_loss(self, x, target, reduction)
+        if got is None:
+            out = self(x)
+            got = self.loss(out, target, reduction), out.detach()
+        return got if outputs else got[0]
+
     def scores(self, out: Tensor) -> Tensor:
         """Higher-is-better class scores from the raw output."""
         return -out if self.variant == "classic" else out

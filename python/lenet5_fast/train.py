@@ -277,9 +277,13 @@ def make_optimizer(model: LeNet5, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sdlm":
         return SDLM(params, lr=_eta(cfg, 0), mu=cfg.mu, max_step=cfg.max_step)
+    # torch's fused kernels: one native call updates every parameter (on this package's network,
+    # 2.5-3.6x less CPU time per step than the per-parameter loop and 2-3x less than foreach;
+    # README "Training speed"); elementwise, so the same for any thread count.
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return torch.optim.Adam(params, lr=cfg.lr)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused)
+    return torch.optim.Adam(params, lr=cfg.lr, fused=fused)
 
 
 def _eta(cfg: TrainConfig, p: int) -> float:
@@ -450,12 +454,12 @@ def _minibatch_pass(model, optimizer, x, y, order, cfg, progress, stop) -> Tuple
             raise PassInterrupted(i, total_loss, errors)
         xb, yb = xo[i:i + bs], yo[i:i + bs]
         optimizer.zero_grad(set_to_none=True)
-        out = model(xb)
-        per = model.loss(out, yb, reduction="none")
-        per.mean().backward()
+        # the fused engines compute the loss and every gradient in one call (model.loss_of)
+        loss, out = model.loss_of(xb, yb, "sum", outputs=True)
+        (loss / yb.shape[0]).backward()
         optimizer.step()
         with torch.no_grad():
-            total_loss += float(per.sum())
+            total_loss += float(loss)
             errors += int((model.scores(out).argmax(1) != yb).sum())
         done = min(n, i + bs)
         if progress:
