@@ -1,4 +1,4 @@
-"""Timing of the batched engine with images in the SIMD lanes (csrc/cpu/fused_batch.cpp), called
+"""Timing of the batched engine with images in the SIMD lanes (csrc/engine/fused_batch.cpp), called
 through _C: forward + backward (all parameter gradients) at batch 256 on 1 and 2 threads, and
 forward only at batch 1024, against the per-image engine's autograd entry points
 (lenet5_sample_forward_save / lenet5_sample_backward, classic only) and the pure-PyTorch eager
@@ -80,7 +80,7 @@ def batch_engine(m, n, threads, backward=True):
     a = _args(m)
     x = torch.rand(n, 1, 32, 32)
     out = torch.empty(n, a[2])
-    saved = _aligned(_C.lenet5_batch_saved_floats(*a, n)) if backward else None
+    saved = _aligned(_C.lenet5_batch_saved_floats(*a[:3], n)) if backward else None
     grads = [torch.empty_like(p) for p in m.parameters() if p.requires_grad]
     gp = [g.data_ptr() for g in grads]
     g = torch.randn(n, a[2])
@@ -94,23 +94,17 @@ def batch_engine(m, n, threads, backward=True):
 
 
 def sample_engine(m, n, threads):
-    params = [p.data_ptr() for p in m.parameters() if p.requires_grad]
-    net = (params, m.output.weight.data_ptr(), m.c3.table_offsets.data_ptr(), m.c3.table_inputs.data_ptr())
+    net = _args(m)
     x = torch.rand(n, 1, 32, 32)
     out = torch.empty(n, 10)
     saved = _aligned(n * _C.lenet5_sample_saved_floats())
     grads = [torch.zeros_like(p) for p in m.parameters() if p.requires_grad]
     gp = [g.data_ptr() for g in grads]
     g = torch.randn(n, 10)
-    # lenet5_sample_backward takes nthreads in newer builds
-    threaded = "arg8" in (_C.lenet5_sample_backward.__doc__ or "")
 
     def step():
         _C.lenet5_sample_forward_save(*net, x.data_ptr(), out.data_ptr(), saved.data_ptr(), n, threads)
-        if threaded:
-            _C.lenet5_sample_backward(*net, saved.data_ptr(), g.data_ptr(), n, gp, threads)
-        else:
-            _C.lenet5_sample_backward(*net, saved.data_ptr(), g.data_ptr(), n, gp)
+        _C.lenet5_sample_backward(*net, saved.data_ptr(), g.data_ptr(), n, gp, threads)
     step.keep = (x, out, saved, grads, g)
     return step
 

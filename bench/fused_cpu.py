@@ -1,4 +1,4 @@
-"""Timing of the fused CPU paths (lenet5_fast.fused; the per-image engine, csrc/cpu/fused_sample.cpp):
+"""Timing of the fused CPU paths (lenet5_fast.fused; the per-image engine, csrc/engine/fused_sample.cpp):
 batch-1 latency, inference images/s at batch 1/64/1024, the autograd entry points
 (lenet5_sample_forward_save / lenet5_sample_backward) at batch 1/4/16, and seconds per
 60,000-sample pass of per-sample SDLM.
@@ -80,7 +80,7 @@ def main(argv=None):
     # --- batch-1 latency: native call alone, and through fused.forward (validation, allocation)
     x1 = x_all[:1].contiguous()
     out1 = torch.empty(1, 10)
-    net = fused._net(model, "bench")
+    net = fused._net(model, "bench").args
     native = lambda: _C.lenet5_forward(*net, x1.data_ptr(), out1.data_ptr(), 1, 1)  # noqa: E731
     python = lambda: fused.forward(model, x1)  # noqa: E731
     for fn in (native, python):

@@ -36,9 +36,13 @@
 
 namespace lenet5 {
 
-// Activation codes, as the ops take them (Python: lenet5_fast.ops.ACTIVATIONS).
-enum Act : int { kIdentity = 0, kScaledTanh = 1, kRelu = 2, kTanh = 3 };
+// Activation codes, as the ops take them, and their names (Python: lenet5_fast._C.activations,
+// from which lenet5_fast.ops.Act and ACTIVATIONS are built).
+enum Act : int { kIdentity = 0, kScaledTanh = 1, kRelu = 2, kPlainTanh = 3 };
 constexpr int kNumActivations = 4;
+constexpr const char* activation_name(Act a) {
+  return a == kIdentity ? "identity" : a == kScaledTanh ? "scaled_tanh" : a == kRelu ? "relu" : "plain_tanh";
+}
 constexpr double kTanhA = 1.7159;     // squashing amplitude A
 constexpr double kTanhS = 2.0 / 3.0;  // squashing slope S
 
@@ -59,7 +63,7 @@ LENET5_CONSTEXPR double ipow(double x, int n) { return n == 0 ? 1.0 : x * ipow(x
 // A and S of the two tanh-shaped activations.
 template <int ACT> struct TanhShape;
 template <> struct TanhShape<kScaledTanh> { static constexpr double A = kTanhA, S = kTanhS; };
-template <> struct TanhShape<kTanh> { static constexpr double A = 1.0, S = 1.0; };
+template <> struct TanhShape<kPlainTanh> { static constexpr double A = 1.0, S = 1.0; };
 
 // A tanh(S a) in float arithmetic (T = float or a vector of floats): the rational tanh with A
 // and S folded into its coefficients on |S a| < 9, exactly +-A beyond (tanh(9) rounds to 1).
@@ -102,7 +106,7 @@ template <> struct Elem<double> { using type = double; };
 
 // ---- y = f(a), the activation as a compile-time choice ----
 template <int ACT, class T> LENET5_HD T forward(T a) {
-  if constexpr (ACT == kScaledTanh || ACT == kTanh) return tanh_shaped<ACT>(a);
+  if constexpr (ACT == kScaledTanh || ACT == kPlainTanh) return tanh_shaped<ACT>(a);
   else if constexpr (ACT == kRelu) return a <= T{} ? T{} : a;  // NaN <= 0 is false: NaN stays NaN
   else return a;
 }
@@ -111,7 +115,7 @@ template <int ACT, class T> LENET5_HD T forward(T a) {
 template <int ACT, class T> LENET5_HD T derivative(T y) {
   using E = typename Elem<T>::type;
   if constexpr (ACT == kScaledTanh) return E(kTanhS * kTanhA) - E(kTanhS / kTanhA) * (y * y);
-  else if constexpr (ACT == kTanh) return E(1) - y * y;
+  else if constexpr (ACT == kPlainTanh) return E(1) - y * y;
   else if constexpr (ACT == kRelu) return y <= T{} ? T{} : T{} + E(1);  // NaN passes, like torch
   else return T{} + E(1);
 }
@@ -126,7 +130,7 @@ template <int ACT, bool GN, class T> LENET5_HD T grad_factor(T y) {
 template <class T> LENET5_HD T forward(T a, int act) {
   switch (act) {
     case kScaledTanh: return forward<kScaledTanh>(a);
-    case kTanh: return forward<kTanh>(a);
+    case kPlainTanh: return forward<kPlainTanh>(a);
     case kRelu: return forward<kRelu>(a);
     default: return a;
   }
@@ -134,7 +138,7 @@ template <class T> LENET5_HD T forward(T a, int act) {
 template <class T> LENET5_HD T derivative(T y, int act) {
   switch (act) {
     case kScaledTanh: return derivative<kScaledTanh>(y);
-    case kTanh: return derivative<kTanh>(y);
+    case kPlainTanh: return derivative<kPlainTanh>(y);
     case kRelu: return derivative<kRelu>(y);
     default: return derivative<kIdentity>(y);
   }

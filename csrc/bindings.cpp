@@ -9,13 +9,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <array>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "engine/engine.h"
 #include "lenet5.h"
-#include "cpu/simd.h"
+#include "support/simd.h"
 
 namespace py = pybind11;
 using Addr = uintptr_t;
@@ -51,55 +53,40 @@ namespace dev = lenet5::cuda;
 #endif
 namespace cpu = lenet5::cpu;
 
-std::vector<float*> float_ptrs(const std::vector<Addr>& a, const char* what) {
-  if (a.size() != static_cast<size_t>(cpu::kClassicParams))
-    throw std::invalid_argument(std::string(what) + ": expected " + std::to_string(cpu::kClassicParams) +
+// One float address per parameter of the variant (the fused engines' params, grads, steps).
+std::vector<float*> param_ptrs(lenet5::Variant variant, const std::vector<Addr>& a, const char* what) {
+  const size_t n = static_cast<size_t>(lenet5::param_order(variant).count);
+  if (a.size() != n)
+    throw std::invalid_argument(std::string("lenet5_fast._C: expected ") + std::to_string(n) + " " + what +
                                 " addresses, got " + std::to_string(a.size()));
-  std::vector<float*> p(a.size());
-  for (size_t i = 0; i < a.size(); ++i) p[i] = P<float>(a[i]);
+  std::vector<float*> p(n);
+  for (size_t i = 0; i < n; ++i) p[i] = P<float>(a[i]);
   return p;
 }
-cpu::ClassicNet classic_net(const std::vector<Addr>& params, Addr codes, Addr offsets, Addr inputs) {
-  cpu::ClassicNet net{};
-  const std::vector<float*> p = float_ptrs(params, "params");
-  for (int i = 0; i < cpu::kClassicParams; ++i) net.param[i] = p[i];
-  net.codes = P<const float>(codes);
-  net.c3_offsets = I(offsets);
-  net.c3_inputs = I(inputs);
-  return net;
+lenet5::Variant variant_code(int variant) {
+  if (variant < 0 || variant >= lenet5::kNumVariants)
+    throw std::invalid_argument("lenet5_fast._C: variant must be 0 (classic) or 1 (modern), got " +
+                                std::to_string(variant));
+  return static_cast<lenet5::Variant>(variant);
 }
-
-// The batched network (fused_batch.cpp) from the bindings' arguments; the variant, sizes and
-// table are checked in C++ (std::invalid_argument, ValueError in Python).
-cpu::BatchNet batch_net(int variant, int in_channels, int classes, const std::vector<Addr>& params, Addr codes,
+// The network for the fused engines from the bindings' arguments (the same for both engines);
+// sizes and the table are checked in C++ (std::invalid_argument, ValueError in Python).
+cpu::FusedNet fused_net(int variant, int in_channels, int classes, const std::vector<Addr>& params, Addr codes,
                         Addr offsets, Addr inputs) {
-  if (variant != 0 && variant != 1)
-    throw std::invalid_argument("lenet5_batch: variant must be 0 (classic) or 1 (modern), got " + std::to_string(variant));
-  cpu::BatchNet net{};
-  net.variant = static_cast<cpu::Variant>(variant);
+  cpu::FusedNet net{};
+  net.variant = variant_code(variant);
   net.in_channels = in_channels;
   net.classes = classes;
-  const size_t np = static_cast<size_t>(cpu::batch_net_params(net));
-  if (params.size() != np)
-    throw std::invalid_argument("lenet5_batch: expected " + std::to_string(np) + " parameter addresses, got " +
-                                std::to_string(params.size()));
-  for (size_t i = 0; i < np; ++i) net.param[i] = P<const float>(params[i]);
+  const std::vector<float*> p = param_ptrs(net.variant, params, "parameter");
+  std::copy(p.begin(), p.end(), net.param);
   net.codes = P<const float>(codes);
-  net.c3_offsets = I(offsets);
-  net.c3_inputs = I(inputs);
+  net.c3 = lenet5::ConnTable{I(offsets), I(inputs)};
   return net;
 }
-
-// The gradient buffers of a batched network: one address per trainable tensor.
-std::vector<float*> batch_grads(const cpu::BatchNet& net, const std::vector<Addr>& grads, const char* fn) {
-  const int np = cpu::batch_net_params(net);
-  if (grads.size() != static_cast<size_t>(np))
-    throw std::invalid_argument(std::string(fn) + ": expected " + std::to_string(np) + " gradient addresses, got " +
-                                std::to_string(grads.size()));
-  std::vector<float*> g(grads.size());
-  for (size_t i = 0; i < grads.size(); ++i) g[i] = P<float>(grads[i]);
-  return g;
-}
+// The arguments every fused entry point starts with, and the FusedNet they make.
+#define LENET5_NET_PARAMS \
+  int variant, int in_channels, int classes, const std::vector<Addr>&params, Addr codes, Addr offsets, Addr inputs
+#define LENET5_NET fused_net(variant, in_channels, classes, params, codes, offsets, inputs)
 
 // The op shape structs, built from the tensors' shapes (torch.Size tuples): the input's and the
 // output's, which must agree (so a pointer is never handed over with a size it does not have).
@@ -230,97 +217,87 @@ PYBIND11_MODULE(_C, m) {
       n,
       (P<const T>(gy), P<const T>(y), P<T>(gx), s, act_code(act), gn));
 
-  // The fused classic network, one image at a time (float32 CPU only). params: the 12 trainable
-  // tensors' addresses in model.parameters() order; steps / hessian / grads: 12 addresses in the
-  // same order.
-  m.def("lenet5_forward", [](const std::vector<Addr>& params, Addr codes, Addr offsets, Addr inputs,
-                             Addr x, Addr out, int64_t N, int nthreads) {
-    const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
+  // The fused engines (float32 CPU only; engine/engine.h). Every call starts with the network:
+  // (variant, in_channels, classes, params, codes, offsets, inputs), params the trainable
+  // tensors' addresses in model.parameters() order (_C.param_layout), codes / offsets / inputs
+  // 0 for the modern variant. grads / hessian / steps: one address per parameter, same order.
+  // The per-image engine (classic, one input channel):
+  m.def("lenet5_forward", [](LENET5_NET_PARAMS, Addr x, Addr out, int64_t N, int nthreads) {
+    const cpu::FusedNet net = LENET5_NET;
     py::gil_scoped_release no_gil;
     cpu::lenet5_forward(net, P<const float>(x), P<float>(out), N, nthreads);
   });
-  m.def("lenet5_sdlm_hessian", [](const std::vector<Addr>& params, Addr codes, Addr offsets,
-                                  Addr inputs, Addr x, Addr labels, int64_t N, double map_j,
+  m.def("lenet5_sdlm_hessian", [](LENET5_NET_PARAMS, Addr x, Addr labels, int64_t N, double map_j,
                                   const std::vector<Addr>& hessian, int nthreads) {
-    const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
-    const std::vector<float*> h = float_ptrs(hessian, "hessian");
+    const cpu::FusedNet net = LENET5_NET;
+    const std::vector<float*> h = param_ptrs(net.variant, hessian, "hessian");
     py::gil_scoped_release no_gil;
     cpu::lenet5_sdlm_hessian(net, P<const float>(x), P<const int64_t>(labels), N, map_j, h.data(), nthreads);
   });
-  m.def("lenet5_sdlm_pass", [](const std::vector<Addr>& params, Addr codes, Addr offsets,
-                               Addr inputs, Addr x, Addr labels, int64_t N, Addr order, int64_t n,
+  m.def("lenet5_sdlm_pass", [](LENET5_NET_PARAMS, Addr x, Addr labels, int64_t N, Addr order, int64_t n,
                                double map_j, const std::vector<Addr>& steps) {
-    const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
-    const std::vector<float*> s = float_ptrs(steps, "steps");
-    std::vector<const float*> cs(s.begin(), s.end());
+    const cpu::FusedNet net = LENET5_NET;
+    const std::vector<float*> s = param_ptrs(net.variant, steps, "step");
+    const std::vector<const float*> cs(s.begin(), s.end());
     double loss = 0;
     int64_t errors = 0;
     {
       py::gil_scoped_release no_gil;
-      cpu::lenet5_sdlm_pass(net, P<const float>(x), P<const int64_t>(labels), N,
-                            P<const int64_t>(order), n, map_j, cs.data(), &loss, &errors);
+      cpu::lenet5_sdlm_pass(net, P<const float>(x), P<const int64_t>(labels), N, P<const int64_t>(order), n, map_j,
+                            cs.data(), &loss, &errors);
     }
     return py::make_tuple(loss, errors);
   });
   m.def("lenet5_sample_saved_floats", &cpu::lenet5_sample_saved_floats,
         "Floats lenet5_sample_forward_save writes per image (its saved buffer is [N, this], 64-byte aligned)");
-  m.def("lenet5_sample_forward_save", [](const std::vector<Addr>& params, Addr codes, Addr offsets,
-                                         Addr inputs, Addr x, Addr out, Addr saved, int64_t N, int nthreads) {
-    const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
+  m.def("lenet5_sample_forward_save", [](LENET5_NET_PARAMS, Addr x, Addr out, Addr saved, int64_t N, int nthreads) {
+    const cpu::FusedNet net = LENET5_NET;
     py::gil_scoped_release no_gil;
     cpu::lenet5_sample_forward_save(net, P<const float>(x), P<float>(out), P<float>(saved), N, nthreads);
   });
-  m.def("lenet5_sample_backward", [](const std::vector<Addr>& params, Addr codes, Addr offsets,
-                                     Addr inputs, Addr saved, Addr grad_out, int64_t N,
+  m.def("lenet5_sample_backward", [](LENET5_NET_PARAMS, Addr saved, Addr grad_out, int64_t N,
                                      const std::vector<Addr>& grads, int nthreads) {
-    const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
-    const std::vector<float*> g = float_ptrs(grads, "grads");
+    const cpu::FusedNet net = LENET5_NET;
+    const std::vector<float*> g = param_ptrs(net.variant, grads, "gradient");
     py::gil_scoped_release no_gil;
     cpu::lenet5_sample_backward(net, P<const float>(saved), P<const float>(grad_out), N, g.data(), nthreads);
   });
-  m.def("lenet5_sample_train", [](const std::vector<Addr>& params, Addr codes, Addr offsets, Addr inputs, Addr x,
-                                  Addr labels, int64_t N, double map_j, double scale, Addr out, Addr loss,
-                                  const std::vector<Addr>& grads, int nthreads) {
-    const cpu::ClassicNet net = classic_net(params, codes, offsets, inputs);
-    const std::vector<float*> g = float_ptrs(grads, "grads");
+  m.def("lenet5_sample_train", [](LENET5_NET_PARAMS, Addr x, Addr labels, int64_t N, double map_j, double scale,
+                                  Addr out, Addr loss, const std::vector<Addr>& grads, int nthreads) {
+    const cpu::FusedNet net = LENET5_NET;
+    const std::vector<float*> g = param_ptrs(net.variant, grads, "gradient");
     py::gil_scoped_release no_gil;
     cpu::lenet5_sample_train(net, P<const float>(x), P<const int64_t>(labels), N, map_j, scale, P<float>(out),
                              P<float>(loss), g.data(), nthreads);
   });
-  // The whole network, batched, images in lanes (float32 CPU only). params: the trainable
-  // tensors' addresses in model.parameters() order (12 classic, 10 modern); codes / offsets /
-  // inputs: 0 for the modern variant; grads: addresses in the same order as params.
-  m.def("lenet5_batch_saved_floats", [](int variant, int in_channels, int classes, const std::vector<Addr>& params,
-                                        Addr codes, Addr offsets, Addr inputs, int64_t N) {
-    return cpu::lenet5_batch_saved_floats(batch_net(variant, in_channels, classes, params, codes, offsets, inputs), N);
+  // The batch engine (classic and modern, images in the SIMD lanes):
+  m.def("lenet5_batch_saved_floats", [](int variant, int in_channels, int classes, int64_t N) {
+    return cpu::lenet5_batch_saved_floats(variant_code(variant), in_channels, classes, N);
   }, "Floats lenet5_batch_forward's saved buffer needs for N images (64-byte aligned)");
-  m.def("lenet5_batch_forward", [](int variant, int in_channels, int classes, const std::vector<Addr>& params,
-                                   Addr codes, Addr offsets, Addr inputs, Addr x, Addr out, Addr saved, int64_t N,
-                                   int nthreads) {
-    const cpu::BatchNet net = batch_net(variant, in_channels, classes, params, codes, offsets, inputs);
+  m.def("lenet5_batch_forward", [](LENET5_NET_PARAMS, Addr x, Addr out, Addr saved, int64_t N, int nthreads) {
+    const cpu::FusedNet net = LENET5_NET;
     py::gil_scoped_release no_gil;
     cpu::lenet5_batch_forward(net, P<const float>(x), P<float>(out), P<float>(saved), N, nthreads);
   });
-  m.def("lenet5_batch_backward", [](int variant, int in_channels, int classes, const std::vector<Addr>& params,
-                                    Addr codes, Addr offsets, Addr inputs, Addr x, Addr saved, Addr grad_out,
-                                    int64_t N, const std::vector<Addr>& grads, Addr grad_x, int nthreads) {
-    const cpu::BatchNet net = batch_net(variant, in_channels, classes, params, codes, offsets, inputs);
-    const std::vector<float*> g = batch_grads(net, grads, "lenet5_batch_backward");
+  m.def("lenet5_batch_backward", [](LENET5_NET_PARAMS, Addr x, Addr saved, Addr grad_out, int64_t N,
+                                    const std::vector<Addr>& grads, Addr grad_x, int nthreads) {
+    const cpu::FusedNet net = LENET5_NET;
+    const std::vector<float*> g = param_ptrs(net.variant, grads, "gradient");
     py::gil_scoped_release no_gil;
     cpu::lenet5_batch_backward(net, P<const float>(x), P<const float>(saved), P<const float>(grad_out), N, g.data(),
                                P<float>(grad_x), nthreads);
   });
-  m.def("lenet5_batch_train", [](int variant, int in_channels, int classes, const std::vector<Addr>& params,
-                                 Addr codes, Addr offsets, Addr inputs, Addr x, Addr labels, int64_t N, double map_j,
-                                 double scale, Addr out, Addr loss, const std::vector<Addr>& grads, Addr grad_x,
-                                 int nthreads) {
-    const cpu::BatchNet net = batch_net(variant, in_channels, classes, params, codes, offsets, inputs);
-    const std::vector<float*> g = batch_grads(net, grads, "lenet5_batch_train");
+  m.def("lenet5_batch_train", [](LENET5_NET_PARAMS, Addr x, Addr labels, int64_t N, double map_j, double scale,
+                                 Addr out, Addr loss, const std::vector<Addr>& grads, Addr grad_x, int nthreads) {
+    const cpu::FusedNet net = LENET5_NET;
+    const std::vector<float*> g = param_ptrs(net.variant, grads, "gradient");
     py::gil_scoped_release no_gil;
     cpu::lenet5_batch_train(net, P<const float>(x), P<const int64_t>(labels), N, map_j, scale, P<float>(out),
                             P<float>(loss), g.data(), P<float>(grad_x), nthreads);
   });
-  m.def("classic_param_size", &cpu::classic_param_size);
+
+  // The network declared once (network.h): sizes, variants, each variant's parameters, and
+  // the activation codes (activations.h).
   {
     namespace g = lenet5::geometry;
     py::dict geo;
@@ -338,8 +315,32 @@ PYBIND11_MODULE(_C, m) {
     geo["c5_inputs"] = g::kC5Inputs;
     geo["f6_units"] = g::kF6Units;
     geo["classes"] = g::kClasses;
+    geo["max_in_channels"] = g::kMaxInChannels;
+    geo["max_classes"] = g::kMaxClasses;
     m.attr("geometry") = geo;
+    py::dict variants, acts;
+    for (int v = 0; v < lenet5::kNumVariants; ++v) variants[lenet5::variant_name(lenet5::Variant(v))] = v;
+    m.attr("variants") = variants;
+    for (int a = 0; a < lenet5::kNumActivations; ++a) acts[lenet5::activation_name(lenet5::Act(a))] = a;
+    m.attr("activations") = acts;
   }
+  m.def("param_layout", [](int variant) {
+    const lenet5::Variant v = variant_code(variant);
+    const lenet5::ParamOrder& order = lenet5::param_order(v);
+    // The free sizes as names: the shapes are evaluated at sizes no real shape has (negative).
+    const char* free[] = {"in_channels", "c3_kernels", "classes"};
+    py::list layout;
+    for (int p = 0; p < order.count; ++p) {
+      const lenet5::ParamShape s = lenet5::param_shape(v, order.role[p], {-1, -2, -3});
+      py::tuple shape(s.rank);
+      for (int i = 0; i < s.rank; ++i)
+        shape[i] = s.dim[i] < 0 ? py::object(py::str(free[-s.dim[i] - 1])) : py::object(py::int_(s.dim[i]));
+      layout.append(py::make_tuple(lenet5::role_name(order.role[p]), shape));
+    }
+    return layout;
+  }, "[(name, shape)] of a variant's trainable tensors in model.parameters() order, the order the fused "
+     "engines take them in; a shape names its free sizes: 'in_channels', 'c3_kernels' (the classic "
+     "table's kernels), 'classes' (the modern output's units)");
 
   m.def("simd_level", &cpu::simd_level, "SIMD level the float32 CPU kernels use: 0 portable, 1 AVX2, 2 AVX-512");
   m.def("set_simd_level", &cpu::set_simd_level, "Force a lower SIMD level (tests); -1 restores the best");
@@ -358,9 +359,7 @@ PYBIND11_MODULE(_C, m) {
         "Tests only: at level 1, run the 16-lane (AVX-512) kernels, per-op and fused, on pairs of AVX2 registers");
 #ifdef LENET5_WITH_CUDA
   m.attr("with_cuda") = true;
-  m.def("cuda_device_count", &dev::device_count);
 #else
   m.attr("with_cuda") = false;
-  m.def("cuda_device_count", [] { return 0; });
 #endif
 }

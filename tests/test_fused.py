@@ -1,4 +1,4 @@
-"""The fused classic network (lenet5_fast.fused, csrc/cpu/fused_sample.cpp) against the op-by-op
+"""The fused classic network (lenet5_fast.fused, csrc/engine/fused_sample.cpp) against the op-by-op
 model: forward, the SDLM Gauss-Newton diagonal, a pass of per-sample SDLM updates, at every
 SIMD level the CPU has, plus input validation and LeNet5.predict's use of it."""
 import copy

@@ -1,4 +1,4 @@
-"""The batched engine with images in the SIMD lanes (csrc/cpu/fused_batch.cpp), called through _C
+"""The batched engine with images in the SIMD lanes (csrc/engine/fused_batch.cpp), called through _C
 directly: lenet5_batch_forward (outputs, and the activations backward needs in a caller buffer)
 and lenet5_batch_backward (every parameter gradient and the input gradient, overwritten),
 classic and modern, against a float64 autograd run of the pure-PyTorch reference network, at
@@ -51,7 +51,7 @@ def forward(m, x, threads=1):
     a = _args(m)
     n = x.shape[0]
     out = torch.empty(n, a[2])
-    saved = _aligned(_C.lenet5_batch_saved_floats(*a, n)).fill_(float("nan"))  # garbage must not matter
+    saved = _aligned(_C.lenet5_batch_saved_floats(*a[:3], n)).fill_(float("nan"))  # garbage must not matter
     _C.lenet5_batch_forward(*a, x.data_ptr(), out.data_ptr(), saved.data_ptr(), n, threads)
     return out, saved
 
@@ -177,18 +177,18 @@ def test_bad_arguments():
     a = list(_args(m))
     x = _images(2, 1)
     out = torch.empty(2, 10)
-    saved = _aligned(_C.lenet5_batch_saved_floats(*a, 2) + 16)
+    saved = _aligned(_C.lenet5_batch_saved_floats(*a[:3], 2) + 16)
     with pytest.raises(ValueError, match="variant"):
         _C.lenet5_batch_forward(7, *a[1:], x.data_ptr(), out.data_ptr(), saved.data_ptr(), 2, 1)
     with pytest.raises(ValueError, match="in_channels"):
         _C.lenet5_batch_forward(a[0], 0, *a[2:], x.data_ptr(), out.data_ptr(), saved.data_ptr(), 2, 1)
+    # the saved size depends on the sizes only (variant, in_channels, classes): the fake kernel has no tensors
     with pytest.raises(ValueError, match="in_channels"):
-        _C.lenet5_batch_saved_floats(a[0], 9, *a[2:], 2)
-    # the saved size depends on the sizes only: no weights or table needed (the fake kernel has none)
-    assert _C.lenet5_batch_saved_floats(a[0], a[1], a[2], [0] * len(a[3]), 0, 0, 0, 2) == \
-        _C.lenet5_batch_saved_floats(*a, 2)
+        _C.lenet5_batch_saved_floats(a[0], 9, a[2], 2)
     with pytest.raises(ValueError, match="classes"):
-        _C.lenet5_batch_saved_floats(a[0], a[1], 9, [0] * len(a[3]), 0, 0, 0, 2)
+        _C.lenet5_batch_saved_floats(a[0], a[1], 9, 2)
+    with pytest.raises(ValueError, match="variant"):
+        _C.lenet5_batch_saved_floats(2, a[1], a[2], 2)
     with pytest.raises(ValueError, match="classes"):
         _C.lenet5_batch_forward(a[0], a[1], 9, *a[3:], x.data_ptr(), out.data_ptr(), saved.data_ptr(), 2, 1)
     with pytest.raises(ValueError, match="aligned"):
@@ -230,7 +230,7 @@ def test_bad_arguments():
 def test_empty_batch():
     m = _model("modern", 1, 10)
     a = _args(m)
-    saved = _aligned(_C.lenet5_batch_saved_floats(*a, 0))
+    saved = _aligned(_C.lenet5_batch_saved_floats(*a[:3], 0))
     _C.lenet5_batch_forward(*a, 0, 0, saved.data_ptr(), 0, 1)
     grads = [torch.full_like(p, 5.0) for p in _params(m)]
     _C.lenet5_batch_backward(*a, 0, saved.data_ptr(), 0, 0, [g.data_ptr() for g in grads], 0, 1)

@@ -1,4 +1,4 @@
-"""The per-image fused engine's autograd entry points (csrc/cpu/fused_sample.cpp), called through
+"""The per-image fused engine's autograd entry points (csrc/engine/fused_sample.cpp), called through
 _C directly: lenet5_sample_forward_save (RBF outputs, and each image's activations saved in a
 caller buffer) and lenet5_sample_backward (parameter gradients written to caller buffers, threaded, the same for
 any thread count), against
@@ -34,7 +34,8 @@ def _params(m):
 
 
 def _net(m):
-    return ([p.data_ptr() for p in _params(m)], m.output.weight.data_ptr(), m.c3.table_offsets.data_ptr(),
+    """(variant, in_channels, classes, params, codes, offsets, inputs) for _C.lenet5_sample_*."""
+    return (0, 1, 10, [p.data_ptr() for p in _params(m)], m.output.weight.data_ptr(), m.c3.table_offsets.data_ptr(),
             m.c3.table_inputs.data_ptr())
 
 

@@ -150,3 +150,21 @@ def test_bad_model_arguments():
         LeNet5(variant="resnet")
     with pytest.raises(ValueError):
         LeNet5()(torch.randn(2, 1, 28, 20))  # 28x20 -> C5 sees 5x2: wrong input size
+
+
+@pytest.mark.parametrize("variant,cin,classes,table", [
+    ("classic", 1, 10, None), ("classic", 3, 10, [[0], [1, 2], [5, 4, 3]] + [[o % 6] for o in range(13)]),
+    ("modern", 1, 10, None), ("modern", 5, 7, None)])
+def test_native_parameter_layout_is_the_models(variant, cin, classes, table):
+    """The network is declared once in C++ (csrc/network.h): the parameter layout the fused engines
+    take (_C.param_layout: names, shapes with their free sizes named, order) is exactly the model's
+    model.parameters(), for every variant the engines run, whatever the free sizes."""
+    from lenet5_fast import _C
+    kw = {"c3_table": table} if table is not None else {}
+    m = LeNet5(variant, in_channels=cin, num_classes=classes, **kw)
+    free = {"in_channels": cin, "classes": classes,
+            "c3_kernels": m.c3.table_inputs.numel() if variant == "classic" else None}
+    native = [(name, tuple(free[d] if isinstance(d, str) else d for d in shape))
+              for name, shape in _C.param_layout(_C.variants[variant])]
+    assert native == [(name, tuple(p.shape)) for name, p in m.named_parameters()]
+    assert sorted(_C.variants) == ["classic", "modern"]

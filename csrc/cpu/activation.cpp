@@ -9,8 +9,9 @@
 #include <string>
 #include <utility>
 
-#include "cpu/parallel.h"
-#include "cpu/simd.h"
+#include "cpu/portable.h"
+#include "support/parallel.h"
+#include "support/simd.h"
 
 namespace lenet5 {
 namespace cpu {
@@ -37,7 +38,7 @@ void portable_activation_backward(const T* gy, const T* y, T* gx, int64_t n, Act
 #define LENET5_FMA_PROBE_COUNTS(X) X(1) X(2) X(4) X(6) X(8) X(10) X(12) X(14) X(16) X(20) X(24) X(28) X(30)
 
 #define LENET5_SIMD_SELF "cpu/activation.cpp"
-#include "cpu/simd_pass.h"
+#include "support/simd_pass.h"
 
 namespace lenet5 {
 namespace cpu {

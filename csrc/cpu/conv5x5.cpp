@@ -4,7 +4,7 @@
 // Trick: no loops of its own. A dense convolution is the sparse one of sparse_conv5x5.cpp with
 // the full table (kernel k = o*C + c reads input c, which is exactly the [O,C,5,5] layout), and
 // when the input is exactly 5x5 (C5) it is a fully connected layer over C*25 inputs (full.cpp).
-#include "cpu/parallel.h"
+#include "support/parallel.h"
 
 namespace lenet5 {
 namespace cpu {
@@ -13,8 +13,7 @@ namespace {
 ConnTable full_table(const ConvShape& s, std::vector<int32_t>& offsets, std::vector<int32_t>& inputs) {
   offsets.resize(s.O + 1);
   inputs.resize(s.O * s.C);
-  for (int64_t o = 0; o <= s.O; ++o) offsets[o] = static_cast<int32_t>(o * s.C);
-  for (int64_t k = 0; k < s.O * s.C; ++k) inputs[k] = static_cast<int32_t>(k % s.C);
+  lenet5::full_table(s.O, s.C, offsets.data(), inputs.data());  // conn_table.h
   return ConnTable{offsets.data(), inputs.data()};
 }
 // C5: a 5x5 input is a fully connected layer over its C*25 values.

@@ -5,7 +5,8 @@
 // Trick: for each (output row, ky, kx) the innermost loop runs along the output row, contiguous
 // in both x and y, so the compiler vectorises it and the 5 input rows stay in L1.
 #pragma once
-#include "cpu/parallel.h"
+#include "cpu/portable.h"
+#include "support/parallel.h"
 
 namespace lenet5 {
 namespace cpu {

@@ -8,8 +8,8 @@
 // sharing each x vector, one horizontal sum per output; backward accumulates gx along D in
 // registers over the M units and gw rows in the slice's accumulator.
 #ifndef LENET5_SIMD_ISA
-#include "cpu/parallel.h"
-#include "cpu/simd.h"
+#include "support/parallel.h"
+#include "support/simd.h"
 
 namespace lenet5 {
 namespace cpu {
@@ -66,7 +66,7 @@ void portable_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, Fu
 }  // namespace lenet5
 
 #define LENET5_SIMD_SELF "cpu/euclidean_rbf.cpp"
-#include "cpu/simd_pass.h"
+#include "support/simd_pass.h"
 
 namespace lenet5 {
 namespace cpu {

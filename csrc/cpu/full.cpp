@@ -16,8 +16,9 @@
 //      into the slice's accumulator: a fixed order, so bitwise independent of the threads.
 //    Gauss-Newton: w^2 (a squared copy), x^2 (squared as loaded), f'^2.
 #ifndef LENET5_SIMD_ISA
-#include "cpu/parallel.h"
-#include "cpu/simd.h"
+#include "cpu/portable.h"
+#include "support/parallel.h"
+#include "support/simd.h"
 
 namespace lenet5 {
 namespace cpu {
@@ -72,7 +73,7 @@ void portable_full_backward(const T* gy, const T* y, const T* x, const T* w, T* 
 }  // namespace lenet5
 
 #define LENET5_SIMD_SELF "cpu/full.cpp"
-#include "cpu/simd_pass.h"
+#include "support/simd_pass.h"
 
 namespace lenet5 {
 namespace cpu {

@@ -9,8 +9,8 @@
 // first-match masks a, b&~a, c&~(a|b), d&~(a|b|c) (a when nothing matches) and interleaves
 // the masked gradients back onto the two rows. Row tails use masked loads/stores.
 #ifndef LENET5_SIMD_ISA
-#include "cpu/parallel.h"
-#include "cpu/simd.h"
+#include "support/parallel.h"
+#include "support/simd.h"
 
 namespace lenet5 {
 namespace cpu {
@@ -56,7 +56,7 @@ void portable_maxpool_backward(const T* gy, const T* x, const T* y, T* gx, PoolS
 }  // namespace lenet5
 
 #define LENET5_SIMD_SELF "cpu/maxpool2x2.cpp"
-#include "cpu/simd_pass.h"
+#include "support/simd_pass.h"
 
 namespace lenet5 {
 namespace cpu {

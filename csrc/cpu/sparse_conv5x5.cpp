@@ -28,7 +28,7 @@
 // Gauss-Newton: squared weights, squared inputs (in the scratch copy), f'^2.
 #ifndef LENET5_SIMD_ISA
 #include "cpu/conv5x5_plane.h"
-#include "cpu/simd.h"
+#include "support/simd.h"
 
 namespace lenet5 {
 namespace cpu {
@@ -85,7 +85,7 @@ void portable_sparse_backward(const T* gy, const T* y, const T* x, const T* w, C
 }  // namespace lenet5
 
 #define LENET5_SIMD_SELF "cpu/sparse_conv5x5.cpp"
-#include "cpu/simd_pass.h"
+#include "support/simd_pass.h"
 
 namespace lenet5 {
 namespace cpu {
@@ -307,18 +307,15 @@ void sparse_backward_simd(const float* gy, const float* y, const float* x, const
   const int64_t K = offsets[O], nw = K * 25;
   std::vector<float> wk(w, w + nw);
   if (gn) for (auto& v : wk) v *= v;
-  std::vector<int32_t> owner(K), t_off(C + 1, 0), t_k(K);  // owner map of each kernel; transposed table
-  for (int64_t o = 0; o < O; ++o)
-    for (int64_t k = offsets[o]; k < offsets[o + 1]; ++k) owner[k] = int32_t(o);
+  // owner[k]: the output map kernel k feeds; t_k[t_off[c] .. t_off[c + 1]): the kernels reading
+  // input c (conn_table.h; the table was checked in Python, _validate.table_contents)
+  std::vector<int32_t> owner(K), t_off(C + 1), t_k(K);
+  invert_table(t, O, C, owner.data(), t_off.data(), t_k.data());
   std::vector<float> wflip;
   if (gx) {
     wflip.resize(nw);
     for (int64_t k = 0; k < K; ++k)
       for (int t = 0; t < 25; ++t) wflip[k * 25 + t] = wk[k * 25 + 24 - t];
-    for (int64_t k = 0; k < K; ++k) ++t_off[inputs[k] + 1];
-    for (int64_t c = 0; c < C; ++c) t_off[c + 1] += t_off[c];
-    std::vector<int32_t> fill(t_off.begin(), t_off.end() - 1);
-    for (int64_t k = 0; k < K; ++k) t_k[fill[inputs[k]]++] = int32_t(k);
   }
   std::vector<float> grads(nw + O);
   batch_slices<float>(s.N, nw + O, grads.data(), nthreads, [&](int64_t begin, int64_t end, float* acc) {

@@ -10,8 +10,9 @@
 // Backward: ga = gy f'(y) as vectors, coef/bias gradients as vector accumulators per plane (one
 // horizontal sum per plane), gx = coef*ga interleaved with itself onto both input rows.
 #ifndef LENET5_SIMD_ISA
-#include "cpu/parallel.h"
-#include "cpu/simd.h"
+#include "cpu/portable.h"
+#include "support/parallel.h"
+#include "support/simd.h"
 
 namespace lenet5 {
 namespace cpu {
@@ -75,7 +76,7 @@ void portable_subsample_backward(const T* gy, const T* y, const T* x, const T* c
 }  // namespace lenet5
 
 #define LENET5_SIMD_SELF "cpu/subsample2x2.cpp"
-#include "cpu/simd_pass.h"
+#include "support/simd_pass.h"
 
 namespace lenet5 {
 namespace cpu {

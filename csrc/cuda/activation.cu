@@ -1,5 +1,5 @@
-// activation.cu — stand-alone scaled tanh / ReLU, forward and backward, on the GPU; and the
-// device count the Python side uses to decide whether CUDA ops are available.
+// activation.cu — stand-alone activations (scaled tanh, ReLU, plain tanh), forward and backward,
+// on the GPU.
 //
 // Layout: any contiguous array of n values (x and y may be the same array). Backward uses the
 // output y only (never the input), and does not read y at all for the identity.
@@ -46,15 +46,6 @@ void activation_backward(const T* gy, const T* y, T* gx, int64_t n, Act act, boo
   activation_backward_kernel<T><<<grid_blocks(n, kActBS), kActBS, 0, as_stream(s)>>>(gy, y, gx, n, act,
                                                                                      gauss_newton);
   LENET5_CHECK_LAUNCH("activation backward");
-}
-
-int device_count() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the error so later calls don't see it
-    return 0;
-  }
-  return n;
 }
 
 LENET5_INSTANTIATE_FLOAT_DOUBLE(activation_forward)

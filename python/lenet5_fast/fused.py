@@ -18,9 +18,9 @@ layers. Here the network runs as one call with every intermediate in native scra
 * :func:`sdlm_hessian`, :func:`sdlm_pass`: SDLM's Gauss-Newton diagonal and a pass of
   per-sample (batch 1) SDLM updates, classic variant only.
 
-Two engines sit behind the op: the per-image engine (``csrc/cpu/fused_sample.cpp``, vectorised
+Two engines sit behind the op: the per-image engine (``csrc/engine/fused_sample.cpp``, vectorised
 within one image; the classic network with one input channel, no input gradient) and the batch
-engine (``csrc/cpu/fused_batch.cpp``, a tile of images in the SIMD lanes; classic and modern, any
+engine (``csrc/engine/fused_batch.cpp``, a tile of images in the SIMD lanes; classic and modern, any
 input channels, input gradient). :func:`engine` picks one from the variant, channels, batch size
 and whether the input gradient is wanted, so the forward and its backward always agree.
 
@@ -51,11 +51,11 @@ __all__ = ["plan", "run", "run_loss", "supports", "engine", "path", "disabled", 
            "sdlm_pass", "lenet5", "lenet5_backward", "lenet5_loss", "SAMPLE", "BATCH"]
 
 _G = dict(_C.geometry)
-_K, _IN = _G["kernel"], _G["input"]
-_C1, _C3, _C5, _F6, _CLASSES = _G["c1_maps"], _G["c3_maps"], _G["c5_units"], _G["f6_units"], _G["classes"]
+_IN, _C1, _C3, _F6, _CLASSES = _G["input"], _G["c1_maps"], _G["c3_maps"], _G["f6_units"], _G["classes"]
 _SCALED_TANH, _RELU, _IDENTITY = 1, 2, 0
 
-VARIANT_CODES = {"classic": 0, "modern": 1}
+VARIANT_CODES = dict(_C.variants)  # the variants the engines run (csrc/network.h): name -> code
+CLASSIC = VARIANT_CODES["classic"]
 SAMPLE, BATCH = 0, 1  # the engines (see engine())
 # Below this batch size the per-image engine trains faster than the batch engine (measured in
 # bench/cpu.py on the dev machine; both engines give the same gradients within float32 rounding).
@@ -65,33 +65,51 @@ SAMPLE_MAX_BATCH = 8
 # layers one by one are faster (measured: modern, batch 1, 300 us by the layers, 750 us fused).
 BATCH_MIN = 4
 
-# Each variant's layers: (name, layer type, activation code or None, parameter names).
+# Each variant's layers: (name, layer type, activation code or None). Their trainable tensors,
+# in the order the engines take them, are the native layout's (_C.param_layout).
 _LAYOUT = {
-    "classic": (("c1", Convolution, _SCALED_TANH, ("weight", "bias")),
-                ("s2", Subsampling, _SCALED_TANH, ("coef", "bias")),
-                ("c3", SparseConvolution, _SCALED_TANH, ("weight", "bias")),
-                ("s4", Subsampling, _SCALED_TANH, ("coef", "bias")),
-                ("c5", Convolution, _SCALED_TANH, ("weight", "bias")),
-                ("f6", FullConnection, _SCALED_TANH, ("weight", "bias")),
-                ("output", EuclideanRBF, None, ())),
-    "modern": (("c1", Convolution, _RELU, ("weight", "bias")),
-               ("s2", MaxPool, None, ()),
-               ("c3", Convolution, _RELU, ("weight", "bias")),
-               ("s4", MaxPool, None, ()),
-               ("c5", Convolution, _RELU, ("weight", "bias")),
-               ("f6", FullConnection, _RELU, ("weight", "bias")),
-               ("output", FullConnection, _IDENTITY, ("weight", "bias"))),
+    "classic": (("c1", Convolution, _SCALED_TANH), ("s2", Subsampling, _SCALED_TANH),
+                ("c3", SparseConvolution, _SCALED_TANH), ("s4", Subsampling, _SCALED_TANH),
+                ("c5", Convolution, _SCALED_TANH), ("f6", FullConnection, _SCALED_TANH),
+                ("output", EuclideanRBF, None)),
+    "modern": (("c1", Convolution, _RELU), ("s2", MaxPool, None), ("c3", Convolution, _RELU), ("s4", MaxPool, None),
+               ("c5", Convolution, _RELU), ("f6", FullConnection, _RELU), ("output", FullConnection, _IDENTITY)),
 }
-_PARAM_NAMES = {v: tuple(f"{n}.{p}" for n, _, _, ps in layout for p in ps) for v, layout in _LAYOUT.items()}
 
 
-def _expected_shapes(variant: str, cin: int, kernels: int, classes: int):
-    k = _K
-    if variant == "classic":
-        return ((_C1, cin, k, k), (_C1,), (_C1,), (_C1,), (kernels, k, k), (_C3,), (_C3,), (_C3,),
-                (_C5, _C3, k, k), (_C5,), (_F6, _C5), (_F6,))
-    return ((_C1, cin, k, k), (_C1,), (_C3, _C1, k, k), (_C3,), (_C5, _C3, k, k), (_C5,), (_F6, _C5), (_F6,),
-            (classes, _F6), (classes,))
+# Each variant's trainable tensors in model.parameters() order, the engines' order: (name, shape),
+# the shapes naming their free sizes ("in_channels", "c3_kernels", "classes"). Read once here:
+# traced code (torch.compile) then checks shapes in plain Python.
+_NATIVE_LAYOUT = {v: tuple(_C.param_layout(code)) for v, code in VARIANT_CODES.items()}
+_PARAM_NAMES = {v: tuple(name for name, _ in layout) for v, layout in _NATIVE_LAYOUT.items()}
+_PARAMS = {v: tuple(tuple(name.split(".")) for name in names) for v, names in _PARAM_NAMES.items()}  # (layer, p)
+
+
+def _param_shapes(variant: str, cin: int, kernels: int, classes: int):
+    """The shapes of the variant's trainable tensors for these sizes, in the engines' order."""
+    free = {"in_channels": cin, "c3_kernels": kernels, "classes": classes}
+    return [tuple(free[d] if isinstance(d, str) else d for d in shape) for _, shape in _NATIVE_LAYOUT[variant]]
+
+
+def _has_sample_engine(code: int, cin: int) -> bool:
+    """Whether the per-image engine runs this network (the classic variant, one input channel)."""
+    return code == CLASSIC and cin == 1
+
+
+def _min_batch(code: int, cin: int) -> int:
+    """The smallest batch that runs fused (see BATCH_MIN)."""
+    return 1 if _has_sample_engine(code, cin) else BATCH_MIN
+
+
+def _classes(code: int, params) -> int:
+    return _CLASSES if code == CLASSIC else params[-1].shape[0]
+
+
+def _native_args(code: int, cin: int, params, codes, offsets, inputs) -> tuple:
+    """The network as every native entry point takes it: (variant, in_channels, classes, parameter
+    addresses, codes, table offsets, table inputs), 0 for a tensor the variant has not."""
+    return (code, cin, _classes(code, params), [p.data_ptr() for p in params], ops._ptr(codes), ops._ptr(offsets),
+            ops._ptr(inputs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,19 +120,18 @@ class _Net:
     whether they are still the ones checked: the layer objects, where each tensor is looked up,
     the hook dictionaries that must stay empty, and the tensors' addresses."""
 
-    __slots__ = ("variant", "code", "cin", "in_shape", "min_batch", "classes", "params", "codes", "offsets",
-                 "inputs", "ptrs", "layers", "dicts", "names", "tensors", "hooks", "__weakref__")
+    __slots__ = ("variant", "code", "cin", "in_shape", "min_batch", "params", "codes", "offsets", "inputs", "args",
+                 "layers", "dicts", "names", "tensors", "hooks", "__weakref__")
 
     def __init__(self, model, variant, params, codes, offsets, inputs):
         self.variant, self.code, self.cin = variant, VARIANT_CODES[variant], model.in_channels
         self.in_shape = torch.Size((self.cin, _IN, _IN))
-        self.min_batch = 1 if self.code == 0 and self.cin == 1 else BATCH_MIN
-        self.classes = _CLASSES if variant == "classic" else params[-1].shape[0]
+        self.min_batch = _min_batch(self.code, self.cin)
         self.params, self.codes, self.offsets, self.inputs = params, codes, offsets, inputs
-        self.ptrs = ([p.data_ptr() for p in params], ops._ptr(codes), ops._ptr(offsets), ops._ptr(inputs))
+        self.args = _native_args(self.code, self.cin, params, codes, offsets, inputs)
         mods = model._modules
         self.layers = tuple(mods.values())
-        slots = [(mods[n]._parameters, p) for n, _, _, ps in _LAYOUT[variant] for p in ps]
+        slots = [(mods[layer]._parameters, p) for layer, p in _PARAMS[variant]]
         if variant == "classic":
             slots += [(mods["output"]._buffers, "weight"), (mods["c3"]._buffers, "table_offsets"),
                       (mods["c3"]._buffers, "table_inputs")]
@@ -132,7 +149,7 @@ class _Net:
             return False
         now = tuple(map(dict.get, self.dicts, self.names))
         return all(map(operator.is_, now, self.tensors)) and list(map(Tensor.data_ptr, now[:len(self.params)])) \
-            == self.ptrs[0]
+            == self.args[3]
 
 
 _GLOBAL_HOOKS = tuple(getattr(torch.nn.modules.module, name) for name in (
@@ -149,19 +166,16 @@ def _tensors(model):
     if layout is None or not isinstance(mods, dict) or model._forward_hooks or model._forward_pre_hooks \
             or any(_GLOBAL_HOOKS):
         return None
-    params = []
-    for name, kind, act, names in layout:
+    for name, kind, act in layout:
         layer = mods.get(name)
         if type(layer) is not kind or layer._forward_hooks or layer._forward_pre_hooks \
                 or layer._backward_hooks or layer._backward_pre_hooks:
             return None
         if act is not None and layer.act != act:
             return None
-        for p in names:
-            t = layer._parameters.get(p)
-            if t is None:
-                return None
-            params.append(t)
+    params = [mods[layer]._parameters.get(p) for layer, p in _PARAMS[variant]]
+    if any(t is None for t in params):
+        return None
     if variant == "classic":
         c3 = mods["c3"]._buffers
         codes = mods["output"]._buffers.get("weight")
@@ -176,24 +190,25 @@ def _model_problem(model, found) -> str:
                 "standard activations, fixed RBF codes and no module hooks")
     variant, params, codes, offsets, inputs = found
     cin = getattr(model, "in_channels", None)
-    if not isinstance(cin, int) or not 1 <= cin <= 8:
-        return f"in_channels must be 1..8, got {cin!r}"
+    if not isinstance(cin, int) or not 1 <= cin <= _G["max_in_channels"]:
+        return f"in_channels must be 1..{_G['max_in_channels']}, got {cin!r}"
     if variant == "classic":
         for name, t in (("c3.table_offsets", offsets), ("c3.table_inputs", inputs)):
             if not (isinstance(t, Tensor) and t.device.type == "cpu" and t.dtype == torch.int32
                     and t.dim() == 1 and t.is_contiguous()):
                 return f"{name} must be a contiguous 1-D int32 CPU tensor"
-        if offsets.numel() != _C3 + 1 or not 1 <= inputs.numel() <= _C1 * _C3:
-            return (f"C3 must have {_C3} output maps and 1..{_C1 * _C3} kernels, got {offsets.numel() - 1} maps "
-                    f"and {inputs.numel()} kernels")
+        if offsets.numel() != _C3 + 1 or not 1 <= inputs.numel() <= _G["c3_max_kernels"]:
+            return (f"C3 must have {_C3} output maps and 1..{_G['c3_max_kernels']} kernels, got "
+                    f"{offsets.numel() - 1} maps and {inputs.numel()} kernels")
         if not _is_cpu_f32(codes, (_CLASSES, _F6)):
-            return "the RBF codes (output.weight) must be a fixed contiguous float32 CPU tensor of shape (10, 84)"
+            return (f"the RBF codes (output.weight) must be a fixed contiguous float32 CPU tensor of shape "
+                    f"{(_CLASSES, _F6)}")
         kernels, classes = inputs.numel(), _CLASSES
     else:
         kernels, classes = 0, params[-1].shape[0] if params[-1].dim() == 1 else -1
-        if not 1 <= classes <= 1024:
-            return f"the output layer must have 1..1024 units, got {classes}"
-    for name, p, shape in zip(_PARAM_NAMES[variant], params, _expected_shapes(variant, cin, kernels, classes)):
+        if not 1 <= classes <= _G["max_classes"]:
+            return f"the output layer must have 1..{_G['max_classes']} units, got {classes}"
+    for name, p, shape in zip(_PARAM_NAMES[variant], params, _param_shapes(variant, cin, kernels, classes)):
         if not _is_cpu_f32(p, shape):
             return (f"parameter {name} must be a contiguous float32 CPU tensor of shape {shape}, got "
                     f"{p.dtype} on {p.device} with shape {tuple(p.shape)}"
@@ -262,6 +277,13 @@ def _net(model, fn: Optional[str]):
     return net
 
 
+def _input_fits(x, in_shape, min_batch: int) -> bool:
+    """x is a float32 CPU batch [N, *in_shape] with N >= min_batch (a static N: a symbolic batch
+    size under torch.compile is no int, and such a trace takes the layers)."""
+    return (isinstance(x, Tensor) and x.is_cpu and x.dtype is torch.float32 and x.ndim == 4
+            and x.shape[1:] == in_shape and isinstance(x.shape[0], int) and x.shape[0] >= min_batch)
+
+
 def plan(model, x) -> Optional[_Net]:
     """The one decision: the model's native arguments when ``model(x)`` may run fused, else None
     (then ``LeNet5.forward`` runs layer by layer). Cheap after the first call for a model: a
@@ -269,8 +291,7 @@ def plan(model, x) -> Optional[_Net]:
     if _off and _disabled():
         return None
     net = _net(model, None)
-    if net is None or not (type(x) is Tensor and x.is_cpu and x.dtype is torch.float32 and x.ndim == 4
-                           and x.shape[1:] == net.in_shape and x.shape[0] >= net.min_batch):
+    if net is None or not _input_fits(x, net.in_shape, net.min_batch):
         return None
     return net
 
@@ -283,17 +304,11 @@ def supports(model, x=None) -> bool:
 
 
 def engine(variant: int, cin: int, n: int, input_grad: bool) -> int:
-    """Which engine runs a batch that needs gradients: :data:`SAMPLE` (per image: the classic
-    network, one channel, no input gradient, batches below :data:`SAMPLE_MAX_BATCH`) or
-    :data:`BATCH`. Forward and backward of a batch always take the same engine."""
-    if variant == 0 and cin == 1 and not input_grad and n < SAMPLE_MAX_BATCH:
-        return SAMPLE
-    return BATCH
-
-
-def _inference_engine(net: _Net, n: int) -> int:
-    # The per-image engine infers faster below a tile of images, the batch engine from there on.
-    return SAMPLE if net.code == 0 and net.cin == 1 and n < SAMPLE_MAX_BATCH else BATCH
+    """Which engine runs a batch of n images, for training and inference alike (inference needs
+    no input gradient): :data:`SAMPLE` (per image: the classic network, one channel, no input
+    gradient, batches below :data:`SAMPLE_MAX_BATCH`) or :data:`BATCH`. Forward and backward of a
+    batch always take the same engine."""
+    return SAMPLE if _has_sample_engine(variant, cin) and not input_grad and n < SAMPLE_MAX_BATCH else BATCH
 
 
 def path(model, x, grad: bool = True) -> str:
@@ -302,8 +317,7 @@ def path(model, x, grad: bool = True) -> str:
     net = plan(model, x)
     if net is None:
         return "layers"
-    n = x.shape[0]
-    eng = engine(net.code, net.cin, n, x.requires_grad) if grad else _inference_engine(net, n)
+    eng = engine(net.code, net.cin, x.shape[0], grad and x.requires_grad)
     return "per-image" if eng == SAMPLE else "batch"
 
 
@@ -312,75 +326,63 @@ def _threads() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# the native calls (net: (param addresses, codes, offsets, inputs) of a _Net or of the op's args)
+# the native calls (args: _native_args' tuple, of a _Net or of the op's arguments)
 
-def _saved_size(variant: int, cin: int, classes: int, n: int, eng: int):
+def _saved_size(args, n: int, eng: int):
     if eng == SAMPLE:
         return (n, _C.lenet5_sample_saved_floats())
-    # (no tensors: the fake kernel has none to give, and the size depends only on the sizes)
-    return (_C.lenet5_batch_saved_floats(variant, cin, classes, [0] * (12 if variant == 0 else 10), 0, 0, 0, n),)
+    return (_C.lenet5_batch_saved_floats(*args[:3], n),)  # (the sizes only: the fake kernel has no tensors)
 
 
-def _native_forward(variant, cin, classes, ptrs, x: Tensor, eng: int, save: bool) -> Tuple[Tensor, Optional[Tensor]]:
+def _native_forward(args, x: Tensor, eng: int, save: bool) -> Tuple[Tensor, Optional[Tensor]]:
     """(outputs, saved activations or None): one native forward of the contiguous batch x."""
     n = x.shape[0]
-    out = torch.empty((n, classes))
-    saved = torch.empty(_saved_size(variant, cin, classes, n, eng)) if save else None
+    out = torch.empty((n, args[2]))
+    saved = torch.empty(_saved_size(args, n, eng)) if save else None
     sp = saved.data_ptr() if save else 0
-    if eng == SAMPLE:
-        if save:
-            _C.lenet5_sample_forward_save(*ptrs, x.data_ptr(), out.data_ptr(), sp, n, _threads())
-        else:
-            _C.lenet5_forward(*ptrs, x.data_ptr(), out.data_ptr(), n, _threads())
+    if eng == BATCH:
+        _C.lenet5_batch_forward(*args, x.data_ptr(), out.data_ptr(), sp, n, _threads())
+    elif save:
+        _C.lenet5_sample_forward_save(*args, x.data_ptr(), out.data_ptr(), sp, n, _threads())
     else:
-        _C.lenet5_batch_forward(variant, cin, classes, *ptrs, x.data_ptr(), out.data_ptr(), sp, n, _threads())
+        _C.lenet5_forward(*args, x.data_ptr(), out.data_ptr(), n, _threads())
     return out, saved
 
 
-def _native_backward(variant, cin, classes, ptrs, params: Sequence[Tensor], x: Tensor, saved: Tensor,
-                     grad_out: Tensor, eng: int, input_grad: bool) -> List[Tensor]:
+def _native_backward(args, params: Sequence[Tensor], x: Tensor, saved: Tensor, grad_out: Tensor, eng: int,
+                     input_grad: bool) -> List[Tensor]:
     n = x.shape[0]
     grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
     gx = torch.empty_like(x) if input_grad else x.new_empty((0,))
     grad_out = grad_out.contiguous()
     gp = [g.data_ptr() for g in grads]
     if eng == SAMPLE:
-        _C.lenet5_sample_backward(*ptrs, saved.data_ptr(), grad_out.data_ptr(), n, gp, _threads())
+        _C.lenet5_sample_backward(*args, saved.data_ptr(), grad_out.data_ptr(), n, gp, _threads())
     else:
-        _C.lenet5_batch_backward(variant, cin, classes, *ptrs, x.data_ptr(), saved.data_ptr(),
-                                 grad_out.data_ptr(), n, gp, gx.data_ptr() if input_grad else 0, _threads())
+        _C.lenet5_batch_backward(*args, x.data_ptr(), saved.data_ptr(), grad_out.data_ptr(), n, gp,
+                                 gx.data_ptr() if input_grad else 0, _threads())
     return grads + [gx]
 
 
 # ---------------------------------------------------------------------------------------------
 # the op pair, registered like the per-op ops (ops._define): CPU kernel, fake kernel, autograd
 
-def _op_ptrs(params, codes, offsets, inputs):
-    return ([p.data_ptr() for p in params], ops._ptr(codes), ops._ptr(offsets), ops._ptr(inputs))
-
-
-def _classes(variant: int, params) -> int:
-    return _CLASSES if variant == 0 else params[-1].shape[0]
-
-
 def _lenet5_kernel(x, params, codes, offsets, inputs, variant, eng):
     x = x.contiguous()
     params = [p.contiguous() for p in params]
-    return _native_forward(variant, x.shape[1], _classes(variant, params),
-                           _op_ptrs(params, codes, offsets, inputs), x, eng, True)
+    return _native_forward(_native_args(variant, x.shape[1], params, codes, offsets, inputs), x, eng, True)
 
 
 def _lenet5_fake(x, params, codes, offsets, inputs, variant, eng):
-    classes = _classes(variant, params)
-    return (x.new_empty((x.shape[0], classes)),
-            x.new_empty(_saved_size(variant, x.shape[1], classes, x.shape[0], eng)))
+    sizes = (variant, x.shape[1], _classes(variant, params))
+    return x.new_empty((x.shape[0], sizes[2])), x.new_empty(_saved_size(sizes, x.shape[0], eng))
 
 
 def _lenet5_backward_kernel(grad_out, x, saved, params, codes, offsets, inputs, variant, eng, input_grad):
     x = x.contiguous()
     params = [p.contiguous() for p in params]
-    return _native_backward(variant, x.shape[1], _classes(variant, params), _op_ptrs(params, codes, offsets, inputs),
-                            params, x, saved, grad_out, eng, input_grad)
+    return _native_backward(_native_args(variant, x.shape[1], params, codes, offsets, inputs), params, x, saved,
+                            grad_out, eng, input_grad)
 
 
 def _lenet5_backward_fake(grad_out, x, saved, params, codes, offsets, inputs, variant, eng, input_grad):
@@ -420,7 +422,7 @@ class _Eager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, net, eng, *params):
-        out, saved = _native_forward(net.code, net.cin, net.classes, net.ptrs, x, eng, True)
+        out, saved = _native_forward(net.args, x, eng, True)
         ctx.net, ctx.engine, ctx.saved = net, eng, saved
         ctx.save_for_backward(x, *params)
         return out
@@ -431,9 +433,8 @@ class _Eager(torch.autograd.Function):
         net = ctx.net
         x, *params = ctx.saved_tensors
         input_grad = ctx.needs_input_grad[0]
-        ptrs = ([p.data_ptr() for p in params],) + net.ptrs[1:]
-        *grads, gx = _native_backward(net.code, net.cin, net.classes, ptrs, params, x, ctx.saved, grad_out,
-                                      ctx.engine, input_grad)
+        args = net.args[:3] + ([p.data_ptr() for p in params],) + net.args[4:]  # the saved parameters' addresses
+        *grads, gx = _native_backward(args, params, x, ctx.saved, grad_out, ctx.engine, input_grad)
         need = ctx.needs_input_grad[3:]
         return ((gx if input_grad else None), None, None, *(g if w else None for g, w in zip(grads, need)))
 
@@ -441,34 +442,34 @@ class _Eager(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 # the loss inside the op: lenet5_loss (forward, loss and backward in one native call)
 
-def _native_loss(variant, cin, classes, ptrs, params: Sequence[Tensor], x: Tensor, target: Tensor, eng: int,
-                 map_j: float, mean: bool, input_grad: bool) -> Tuple[Tensor, Tensor, List[Tensor], Tensor]:
+def _native_loss(args, params: Sequence[Tensor], x: Tensor, target: Tensor, eng: int, map_j: float, mean: bool,
+                 input_grad: bool) -> Tuple[Tensor, Tensor, List[Tensor], Tensor]:
     """(loss, outputs, parameter gradients, input gradient) of the contiguous batch x against the
     int64 labels ``target``: one native call runs the forward, the variant's loss (classic: the
     MAP criterion with ``map_j``; modern: cross-entropy) and the backward, image by image or
     tile by tile while the activations are in cache. The gradients are those of the returned
     loss, the mean (or sum) of the per-sample losses."""
     n = x.shape[0]
-    out = torch.empty((n, classes))
+    out = torch.empty((n, args[2]))
     loss = torch.empty(())
     grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
     gx = torch.empty_like(x) if input_grad else x.new_empty((0,))
     scale = 1.0 / n if mean else 1.0
     gp = [g.data_ptr() for g in grads]
     if eng == SAMPLE:
-        _C.lenet5_sample_train(*ptrs, x.data_ptr(), target.data_ptr(), n, float(map_j), scale, out.data_ptr(),
+        _C.lenet5_sample_train(*args, x.data_ptr(), target.data_ptr(), n, float(map_j), scale, out.data_ptr(),
                                loss.data_ptr(), gp, _threads())
     else:
-        _C.lenet5_batch_train(variant, cin, classes, *ptrs, x.data_ptr(), target.data_ptr(), n, float(map_j), scale,
-                              out.data_ptr(), loss.data_ptr(), gp, gx.data_ptr() if input_grad else 0, _threads())
+        _C.lenet5_batch_train(*args, x.data_ptr(), target.data_ptr(), n, float(map_j), scale, out.data_ptr(),
+                              loss.data_ptr(), gp, gx.data_ptr() if input_grad else 0, _threads())
     return loss, out, grads, gx
 
 
 def _lenet5_loss_kernel(x, target, params, codes, offsets, inputs, variant, eng, map_j, mean, input_grad):
     x = x.contiguous()
     params = [p.contiguous() for p in params]
-    return _native_loss(variant, x.shape[1], _classes(variant, params), _op_ptrs(params, codes, offsets, inputs),
-                        params, x, target.to(torch.int64).contiguous(), eng, map_j, mean, input_grad)
+    return _native_loss(_native_args(variant, x.shape[1], params, codes, offsets, inputs), params, x,
+                        target.to(torch.int64).contiguous(), eng, map_j, mean, input_grad)
 
 
 def _lenet5_loss_fake(x, target, params, codes, offsets, inputs, variant, eng, map_j, mean, input_grad):
@@ -506,8 +507,7 @@ class _EagerLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, target, net, eng, map_j, mean, input_grad, *params):
-        loss, out, grads, gx = _native_loss(net.code, net.cin, net.classes, net.ptrs, params, x, target, eng,
-                                            map_j, mean, input_grad)
+        loss, out, grads, gx = _native_loss(net.args, params, x, target, eng, map_j, mean, input_grad)
         ctx.grads, ctx.gx = grads, gx
         ctx.mark_non_differentiable(out)
         return loss, out
@@ -519,6 +519,22 @@ class _EagerLoss(torch.autograd.Function):
         grads = torch._foreach_mul(ctx.grads, grad_loss)
         gx = ctx.gx * grad_loss if need[0] else None
         return (gx, None, None, None, None, None, None, *(g if w else None for g, w in zip(grads, need[7:])))
+
+
+def _traced_plan(model, x):
+    """plan() for a traced call (torch.compile, torch.export): the same checks without the cache,
+    which holds addresses. (variant code, in_channels, params, codes, offsets, inputs), or None:
+    under jit.trace and ONNX export, or with a symbolic batch size, the layers run."""
+    if _disabled() or torch.jit.is_tracing() or ops._onnx_exporting():
+        return None
+    found = _tensors(model)
+    if found is None or _model_problem(model, found):
+        return None
+    variant, params, codes, offsets, inputs = found
+    code, cin = VARIANT_CODES[variant], model.in_channels
+    if not _input_fits(x, (cin, _IN, _IN), _min_batch(code, cin)):
+        return None
+    return code, cin, params, codes, offsets, inputs
 
 
 def run_loss(model, x: Tensor, target: Tensor, reduction: str = "mean") -> Optional[Tuple[Tensor, Tensor]]:
@@ -538,18 +554,10 @@ def run_loss(model, x: Tensor, target: Tensor, reduction: str = "mean") -> Optio
         x = x if x.is_contiguous() else x.contiguous()
         eng = engine(net.code, net.cin, x.shape[0], x.requires_grad)
         return _EagerLoss.apply(x, target, net, eng, float(model.map_j), mean, x.requires_grad, *net.params)
-    if _disabled() or torch.jit.is_tracing() or ops._onnx_exporting():
+    traced = _traced_plan(model, x)
+    if traced is None:
         return None
-    if not isinstance(x, Tensor) or not isinstance(x.shape[0], int):
-        return None
-    found = _tensors(model)
-    cin = getattr(model, "in_channels", None)
-    if found is None or _model_problem(model, found) or _input_problem(x, cin):
-        return None
-    variant, params, codes, offsets, inputs = found
-    code = VARIANT_CODES[variant]
-    if (code != 0 or cin != 1) and x.shape[0] < BATCH_MIN:
-        return None
+    code, cin, params, codes, offsets, inputs = traced
     if not (x.requires_grad or any(p.requires_grad for p in params)):
         return None
     target = _labels(target, x.shape[0], "loss_of", "target")
@@ -563,34 +571,22 @@ def run(model, x: Tensor) -> Optional[Tensor]:
     """``model(x)`` through the fused op when :func:`plan` accepts it, else None (the caller runs
     the layers). Eager with plain tensors: the kernels directly (an autograd node when a gradient
     is wanted); under torch.compile and torch.export with a static batch size: the registered op
-    ``lenet5_fast::lenet5`` (the same checks, without the cache); with a symbolic batch size,
-    under torch.jit.trace and ONNX export: None (the layers, which trace for any batch size and
-    export as standard operators)."""
+    ``lenet5_fast::lenet5`` (the same checks, without the cache, which holds addresses); with a
+    symbolic batch size, under torch.jit.trace and ONNX export: None (the layers, which trace for
+    any batch size and export as standard operators)."""
     if ops.plain_eager(x):
         net = plan(model, x)
         if net is None:
             return None
         grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in net.params))
-        input_grad = grad and x.requires_grad
         x = x if x.is_contiguous() else x.contiguous()
-        n = x.shape[0]
-        if not grad:
-            return _native_forward(net.code, net.cin, net.classes, net.ptrs, x, _inference_engine(net, n), False)[0]
-        return _Eager.apply(x, net, engine(net.code, net.cin, n, input_grad), *net.params)
-    if _disabled() or torch.jit.is_tracing() or ops._onnx_exporting():
+        eng = engine(net.code, net.cin, x.shape[0], grad and x.requires_grad)
+        return _Eager.apply(x, net, eng, *net.params) if grad else _native_forward(net.args, x, eng, False)[0]
+    traced = _traced_plan(model, x)
+    if traced is None:
         return None
-    if not isinstance(x, Tensor) or not isinstance(x.shape[0], int):
-        return None  # a symbolic batch size (dynamic shapes): the layers, which trace for any N
-    found = _tensors(model)
-    cin = getattr(model, "in_channels", None)
-    if found is None or _model_problem(model, found) or _input_problem(x, cin):
-        return None
-    variant, params, codes, offsets, inputs = found
-    code = VARIANT_CODES[variant]
-    if (code != 0 or cin != 1) and x.shape[0] < BATCH_MIN:
-        return None
-    input_grad = torch.is_grad_enabled() and x.requires_grad
-    eng = engine(code, cin, x.shape[0], input_grad)
+    code, cin, params, codes, offsets, inputs = traced
+    eng = engine(code, cin, x.shape[0], torch.is_grad_enabled() and x.requires_grad)
     return lenet5(x, params, codes, offsets, inputs, code, eng)[0]
 
 
@@ -607,7 +603,7 @@ def _images(x, net: _Net, fn: str) -> Tensor:
 
 def _classic(model, fn: str) -> _Net:
     net = _net(model, fn)
-    if net.code != 0:
+    if net.code != CLASSIC:
         raise TypeError(f"lenet5_fast.fused.{fn}: only the classic variant, got variant={net.variant!r}")
     if net.cin != 1:
         raise TypeError(f"lenet5_fast.fused.{fn}: only the classic variant with 1 input channel, "
@@ -633,7 +629,7 @@ def forward(model, x: Tensor) -> Tensor:
     what is expected when the model or input does not qualify."""
     net = _net(model, "forward")
     x = _images(x, net, "forward")
-    return _native_forward(net.code, net.cin, net.classes, net.ptrs, x, _inference_engine(net, x.shape[0]), False)[0]
+    return _native_forward(net.args, x, engine(net.code, net.cin, x.shape[0], False), False)[0]
 
 
 def sdlm_hessian(model, x: Tensor, y: Tensor) -> List[Tensor]:
@@ -645,7 +641,7 @@ def sdlm_hessian(model, x: Tensor, y: Tensor) -> List[Tensor]:
     x = _images(x, net, "sdlm_hessian")
     y = _labels(y, x.shape[0], "sdlm_hessian")
     hessian = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in net.params]
-    _C.lenet5_sdlm_hessian(*net.ptrs, x.data_ptr(), y.data_ptr(), x.shape[0], float(model.map_j),
+    _C.lenet5_sdlm_hessian(*net.args, x.data_ptr(), y.data_ptr(), x.shape[0], float(model.map_j),
                            [h.data_ptr() for h in hessian], _threads())
     return hessian
 
@@ -692,7 +688,7 @@ def sdlm_pass(model, x: Tensor, y: Tensor, order: Tensor, steps: Sequence[Tensor
         ready.append(s.contiguous())
     if order.numel() == 0:
         return 0.0, 0
-    loss, errors = _C.lenet5_sdlm_pass(*net.ptrs, x.data_ptr(), y.data_ptr(), x.shape[0], order.data_ptr(),
+    loss, errors = _C.lenet5_sdlm_pass(*net.args, x.data_ptr(), y.data_ptr(), x.shape[0], order.data_ptr(),
                                        order.numel(), float(model.map_j), [s.data_ptr() for s in ready])
     _bump_versions(params)
     return float(loss), int(errors)

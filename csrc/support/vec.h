@@ -1,4 +1,4 @@
-// vec.h — the fused engine's vector toolkit: GCC/Clang generic vectors of L floats (L = 4, 8
+// vec.h — the fused engines' vector toolkit: GCC/Clang generic vectors of L floats (L = 4, 8
 // or 16), loads and stores at any alignment, broadcasts, lane shuffles and horizontal sums.
 //
 // Layout: vf<L> is a value type with the usual operators (a * b + c contracts to an FMA where

@@ -1,12 +1,13 @@
-// fused_batch.cpp — the whole LeNet-5 (classic or modern) for training at batch >= 8, with the
-// images in the SIMD lanes: forward (saving what backward needs) and backward (parameter
-// gradients, optionally the input gradient) in one native call each, or forward, loss (MAP or
+// fused_batch.cpp — the batch engine: the whole LeNet-5 (classic or modern) with the images in
+// the SIMD lanes: forward (saving what backward needs) and backward (parameter gradients,
+// optionally the input gradient) in one native call each, or forward, loss (MAP or
 // cross-entropy, loss.h) and backward in one call, tile by tile (lenet5_batch_train: the tile's
 // activations stay in a per-thread buffer, in cache, instead of going to memory and back).
-// float32, CPU.
-// (fused_sample.cpp is the other engine: one image at a time, vectorised within the image.)
+// float32, CPU. Which batches it runs is Python's choice (fused.py's engine(): the larger ones,
+// and every batch the per-image engine cannot run). (fused_sample.cpp is the other engine: one
+// image at a time, vectorised within the image. API and what both share: engine.h.)
 //
-// Networks (sizes from lenet5.h's geometry; weights used in the model's own layout):
+// Networks (variants, sizes and parameter layout: network.h; weights used in the model's own layout):
 //   classic: C1 Cin->6, S2 (trainable 2x2 subsampling), C3 through a CSR table (16 maps, at most
 //            96 kernels), S4, C5 400->120, F6 120->84, all scaled-tanh, then the Euclidean RBF
 //            over fixed codes [10, 84] (out_i = sum_j (y_j - c_ij)^2).
@@ -21,7 +22,8 @@
 // has its missing lanes zero in the input and in grad_out: they reach no output and add
 // exact zeros to every gradient (0 times a finite number).
 //
-// Saved buffer (the caller's, 64-byte aligned): a 16-float header (magic, L, variant, N), then
+// Saved buffer (the caller's, 64-byte aligned): a 16-float header (magic, lanes L, variant,
+// in_channels, classes, N: backward checks them against its own call), then
 // per tile Y1 [6][28][28], Y2 [6][14][14], Y3 [16][10][10], Y4 [400], Y5 [120], Y6 [84], each
 // element a vector of L lanes (8084 L floats, a whole number of cache lines). The input is not
 // saved: backward re-reads x. Its size is computed for 16 lanes, so it fits every family;
@@ -55,151 +57,78 @@
 #include <utility>
 #include <vector>
 
-#include "cpu/loss.h"
-#include "cpu/parallel.h"
-#include "cpu/simd.h"
-#include "cpu/vec.h"
-#include "lenet5.h"
+#include "engine/engine.h"
+#include "engine/loss.h"
+#include "support/parallel.h"
+#include "support/simd.h"
+#include "support/vec.h"
 
 namespace lenet5 {
 namespace cpu {
 namespace {
 using namespace vec;
+using namespace engine;
 
 // =============================================================================================
 // Geometry and memory layout
 
-constexpr int kK = geometry::kKernel, kTaps = kK * kK;
-constexpr int kIn = geometry::kInput;
-constexpr int kM1 = geometry::kC1Maps, kC1 = geometry::kC1Size, kS2 = geometry::kS2Size;
-constexpr int kM3 = geometry::kC3Maps, kC3 = geometry::kC3Size, kS4 = geometry::kS4Size;
-constexpr int kMaxK3 = geometry::kC3MaxKernels;
-constexpr int kIn5 = geometry::kC5Inputs, kU5 = geometry::kC5Units, kU6 = geometry::kF6Units;
-constexpr int kRbf = geometry::kClasses;
-constexpr int kMaxIn = 8, kMaxClasses = 1024;
+// (kK, kMaps1, kC3, kUnits5, ...: the geometry's short names, engine.h)
 constexpr int kGP = 4;                 // zero columns each side of a padded gradient row
 constexpr int kG1W = kC1 + 2 * kGP;    // padded C1 gradient row
 constexpr int kG3W = kC3 + 2 * kGP;    // padded C3 gradient row
 static_assert(kC1 == kIn - kK + 1 && kS2 * 2 == kC1 && kC3 == kS2 - kK + 1 && kS4 * 2 == kC3 &&
-              kIn5 == kM3 * kS4 * kS4 && kGP == kK - 1, "the layout below is laid out for LeNet-5's sizes");
+              kIn5 == kMaps3 * kS4 * kS4 && kGP == kK - 1, "the layout below is laid out for LeNet-5's sizes");
 
 // Saved vectors per tile.
-constexpr int kY1 = kM1 * kC1 * kC1, kY2 = kM1 * kS2 * kS2, kY3 = kM3 * kC3 * kC3;
-constexpr int kTileVecs = kY1 + kY2 + kY3 + kIn5 + kU5 + kU6;
+constexpr int kY1 = kMaps1 * kC1 * kC1, kY2 = kMaps1 * kS2 * kS2, kY3 = kMaps3 * kC3 * kC3;
+constexpr int kTileVecs = kY1 + kY2 + kY3 + kIn5 + kUnits5 + kUnits6;
 constexpr int kHeader = 16;            // floats before the first tile
 constexpr int kMaxL = 16;
 constexpr int32_t kMagic = 0x4C354254;
 
 constexpr int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
-// Parameter roles (the public param[] index differs between variants).
-enum Role : int { kW1, kB1, kC2, kB2, kW3, kB3, kC4, kB4, kW5, kB5, kW6, kB6, kWO, kBO, kRoles };
-constexpr Role kClassicRoles[12] = {kW1, kB1, kC2, kB2, kW3, kB3, kC4, kB4, kW5, kB5, kW6, kB6};
-constexpr Role kModernRoles[10] = {kW1, kB1, kW3, kB3, kW5, kB5, kW6, kB6, kWO, kBO};
-
-// The network as the kernels read it: weights by role, the C3 table in the forms walked.
+// The network as the kernels read it: weights by role (network.h), C3's table resolved
+// (engine.h), and the layout of the gradient accumulators.
 struct Net {
   bool classic;
-  int cin, classes, K;
-  const float* w[kRoles];
+  int cin, classes;
+  const float* w[kRoles];  // null for the roles the variant does not have
   const float* codes;
-  int off[kM3 + 1], inp[kMaxK3], out_of[kMaxK3];
-  int by_in[kM1][kMaxK3], n_by_in[kM1];
-  // Accumulator layout (floats): role r at acc_off[r]; fully connected weights have padded rows
-  // [round_up(U, 4)][round_up(J, 16)] for the lane GEMMs.
+  C3Index c3;
+  // Accumulator layout (floats): role r at acc_off[r]. A fully connected weight [U][J] (C5 seen
+  // as [120][400]) has padded rows [round_up(U, 4)][round_up(J, 16)] for the lane GEMMs.
   int64_t acc_off[kRoles + 1];
-  int fc_upad[kRoles], fc_jpad[kRoles];
+  int64_t size[kRoles];
+  int fc_u[kRoles], fc_j[kRoles], fc_upad[kRoles], fc_jpad[kRoles];
 };
 
-Role role_of(bool classic, int p) { return classic ? kClassicRoles[p] : kModernRoles[p]; }
-int nparams(bool classic) { return classic ? 12 : 10; }
-
-// Floats of the tensor with role r.
-int64_t role_size(const Net& n, int r) {
-  switch (r) {
-    case kW1: return int64_t(kM1) * n.cin * kTaps;
-    case kB1: return kM1;
-    case kC2: case kB2: return n.classic ? kM1 : 0;
-    case kW3: return int64_t(n.K) * kTaps;
-    case kB3: return kM3;
-    case kC4: case kB4: return n.classic ? kM3 : 0;
-    case kW5: return int64_t(kU5) * kIn5;
-    case kB5: return kU5;
-    case kW6: return int64_t(kU6) * kU5;
-    case kB6: return kU6;
-    case kWO: return n.classic ? 0 : int64_t(n.classes) * kU6;
-    case kBO: return n.classic ? 0 : n.classes;
-    default: return 0;
-  }
-}
-
-[[noreturn]] void bad(const std::string& fn, const std::string& what) {
-  throw std::invalid_argument(fn + ": " + what);
-}
-
-// Checks what is cheap to check and resolves the network (throws std::invalid_argument).
-// The variant, input channels and classes (all the saved buffer's size depends on).
-void check_sizes(const BatchNet& b, const char* fn) {
-  const int v = static_cast<int>(b.variant);
-  if (v != static_cast<int>(Variant::kClassic) && v != static_cast<int>(Variant::kModern))
-    bad(fn, "variant must be 0 (classic) or 1 (modern), got " + std::to_string(v));
-  const bool classic = b.variant == Variant::kClassic;
-  if (b.in_channels < 1 || b.in_channels > kMaxIn)
-    bad(fn, "in_channels must be in [1, " + std::to_string(kMaxIn) + "], got " + std::to_string(b.in_channels));
-  if (classic ? b.classes != kRbf : (b.classes < 1 || b.classes > kMaxClasses))
-    bad(fn, classic ? "the classic variant has " + std::to_string(kRbf) + " classes, got " + std::to_string(b.classes)
-                    : "classes must be in [1, " + std::to_string(kMaxClasses) + "], got " + std::to_string(b.classes));
-}
-
-Net resolve(const BatchNet& b, const char* fn, bool need_params = true) {
-  check_sizes(b, fn);
+// Checks the network and resolves it (std::invalid_argument naming fn).
+Net resolve(const FusedNet& b, const char* fn) {
+  check_sizes(b.variant, b.in_channels, b.classes, fn);
+  check_params(b, fn);
   Net n{};
   n.classic = b.variant == Variant::kClassic;
   n.cin = b.in_channels;
   n.classes = b.classes;
-  if (n.classic) {
-    if (!b.c3_offsets || !b.c3_inputs) bad(fn, "missing C3 table");
-    if (b.c3_offsets[0] != 0) bad(fn, "C3 table offsets must start at 0");
-    for (int o = 0; o < kM3; ++o)
-      if (b.c3_offsets[o + 1] < b.c3_offsets[o] || b.c3_offsets[o + 1] > kMaxK3)
-        bad(fn, "C3 table offsets must rise within [0, " + std::to_string(kMaxK3) + "]");
-    n.K = b.c3_offsets[kM3];
-    if (n.K < 1) bad(fn, "C3 table has no kernels");
-    for (int o = 0; o <= kM3; ++o) n.off[o] = b.c3_offsets[o];
-    for (int k = 0; k < n.K; ++k) {
-      const int c = b.c3_inputs[k];
-      if (c < 0 || c >= kM1)
-        bad(fn, "C3 table input " + std::to_string(c) + " outside [0, " + std::to_string(kM1) + ")");
-      n.inp[k] = c;
-    }
-    if (!b.codes && need_params) bad(fn, "missing RBF codes");
-  } else {
-    n.K = kM3 * kM1;
-    for (int o = 0; o <= kM3; ++o) n.off[o] = o * kM1;
-    for (int k = 0; k < n.K; ++k) n.inp[k] = k % kM1;
-  }
   n.codes = b.codes;
-  std::fill(n.n_by_in, n.n_by_in + kM1, 0);
-  for (int o = 0; o < kM3; ++o)
-    for (int k = n.off[o]; k < n.off[o + 1]; ++k) {
-      n.out_of[k] = o;
-      n.by_in[n.inp[k]][n.n_by_in[n.inp[k]]++] = k;
-    }
-  for (int p = 0; p < nparams(n.classic); ++p) {
-    if (!b.param[p] && need_params) bad(fn, "missing parameter " + std::to_string(p));
-    n.w[role_of(n.classic, p)] = b.param[p];
-  }
+  n.c3 = resolve_c3(b, fn);
+  const ParamOrder& order = param_order(b.variant);
+  for (int p = 0; p < order.count; ++p) n.w[order.role[p]] = b.param[p];
   n.acc_off[0] = 0;
   for (int r = 0; r < kRoles; ++r) {
-    n.fc_upad[r] = n.fc_jpad[r] = 0;
-    int64_t size = role_size(n, r);
-    if (size > 0 && (r == kW5 || r == kW6 || r == kWO)) {
-      const int U = r == kW5 ? kU5 : r == kW6 ? kU6 : n.classes, J = r == kW5 ? kIn5 : r == kW6 ? kU5 : kU6;
-      n.fc_upad[r] = round_up(U, 4);
-      n.fc_jpad[r] = round_up(J, kMaxL);
-      size = int64_t(n.fc_upad[r]) * n.fc_jpad[r];
+    const ParamShape shape = param_shape(b.variant, Role(r), sizes_of(b, n.c3));
+    n.size[r] = shape.numel();
+    int64_t acc = n.size[r];
+    n.fc_u[r] = n.fc_j[r] = n.fc_upad[r] = n.fc_jpad[r] = 0;
+    if (acc > 0 && (r == kC5Weight || r == kF6Weight || r == kOutWeight)) {
+      n.fc_u[r] = static_cast<int>(shape.dim[0]);
+      n.fc_j[r] = static_cast<int>(acc / shape.dim[0]);
+      n.fc_upad[r] = round_up(n.fc_u[r], 4);
+      n.fc_jpad[r] = round_up(n.fc_j[r], kMaxL);
+      acc = int64_t(n.fc_upad[r]) * n.fc_jpad[r];
     }
-    n.acc_off[r + 1] = n.acc_off[r] + round_up(static_cast<int>(size), 16);
+    n.acc_off[r + 1] = n.acc_off[r] + round_up(static_cast<int>(acc), 16);
   }
   return n;
 }
@@ -224,7 +153,7 @@ template <int L> LENET5_INLINE vf<L> select(const vi<L>& m, const vf<L>& a, cons
 template <int L> struct Saved {
   float *Y1, *Y2, *Y3, *Y4, *Y5, *Y6;
   explicit Saved(float* s)
-      : Y1(s), Y2(Y1 + kY1 * L), Y3(Y2 + kY2 * L), Y4(Y3 + kY3 * L), Y5(Y4 + kIn5 * L), Y6(Y5 + kU5 * L) {}
+      : Y1(s), Y2(Y1 + kY1 * L), Y3(Y2 + kY2 * L), Y4(Y3 + kY3 * L), Y5(Y4 + kIn5 * L), Y6(Y5 + kUnits5 * L) {}
 };
 
 // In-register transpose of an L x L block t[row][col] -> t[col][row]: level S swaps the S bit
@@ -349,9 +278,9 @@ struct DenseKernels {
   LENET5_INLINE int input(int k) const { return k % cin; }
 };
 struct TableKernels {
-  const Net* n;
-  LENET5_INLINE void operator()(int o, int& k0, int& k1) const { k0 = n->off[o]; k1 = n->off[o + 1]; }
-  LENET5_INLINE int input(int k) const { return n->inp[k]; }
+  const C3Index* t;
+  LENET5_INLINE void operator()(int o, int& k0, int& k1) const { k0 = t->offsets[o]; k1 = t->offsets[o + 1]; }
+  LENET5_INLINE int input(int k) const { return t->inputs[k]; }
 };
 
 // Weight and bias terms of a convolution from Gp = dE/da, padded rows [out][W][W + 8] (columns
@@ -417,15 +346,15 @@ LENET5_INLINE void conv_input_grad(const float* Gp, int in_maps, const float* w,
 }
 struct DenseInputs {  // C1: kernel (o, c) = o cin + c
   int cin;
-  LENET5_INLINE int count(int) const { return kM1; }
+  LENET5_INLINE int count(int) const { return kMaps1; }
   LENET5_INLINE int kernel(int c, int j) const { return j * cin + c; }
   LENET5_INLINE int output(int k) const { return k / cin; }
 };
 struct TableInputs {
-  const Net* n;
-  LENET5_INLINE int count(int c) const { return n->n_by_in[c]; }
-  LENET5_INLINE int kernel(int c, int j) const { return n->by_in[c][j]; }
-  LENET5_INLINE int output(int k) const { return n->out_of[k]; }
+  const C3Index* t;
+  LENET5_INLINE int count(int c) const { return t->by_input_begin[c + 1] - t->by_input_begin[c]; }
+  LENET5_INLINE int kernel(int c, int j) const { return t->by_input[t->by_input_begin[c] + j]; }
+  LENET5_INLINE int output(int k) const { return t->out_of[k]; }
 };
 
 // =============================================================================================
@@ -622,27 +551,27 @@ LENET5_INLINE void forward_tile(const Net& n, const float* x, int valid, float* 
   constexpr int ACT = kHidden<C>;
   load_tile<L>(x, n.cin, valid, X);
   constexpr int CB1 = L == 16 ? 14 : 7, CB3 = L == 16 ? 10 : 5;
-  conv_forward<L, ACT, kIn, CB1>(X, kM1, n.w[kW1], n.w[kB1], DenseKernels{n.cin}, s.Y1);
-  pool_forward<L, C, kC1>(s.Y1, kM1, n.w[kC2], n.w[kB2], s.Y2);
-  conv_forward<L, ACT, kS2, CB3>(s.Y2, kM3, n.w[kW3], n.w[kB3], TableKernels{&n}, s.Y3);
-  pool_forward<L, C, kC3>(s.Y3, kM3, n.w[kC4], n.w[kB4], s.Y4);
-  fc_forward<L, ACT>(n.w[kW5], n.w[kB5], kU5, kIn5, s.Y4, s.Y5);
-  fc_forward<L, ACT>(n.w[kW6], n.w[kB6], kU6, kU5, s.Y5, s.Y6);
+  conv_forward<L, ACT, kIn, CB1>(X, kMaps1, n.w[kC1Weight], n.w[kC1Bias], DenseKernels{n.cin}, s.Y1);
+  pool_forward<L, C, kC1>(s.Y1, kMaps1, n.w[kS2Coef], n.w[kS2Bias], s.Y2);
+  conv_forward<L, ACT, kS2, CB3>(s.Y2, kMaps3, n.w[kC3Weight], n.w[kC3Bias], TableKernels{&n.c3}, s.Y3);
+  pool_forward<L, C, kC3>(s.Y3, kMaps3, n.w[kS4Coef], n.w[kS4Bias], s.Y4);
+  fc_forward<L, ACT>(n.w[kC5Weight], n.w[kC5Bias], kUnits5, kIn5, s.Y4, s.Y5);
+  fc_forward<L, ACT>(n.w[kF6Weight], n.w[kF6Bias], kUnits6, kUnits5, s.Y5, s.Y6);
   alignas(64) float o[kMaxL];
   for (int i = 0; i < n.classes; ++i) {
     vf<L> y;
     if constexpr (C) {
       vf<L> acc[2] = {zero<L>(), zero<L>()};
-      const float* c = n.codes + i * kU6;
-      for (int j = 0; j < kU6; ++j) {
+      const float* c = n.codes + i * kUnits6;
+      for (int j = 0; j < kUnits6; ++j) {
         const vf<L> d = load<L>(s.Y6 + j * L) - c[j];
         acc[j & 1] += d * d;
       }
       y = acc[0] + acc[1];
     } else {
-      vf<L> acc = splat<L>(n.w[kBO][i]);
-      const float* w = n.w[kWO] + int64_t(i) * kU6;
-      for (int j = 0; j < kU6; ++j) acc += w[j] * load<L>(s.Y6 + j * L);
+      vf<L> acc = splat<L>(n.w[kOutBias][i]);
+      const float* w = n.w[kOutWeight] + int64_t(i) * kUnits6;
+      for (int j = 0; j < kUnits6; ++j) acc += w[j] * load<L>(s.Y6 + j * L);
       y = acc;
     }
     store<L>(o, y);
@@ -654,8 +583,8 @@ LENET5_INLINE void forward_tile(const Net& n, const float* x, int valid, float* 
 template <int L> struct Work {
   float *X, *GO, *G6, *G5, *G4, *G3p, *G2, *G1p, *GX, *T;
   static int64_t floats(const Net& n) {
-    return int64_t(L) * (2 * n.cin * kIn * kIn + n.classes + kU6 + kU5 + kIn5 + kM3 * kC3 * kG3W + kY2 +
-                         kM1 * kC1 * kG1W + (round_up(kMaxClasses, 4) + round_up(kIn5, kMaxL)) + 64);
+    return int64_t(L) * (2 * n.cin * kIn * kIn + n.classes + kUnits6 + kUnits5 + kIn5 + kMaps3 * kC3 * kG3W + kY2 +
+                         kMaps1 * kC1 * kG1W + (round_up(geometry::kMaxClasses, 4) + round_up(kIn5, kMaxL)) + 64);
   }
   Work(const Net& n, float* p) {
     auto take = [&](int64_t vecs) {
@@ -666,13 +595,13 @@ template <int L> struct Work {
     X = take(n.cin * kIn * kIn);
     GX = take(n.cin * kIn * kIn);
     GO = take(n.classes);
-    G6 = take(kU6);
-    G5 = take(kU5);
+    G6 = take(kUnits6);
+    G5 = take(kUnits5);
     G4 = take(kIn5);
-    G3p = take(kM3 * kC3 * kG3W);
+    G3p = take(kMaps3 * kC3 * kG3W);
     G2 = take(kY2);
-    G1p = take(kM1 * kC1 * kG1W);
-    T = take(round_up(kMaxClasses, 4) + round_up(kIn5, kMaxL));
+    G1p = take(kMaps1 * kC1 * kG1W);
+    T = take(round_up(geometry::kMaxClasses, 4) + round_up(kIn5, kMaxL));
   }
 };
 
@@ -695,27 +624,27 @@ LENET5_INLINE void backward_tile(const Net& n, int valid, const float* saved, fl
   for (int r = 0; r < kRoles; ++r) A[r] = acc + n.acc_off[r];
   // output layer -> G6 = dE/dY6
   if constexpr (C) {
-    for (int j = 0; j < kU6; ++j) {
+    for (int j = 0; j < kUnits6; ++j) {
       const vf<L> y = load<L>(s.Y6 + j * L);
       vf<L> a = zero<L>();
-      for (int i = 0; i < kRbf; ++i) a += load<L>(w.GO + i * L) * (y - n.codes[i * kU6 + j]);
+      for (int i = 0; i < kClasses; ++i) a += load<L>(w.GO + i * L) * (y - n.codes[i * kUnits6 + j]);
       store<L>(w.G6 + j * L, a + a);
     }
   } else {
-    fc_backward<L>(n.w[kWO], n.classes, kU6, n.fc_upad[kWO], n.fc_jpad[kWO], w.GO, s.Y6, A[kWO], A[kBO], w.G6, w.T);
+    fc_backward<L>(n.w[kOutWeight], n.classes, kUnits6, n.fc_upad[kOutWeight], n.fc_jpad[kOutWeight], w.GO, s.Y6, A[kOutWeight], A[kOutBias], w.G6, w.T);
   }
-  times_derivative<L, ACT>(w.G6, s.Y6, kU6);
-  fc_backward<L>(n.w[kW6], kU6, kU5, n.fc_upad[kW6], n.fc_jpad[kW6], w.G6, s.Y5, A[kW6], A[kB6], w.G5, w.T);
-  times_derivative<L, ACT>(w.G5, s.Y5, kU5);
-  fc_backward<L>(n.w[kW5], kU5, kIn5, n.fc_upad[kW5], n.fc_jpad[kW5], w.G5, s.Y4, A[kW5], A[kB5], w.G4, w.T);
-  pool_backward<L, C, kC3>(w.G4, s.Y4, s.Y3, kM3, n.w[kC4], A[kC4], A[kB4], w.G3p);
-  conv_param_terms<L, kS2>(s.Y2, kM3, w.G3p, TableKernels{&n}, A[kW3], A[kB3]);
+  times_derivative<L, ACT>(w.G6, s.Y6, kUnits6);
+  fc_backward<L>(n.w[kF6Weight], kUnits6, kUnits5, n.fc_upad[kF6Weight], n.fc_jpad[kF6Weight], w.G6, s.Y5, A[kF6Weight], A[kF6Bias], w.G5, w.T);
+  times_derivative<L, ACT>(w.G5, s.Y5, kUnits5);
+  fc_backward<L>(n.w[kC5Weight], kUnits5, kIn5, n.fc_upad[kC5Weight], n.fc_jpad[kC5Weight], w.G5, s.Y4, A[kC5Weight], A[kC5Bias], w.G4, w.T);
+  pool_backward<L, C, kC3>(w.G4, s.Y4, s.Y3, kMaps3, n.w[kS4Coef], A[kS4Coef], A[kS4Bias], w.G3p);
+  conv_param_terms<L, kS2>(s.Y2, kMaps3, w.G3p, TableKernels{&n.c3}, A[kC3Weight], A[kC3Bias]);
   constexpr int CB2 = L == 16 ? 14 : 7, CBX = L == 16 ? 16 : 8;
-  conv_input_grad<L, kS2, CB2>(w.G3p, kM1, n.w[kW3], TableInputs{&n}, w.G2);
-  pool_backward<L, C, kC1>(w.G2, s.Y2, s.Y1, kM1, n.w[kC2], A[kC2], A[kB2], w.G1p);
-  conv_param_terms<L, kIn>(w.X, kM1, w.G1p, DenseKernels{n.cin}, A[kW1], A[kB1]);
+  conv_input_grad<L, kS2, CB2>(w.G3p, kMaps1, n.w[kC3Weight], TableInputs{&n.c3}, w.G2);
+  pool_backward<L, C, kC1>(w.G2, s.Y2, s.Y1, kMaps1, n.w[kS2Coef], A[kS2Coef], A[kS2Bias], w.G1p);
+  conv_param_terms<L, kIn>(w.X, kMaps1, w.G1p, DenseKernels{n.cin}, A[kC1Weight], A[kC1Bias]);
   if (grad_x) {
-    conv_input_grad<L, kIn, CBX>(w.G1p, n.cin, n.w[kW1], DenseInputs{n.cin}, w.GX);
+    conv_input_grad<L, kIn, CBX>(w.G1p, n.cin, n.w[kC1Weight], DenseInputs{n.cin}, w.GX);
     constexpr int P = kIn * kIn;
     const int total = n.cin * P;
     for (int k = 0; k < valid; ++k) {
@@ -769,7 +698,7 @@ template <int L> LENET5_INLINE void train_tiles(const Net& n, const float* x, co
   float* buf = thread_buffer(work + int64_t(kTileVecs) * L);
   Work<L> w(n, buf);
   float* s = buf + work;
-  alignas(64) float g[kMaxClasses];
+  alignas(64) float g[geometry::kMaxClasses];
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t base = t * L;
     const int valid = static_cast<int>(std::min<int64_t>(L, N - base));
@@ -824,7 +753,7 @@ const Kernels& pick_kernels() { return LENET5_ENGINE_PICK(current_isa()); }
 
 void check_aligned(const float* saved, const char* fn) {
   if (!saved || reinterpret_cast<uintptr_t>(saved) % 64 != 0)
-    bad(fn, "the saved buffer must be a 64-byte aligned, non-null pointer");
+    fail(fn, "the saved buffer must be a 64-byte aligned, non-null pointer");
 }
 
 struct Header {
@@ -835,39 +764,34 @@ static_assert(sizeof(Header) <= kHeader * sizeof(float), "header");
 
 // The reduced accumulators (padded fully connected rows) into the caller's gradient buffers.
 void write_grads(const Net& n, const float* sum, float* const* grads) {
-  for (int p = 0; p < nparams(n.classic); ++p) {
-    const int r = role_of(n.classic, p);
+  const ParamOrder& order = param_order(n.classic ? Variant::kClassic : Variant::kModern);
+  for (int p = 0; p < order.count; ++p) {
+    const int r = order.role[p];
     const float* a = sum + n.acc_off[r];
     if (n.fc_jpad[r]) {
-      const int U = r == kW5 ? kU5 : r == kW6 ? kU6 : n.classes, J = r == kW5 ? kIn5 : r == kW6 ? kU5 : kU6;
-      for (int u = 0; u < U; ++u) std::memcpy(grads[p] + int64_t(u) * J, a + int64_t(u) * n.fc_jpad[r], sizeof(float) * J);
+      const int J = n.fc_j[r];
+      for (int u = 0; u < n.fc_u[r]; ++u)
+        std::memcpy(grads[p] + int64_t(u) * J, a + int64_t(u) * n.fc_jpad[r], sizeof(float) * J);
     } else {
-      std::memcpy(grads[p], a, sizeof(float) * role_size(n, r));
+      std::memcpy(grads[p], a, sizeof(float) * n.size[r]);
     }
   }
 }
 
 }  // namespace
 
-int batch_net_params(const BatchNet& net) { return net.variant == Variant::kClassic ? 12 : 10; }
-
-int64_t batch_param_size(const BatchNet& net, int p) {
-  const Net n = resolve(net, "batch_param_size", false);
-  if (p < 0 || p >= nparams(n.classic)) return 0;
-  return role_size(n, role_of(n.classic, p));
-}
-
-int64_t lenet5_batch_saved_floats(const BatchNet& net, int64_t N) {
-  check_sizes(net, "lenet5_batch_saved_floats");  // the size does not depend on the table or weights
-  if (N < 0) bad("lenet5_batch_saved_floats", "N must be >= 0");
+int64_t lenet5_batch_saved_floats(Variant variant, int in_channels, int classes, int64_t N) {
+  const char* fn = "lenet5_batch_saved_floats";
+  check_sizes(variant, in_channels, classes, fn);  // the size depends on nothing else
+  if (N < 0) fail(fn, "N must be >= 0");
   return kHeader + (N + kMaxL - 1) / kMaxL * kMaxL * int64_t(kTileVecs);
 }
 
-void lenet5_batch_forward(const BatchNet& net, const float* x, float* out, float* saved, int64_t N, int nthreads) {
+void lenet5_batch_forward(const FusedNet& net, const float* x, float* out, float* saved, int64_t N, int nthreads) {
   const char* fn = "lenet5_batch_forward";
   const Net n = resolve(net, fn);
   if (saved) check_aligned(saved, fn);
-  if (N < 0) bad(fn, "N must be >= 0");
+  if (N < 0) fail(fn, "N must be >= 0");
   const Kernels& k = pick_kernels();
   const int L = k.lanes;
   if (saved) {
@@ -879,30 +803,29 @@ void lenet5_batch_forward(const BatchNet& net, const float* x, float* out, float
   const int64_t ntiles = (N + L - 1) / L;
   if (saved) {  // the buffer is sized for 16 lanes: zero what fewer lanes leave unwritten (no garbage in an output)
     const int64_t used = kHeader + ntiles * L * int64_t(kTileVecs);
-    std::memset(saved + used, 0, sizeof(float) * (lenet5_batch_saved_floats(net, N) - used));
+    const int64_t size = lenet5_batch_saved_floats(net.variant, net.in_channels, net.classes, N);
+    std::memset(saved + used, 0, sizeof(float) * (size - used));
   }
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, ntiles)));
   parallel_tasks(ntiles, threads, [&](int64_t t) { k.forward(n, x, out, saved, N, t, t + 1); });
 }
 
-void lenet5_batch_backward(const BatchNet& net, const float* x, const float* saved, const float* grad_out,
+void lenet5_batch_backward(const FusedNet& net, const float* x, const float* saved, const float* grad_out,
                            int64_t N, float* const* grads, float* grad_x, int nthreads) {
   const char* fn = "lenet5_batch_backward";
   const Net n = resolve(net, fn);
   check_aligned(saved, fn);
-  if (N < 0) bad(fn, "N must be >= 0");
-  const int np = nparams(n.classic);
-  for (int p = 0; p < np; ++p)
-    if (!grads[p]) bad(fn, "missing gradient buffer " + std::to_string(p));
+  if (N < 0) fail(fn, "N must be >= 0");
+  check_buffers(net, grads, "gradient buffer", fn);
   const Kernels& k = pick_kernels();
   const int L = k.lanes;
   Header h;
   std::memcpy(&h, saved, sizeof(h));
   if (h.magic != kMagic || h.N != N || h.variant != static_cast<int32_t>(net.variant) || h.cin != n.cin ||
       h.classes != n.classes)
-    bad(fn, "the saved buffer was not written by lenet5_batch_forward for this network and N");
+    fail(fn, "the saved buffer was not written by lenet5_batch_forward for this network and N");
   if (h.lanes != L)
-    bad(fn, "the saved buffer was written with " + std::to_string(h.lanes) + " lanes, the current SIMD level uses " +
+    fail(fn, "the saved buffer was written with " + std::to_string(h.lanes) + " lanes, the current SIMD level uses " +
                 std::to_string(L));
   const int64_t total = n.acc_off[kRoles];
   float* sum = reusable_scratch<float, ScratchUse::kReduceResult>(total);  // no fresh buffer per call
@@ -916,17 +839,13 @@ void lenet5_batch_backward(const BatchNet& net, const float* x, const float* sav
   write_grads(n, sum, grads);
 }
 
-void lenet5_batch_train(const BatchNet& net, const float* x, const int64_t* labels, int64_t N, double map_j,
+void lenet5_batch_train(const FusedNet& net, const float* x, const int64_t* labels, int64_t N, double map_j,
                         double scale, float* out, float* loss, float* const* grads, float* grad_x, int nthreads) {
   const char* fn = "lenet5_batch_train";
   const Net n = resolve(net, fn);
-  if (N < 0) bad(fn, "N must be >= 0");
-  for (int p = 0; p < nparams(n.classic); ++p)
-    if (!grads[p]) bad(fn, "missing gradient buffer " + std::to_string(p));
-  for (int64_t i = 0; i < N; ++i)
-    if (labels[i] < 0 || labels[i] >= n.classes)
-      bad(fn, "label " + std::to_string(labels[i]) + " at index " + std::to_string(i) + " is outside [0, " +
-                  std::to_string(n.classes) + ")");
+  if (N < 0) fail(fn, "N must be >= 0");
+  check_buffers(net, grads, "gradient buffer", fn);
+  check_labels(labels, N, n.classes, fn);
   const Kernels& k = pick_kernels();
   const int L = k.lanes;
   const int64_t total = n.acc_off[kRoles];

@@ -1,7 +1,7 @@
 // simd_pass.h — compiles the SIMD section of the file named by LENET5_SIMD_SELF once per ISA.
 // Included once per layer file, at namespace scope, after the portable code (see simd.h).
 // No include guard on purpose; it must not be included from a header.
-#include "cpu/simd.h"
+#include "support/simd.h"
 
 #if LENET5_X86_SIMD
 
@@ -16,7 +16,7 @@ namespace lenet5 {
 namespace cpu {
 namespace isa_avx2 {
 #define LENET5_SIMD_ISA 1
-#include "cpu/simd_vec.h"
+#include "support/simd_vec.h"
 #include LENET5_SIMD_SELF
 #undef LENET5_SIMD_ISA
 }  // namespace isa_avx2
@@ -39,7 +39,7 @@ namespace lenet5 {
 namespace cpu {
 namespace isa_avx512 {
 #define LENET5_SIMD_ISA 2
-#include "cpu/simd_vec.h"
+#include "support/simd_vec.h"
 #include LENET5_SIMD_SELF
 #undef LENET5_SIMD_ISA
 }  // namespace isa_avx512

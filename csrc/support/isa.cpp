@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <atomic>
 
-#include "cpu/simd.h"
+#include "support/simd.h"
 
 namespace lenet5 {
 namespace cpu {

@@ -15,7 +15,7 @@
 #include <thread>
 #include <pthread.h>
 
-#include "cpu/parallel.h"
+#include "support/parallel.h"
 
 namespace lenet5 {
 namespace cpu {

@@ -3,14 +3,15 @@
 // a whole pass of per-sample (batch 1) SDLM updates, a forward / backward pair for autograd
 // at small batches (the forward saves each image's activations in a caller buffer; the backward
 // adds the parameter gradients), and forward + MAP loss + backward per image in one call
-// (lenet5_sample_train). float32, CPU. (fused_batch.cpp puts images in the lanes instead.)
+// (lenet5_sample_train). float32, CPU. (fused_batch.cpp puts images in the lanes instead;
+// which batches each engine runs is Python's choice, fused.py's engine(). API: engine.h.)
 //
 // Network: C1 1->6 (32x32 -> 28x28), S2, C3 through a CSR table (16 output maps, at most 96
 // kernels), S4, C5 (400 -> 120), F6 (120 -> 84), Euclidean RBF over the fixed [10, 84] codes;
-// every layer but the RBF squashed. Sizes come from lenet5.h's geometry. The weights are used in
-// the model's own layout (no packing per call).
+// every layer but the RBF squashed. Sizes and parameter layout come from network.h. The weights
+// are used in the model's own layout (no packing per call).
 //
-// File layout: geometry and memory layout; the C3 table; sinks (where backward puts its terms);
+// File layout: geometry and memory layout; sinks (where backward puts its terms);
 // small helpers; then one section per layer, forward beside backward: input, C1, S2, C3, S4,
 // C5/F6, RBF + MAP loss; then a whole image; then the drivers (per-ISA entry points, public API).
 //
@@ -65,29 +66,24 @@
 #include <string>
 #include <vector>
 
-#include "cpu/loss.h"
-#include "cpu/parallel.h"
-#include "cpu/simd.h"
-#include "cpu/vec.h"
-#include "lenet5.h"
+#include "engine/engine.h"
+#include "engine/loss.h"
+#include "support/parallel.h"
+#include "support/simd.h"
+#include "support/vec.h"
 
 namespace lenet5 {
 namespace cpu {
 namespace {
 using namespace vec;
+using namespace engine;
+using Table = C3Index;  // C3's table, resolved (engine.h)
 
 // =============================================================================================
 // Geometry and memory layout
 
-constexpr int kK = geometry::kKernel, kTaps = kK * kK;
-constexpr int kMaps1 = geometry::kC1Maps, kMaps3 = geometry::kC3Maps, kUnits5 = geometry::kC5Units,
-              kUnits6 = geometry::kF6Units, kClasses = geometry::kClasses;
-constexpr int kMaxKernels3 = geometry::kC3MaxKernels;
-constexpr int kIn5 = geometry::kC5Inputs;                 // C5's inputs: S4 flattened
-constexpr int kIn = geometry::kInput;                     // input rows; C1 rows have kIn lanes too
+// (kK, kMaps1, kC3, kUnits5, ...: the geometry's short names, engine.h)
 constexpr int kInSize = kIn * kIn;                        // floats of one image
-constexpr int kC1 = geometry::kC1Size, kS2 = geometry::kS2Size, kC3 = geometry::kC3Size,
-              kS4 = geometry::kS4Size;
 constexpr int kRow = 16;                                  // lanes of an S2 or C3 row
 constexpr int kC1Map = kC1 * kIn;                         // C1 map: kC1 rows of kIn lanes
 constexpr int kS2Map = kS2 * kRow;                        // S2 map: kS2 rows of kRow lanes
@@ -101,9 +97,7 @@ static_assert(kC1 <= kIn && kIn == 2 * kRow && kS2 <= kRow && kC3 <= kRow &&
               kC1 == 2 * kS2 && kC3 == 2 * kS4 && kS2 == kC3 + kK - 1 && kIn == kC1 + kK - 1,
               "the layout below is laid out for the paper's map sizes");
 
-constexpr size_t kParamSize[kClassicParams] = {
-    size_t(kMaps1 * kTaps), kMaps1, kMaps1, kMaps1, 0 /* K * kTaps */, kMaps3, kMaps3, kMaps3,
-    size_t(kUnits5 * kIn5), kUnits5, size_t(kUnits6 * kUnits5), kUnits6};
+constexpr int kParams = kClassicOrder.count;  // classic: a parameter's index is its role (network.h)
 
 // Forward activations of one image: everything backward reads. Lives in Scratch, or in the
 // caller's buffer (lenet5_sample_forward_save), so it holds no pointers.
@@ -151,42 +145,6 @@ Scratch& thread_scratch() {
 }
 
 // =============================================================================================
-// The C3 connection table in the forms the kernels walk
-
-struct Table {
-  const int32_t* offsets;  // [17]
-  const int32_t* inputs;   // [K]
-  int K;
-  int out_of[kMaxKernels3];                                // kernel -> output map
-  int by_input[kMaps1][kMaxKernels3], n_by_input[kMaps1];  // input map -> kernels
-};
-
-Table make_table(const ClassicNet& net) {
-  Table t;
-  t.offsets = net.c3_offsets;
-  t.inputs = net.c3_inputs;
-  if (!t.offsets || !t.inputs) throw std::invalid_argument("fused LeNet-5: missing C3 table");
-  t.K = t.offsets[kMaps3];
-  if (t.offsets[0] != 0 || t.K < 1 || t.K > kMaxKernels3)
-    throw std::invalid_argument("fused LeNet-5: C3 table offsets must rise from 0 to K in [1, " +
-                                std::to_string(kMaxKernels3) + "]");
-  std::fill(t.n_by_input, t.n_by_input + kMaps1, 0);
-  for (int o = 0; o < kMaps3; ++o) {
-    if (t.offsets[o + 1] < t.offsets[o])
-      throw std::invalid_argument("fused LeNet-5: C3 table offsets must not decrease");
-    for (int k = t.offsets[o]; k < t.offsets[o + 1]; ++k) {
-      const int c = t.inputs[k];
-      if (c < 0 || c >= kMaps1)
-        throw std::invalid_argument("fused LeNet-5: C3 table input " + std::to_string(c) +
-                                    " outside [0, " + std::to_string(kMaps1) + ")");
-      t.out_of[k] = o;
-      t.by_input[c][t.n_by_input[c]++] = k;
-    }
-  }
-  return t;
-}
-
-// =============================================================================================
 // Sinks: what a backward pass does with each parameter's terms
 
 enum class Mode { kUpdate, kGaussNewton, kGradient };
@@ -194,8 +152,8 @@ enum class Mode { kUpdate, kGaussNewton, kGradient };
 template <Mode M> constexpr bool kSq = M == Mode::kGaussNewton;
 
 struct Sink {
-  float* dst[kClassicParams];         // the weights (kUpdate) or accumulators (+=)
-  const float* step[kClassicParams];  // kUpdate: per-weight step sizes
+  float* dst[kParams];         // the weights (kUpdate) or accumulators (+=)
+  const float* step[kParams];  // kUpdate: per-weight step sizes
 };
 template <Mode M> LENET5_INLINE void sink_scalar(const Sink& s, int param, int i, float term) {
   if constexpr (M == Mode::kUpdate) s.dst[param][i] -= s.step[param][i] * term;
@@ -317,7 +275,7 @@ LENET5_INLINE void prefetch_image(const float* x) {
 // =============================================================================================
 // C1: 6 maps of 28x28 = 5x5 convolution of the image, squashed. Rows of kIn lanes (28 real).
 
-template <int L> LENET5_INLINE void c1_forward(const ClassicNet& net, const Work& w, State& s) {
+template <int L> LENET5_INLINE void c1_forward(const FusedNet& net, const Work& w, State& s) {
   constexpr int NV = kIn / L;                             // vectors per C1 row
   constexpr int MG = L == 16 ? 6 : (L == 8 ? 3 : 1);      // maps per register block
   static_assert(kMaps1 % MG == 0, "C1 map blocks");
@@ -407,7 +365,7 @@ LENET5_INLINE void subsample_forward(const float* in, int in_map, int in_stride,
 }
 
 // Y2, and its kx-shifted copies for C3 (each output vector stored 5 times, at offsets -kx).
-template <int L> LENET5_INLINE void s2_forward(const ClassicNet& net, State& s, Work& w) {
+template <int L> LENET5_INLINE void s2_forward(const FusedNet& net, State& s, Work& w) {
   subsample_forward<L, kS2, kIn / (2 * L)>(s.Y1, kC1Map, kIn, net.param[kS2Coef], net.param[kS2Bias],
                                            kMaps1, s.S2, kS2Map, kRow, [&](int at, const vf<L>& y) {
     store<L>(s.Y2 + at, y);
@@ -419,7 +377,7 @@ template <int L> LENET5_INLINE void s2_forward(const ClassicNet& net, State& s, 
 // S2 backward from Gx2 = dE/dY2: ga2 = g f'(y2) (junk lanes zeroed), coefficient and bias terms,
 // and Ga1 = coef * ga2 upsampled 2x2 * f'(y1) (junk lanes 28..31 come out zero).
 template <int L, Mode M>
-LENET5_INLINE void s2_backward(const ClassicNet& net, const Sink& sink, const State& s, Work& w) {
+LENET5_INLINE void s2_backward(const FusedNet& net, const Sink& sink, const State& s, Work& w) {
   constexpr bool Sq = kSq<M>;
   constexpr int NR = kRow / L;
   const float* coef = net.param[kS2Coef];
@@ -471,7 +429,7 @@ LENET5_INLINE void s2_backward(const ClassicNet& net, const Sink& sink, const St
 // loaded once and feeds the (up to 5) output rows it reaches (ky = row - output row), with the
 // kernel column's 5 weights in registers: 14 loads per 50 FMAs instead of one load per FMA.
 template <int L, int R0>
-LENET5_INLINE void c3_forward_rows(const ClassicNet& net, const Table& t, const Work& w, State& s, int o) {
+LENET5_INLINE void c3_forward_rows(const FusedNet& net, const Table& t, const Work& w, State& s, int o) {
   constexpr int NV = kRow / L, RB = std::min(L == 16 ? kC3 : (L == 8 ? 5 : 2), kC3 - R0);
   const float* w3 = net.param[kC3Weight];
   vf<L> acc[RB][NV];
@@ -505,7 +463,7 @@ LENET5_INLINE void c3_forward_rows(const ClassicNet& net, const Table& t, const 
   if constexpr (R0 + RB < kC3) c3_forward_rows<L, R0 + RB>(net, t, w, s, o);
 }
 
-template <int L> LENET5_INLINE void c3_forward(const ClassicNet& net, const Table& t, const Work& w, State& s) {
+template <int L> LENET5_INLINE void c3_forward(const FusedNet& net, const Table& t, const Work& w, State& s) {
   for (int o = 0; o < kMaps3; ++o) c3_forward_rows<L, 0>(net, t, w, s, o);
 }
 
@@ -513,7 +471,7 @@ template <int L> LENET5_INLINE void c3_forward(const ClassicNet& net, const Tabl
 // adds w * ga3s[kx] row i to row i + ky; per kernel and kx each gradient row is loaded once and
 // feeds the (up to 5) rows it reaches, the 5 weights (squared for Gauss-Newton) in registers.
 template <int L, bool Sq, int R0>
-LENET5_INLINE void c3_input_rows(const ClassicNet& net, const Table& t, Work& w, int c) {
+LENET5_INLINE void c3_input_rows(const FusedNet& net, const Table& t, Work& w, int c) {
   constexpr int NV = kRow / L, RB = std::min(L == 16 ? kS2 : (L == 8 ? 4 : 2), kS2 - R0);
   constexpr int I0 = std::max(0, R0 - kK + 1), I1 = std::min(kC3, R0 + RB);  // rows that reach
   vf<L> acc[RB][NV];
@@ -521,8 +479,8 @@ LENET5_INLINE void c3_input_rows(const ClassicNet& net, const Table& t, Work& w,
   for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = vf<L>{};
-  for (int n = 0; n < t.n_by_input[c]; ++n) {
-    const int k = t.by_input[c][n];
+  for (int j = t.by_input_begin[c]; j < t.by_input_begin[c + 1]; ++j) {
+    const int k = t.by_input[j];
     const float* wk = net.param[kC3Weight] + k * kTaps;
     const int o = t.out_of[k];
     for (int kx = 0; kx < kK; ++kx) {
@@ -554,7 +512,7 @@ LENET5_INLINE void c3_input_rows(const ClassicNet& net, const Table& t, Work& w,
 // C3 backward from Ga3 = dE/da3 (junk lanes exact zeros): bias and weight terms, dE/dY2 with
 // the old weights, then the weights' sink.
 template <int L, Mode M>
-LENET5_INLINE void c3_backward(const ClassicNet& net, const Table& t, const Sink& sink, const State& s, Work& w) {
+LENET5_INLINE void c3_backward(const FusedNet& net, const Table& t, const Sink& sink, const State& s, Work& w) {
   constexpr bool Sq = kSq<M>;
   const float* ga3 = w.Ga3s(0);
   {
@@ -586,7 +544,7 @@ LENET5_INLINE void c3_backward(const ClassicNet& net, const Table& t, const Sink
 // =============================================================================================
 // S4: 2x2 window sums of C3's rows into C5's compact input
 
-template <int L> LENET5_INLINE void s4_forward(const ClassicNet& net, State& s) {
+template <int L> LENET5_INLINE void s4_forward(const FusedNet& net, State& s) {
   subsample_forward<L, kS4, (kC3 + 2 * L - 1) / (2 * L)>(
       s.Y3, kC3Map, kRow, net.param[kS4Coef], net.param[kS4Bias], kMaps3, s.S4, kS4Map, kS4,
       [&](int at, const vf<L>& y) { store<L>(s.Y4 + at, y); });
@@ -596,7 +554,7 @@ template <int L> LENET5_INLINE void s4_forward(const ClassicNet& net, State& s) 
 // ga3 = coef * ga4 upsampled 2x2 * f'(y3), junk lanes exact zeros, into Ga3s(kx) at offsets +kx
 // (the first kx floats of each copy are never written: zeros).
 template <int L, Mode M>
-LENET5_INLINE void s4_backward(const ClassicNet& net, const Sink& sink, const State& s, Work& w) {
+LENET5_INLINE void s4_backward(const FusedNet& net, const Sink& sink, const State& s, Work& w) {
   constexpr bool Sq = kSq<M>;
   static_assert(kIn5 % L == 0, "S4 backward: C5 inputs in whole vectors");
   for (int i = 0; i < kIn5; i += L) {
@@ -723,7 +681,7 @@ LENET5_INLINE void fc_backward(const Sink& sink, int pw, int pb, const float* w,
 // =============================================================================================
 // RBF output layer and the MAP loss
 
-template <int L> LENET5_INLINE void rbf_forward(const ClassicNet& net, State& s) {
+template <int L> LENET5_INLINE void rbf_forward(const FusedNet& net, State& s) {
   // y_i = sum_j (x_j - c_ij)^2 over 84 = 21 x 4 lanes; rows in groups of 4.
   static_assert(kUnits6 % 4 == 0, "RBF: 4-lane rows");
   for (int i0 = 0; i0 < kClasses; i0 += 4) {
@@ -742,7 +700,7 @@ template <int L> LENET5_INLINE void rbf_forward(const ClassicNet& net, State& s)
 
 // RBF backward from w.Rbf = dE/dy: G6_j = sum_i g_i 2 (x_j - c_ij)  |  Gauss-Newton (h_i in
 // w.Rbf): sum_i h_i 4 (x_j - c_ij)^2 + 2.
-template <bool Sq> LENET5_INLINE void rbf_backward(const ClassicNet& net, const State& s, Work& w) {
+template <bool Sq> LENET5_INLINE void rbf_backward(const FusedNet& net, const State& s, Work& w) {
   for (int j = 0; j < kUnits6; j += 4) {
     const vf<4> x = load<4>(s.Y6 + j);
     vf<4> acc = {};
@@ -757,7 +715,7 @@ template <bool Sq> LENET5_INLINE void rbf_backward(const ClassicNet& net, const 
 // =============================================================================================
 // One image: forward from s.X, backward from w.Rbf
 
-template <int L> LENET5_INLINE void forward_image(const ClassicNet& net, const Table& t, State& s, Work& w) {
+template <int L> LENET5_INLINE void forward_image(const FusedNet& net, const Table& t, State& s, Work& w) {
   constexpr int L8 = L < 8 ? L : 8;
   shifted_copies<L, false, kInSize>([&](int kx) { return w.Xs(kx); }, s.X);
   c1_forward<L>(net, w, s);
@@ -773,7 +731,7 @@ template <int L> LENET5_INLINE void forward_image(const ClassicNet& net, const T
 
 // Needs w.Xs and w.Y2s as forward_image left them (or rebuilt from a saved State).
 template <int L, Mode M>
-LENET5_INLINE void backward_image(const ClassicNet& net, const Table& t, const Sink& sink, const State& s, Work& w) {
+LENET5_INLINE void backward_image(const FusedNet& net, const Table& t, const Sink& sink, const State& s, Work& w) {
   constexpr bool Sq = kSq<M>;
   constexpr int L8 = L < 8 ? L : 8;
   rbf_backward<Sq>(net, s, w);
@@ -796,15 +754,15 @@ LENET5_INLINE void backward_image(const ClassicNet& net, const Table& t, const S
 
 struct Kernels {
   // out[i] for images [0, n); saved (when not null): n States back to back
-  void (*forward)(const ClassicNet&, const Table&, const float* x, float* out, State* saved, int64_t n);
-  void (*backward)(const ClassicNet&, const Table&, const State* saved, const float* grad_out,
+  void (*forward)(const FusedNet&, const Table&, const float* x, float* out, State* saved, int64_t n);
+  void (*backward)(const FusedNet&, const Table&, const State* saved, const float* grad_out,
                    int64_t n, const Sink& acc);
-  void (*hessian)(const ClassicNet&, const Table&, const float* x, const int64_t* labels,
+  void (*hessian)(const FusedNet&, const Table&, const float* x, const int64_t* labels,
                   int64_t begin, int64_t end, double map_j, const Sink& acc);
-  void (*pass)(const ClassicNet&, const Table&, const float* x, const int64_t* labels,
+  void (*pass)(const FusedNet&, const Table&, const float* x, const int64_t* labels,
                const int64_t* order, int64_t n, double map_j, const Sink& sink, double* loss,
                int64_t* errors);
-  void (*train)(const ClassicNet&, const Table&, const float* x, const int64_t* labels, int64_t begin,
+  void (*train)(const FusedNet&, const Table&, const float* x, const int64_t* labels, int64_t begin,
                 int64_t end, double map_j, double scale, float* out, double* losses, const Sink& acc);
 };
 
@@ -823,7 +781,7 @@ void clear_slack(State& s) {
   std::fill(s.Out + padded(kClasses), reinterpret_cast<float*>(&s + 1), 0.0f);  // the struct's tail
 }
 
-template <int L> LENET5_INLINE void forward_images(const ClassicNet& net, const Table& t, const float* x,
+template <int L> LENET5_INLINE void forward_images(const FusedNet& net, const Table& t, const float* x,
                                                    float* out, State* saved, int64_t n) {
   Scratch& sc = thread_scratch();
   for (int64_t i = 0; i < n; ++i) {
@@ -834,7 +792,7 @@ template <int L> LENET5_INLINE void forward_images(const ClassicNet& net, const 
     std::memcpy(out + i * kClasses, s.Out, sizeof(float) * kClasses);
   }
 }
-template <int L> LENET5_INLINE void backward_images(const ClassicNet& net, const Table& t, const State* saved,
+template <int L> LENET5_INLINE void backward_images(const FusedNet& net, const Table& t, const State* saved,
                                                     const float* grad_out, int64_t n, const Sink& acc) {
   Work& w = thread_scratch().work;
   for (int64_t i = 0; i < n; ++i) {
@@ -845,7 +803,7 @@ template <int L> LENET5_INLINE void backward_images(const ClassicNet& net, const
     backward_image<L, Mode::kGradient>(net, t, acc, s, w);
   }
 }
-template <int L> LENET5_INLINE void hessian_images(const ClassicNet& net, const Table& t, const float* x,
+template <int L> LENET5_INLINE void hessian_images(const FusedNet& net, const Table& t, const float* x,
                                                    const int64_t* labels, int64_t begin, int64_t end,
                                                    double map_j, const Sink& acc) {
   Scratch& sc = thread_scratch();
@@ -856,7 +814,7 @@ template <int L> LENET5_INLINE void hessian_images(const ClassicNet& net, const 
     backward_image<L, Mode::kGaussNewton>(net, t, acc, sc.state, sc.work);
   }
 }
-template <int L> LENET5_INLINE void pass_images(const ClassicNet& net, const Table& t, const float* x,
+template <int L> LENET5_INLINE void pass_images(const FusedNet& net, const Table& t, const float* x,
                                                 const int64_t* labels, const int64_t* order, int64_t n,
                                                 double map_j, const Sink& sink, double* loss, int64_t* errors) {
   Scratch& sc = thread_scratch();
@@ -878,7 +836,7 @@ template <int L> LENET5_INLINE void pass_images(const ClassicNet& net, const Tab
 
 // Forward, MAP loss and backward of images [begin, end), one after the other: outputs, each
 // image's loss, and scale * dE/dw added to acc.
-template <int L> LENET5_INLINE void train_images(const ClassicNet& net, const Table& t, const float* x,
+template <int L> LENET5_INLINE void train_images(const FusedNet& net, const Table& t, const float* x,
                                                  const int64_t* labels, int64_t begin, int64_t end, double map_j,
                                                  double scale, float* out, double* losses, const Sink& acc) {
   Scratch& sc = thread_scratch();
@@ -892,25 +850,25 @@ template <int L> LENET5_INLINE void train_images(const ClassicNet& net, const Ta
 }
 
 #define LENET5_SAMPLE_KERNELS(NAME, L, ATTR)                                                      \
-  ATTR void NAME##_forward(const ClassicNet& net, const Table& t, const float* x, float* out,      \
+  ATTR void NAME##_forward(const FusedNet& net, const Table& t, const float* x, float* out,      \
                            State* saved, int64_t n) {                                            \
     forward_images<L>(net, t, x, out, saved, n);                                                 \
   }                                                                                              \
-  ATTR void NAME##_backward(const ClassicNet& net, const Table& t, const State* saved,            \
+  ATTR void NAME##_backward(const FusedNet& net, const Table& t, const State* saved,            \
                             const float* grad_out, int64_t n, const Sink& acc) {                 \
     backward_images<L>(net, t, saved, grad_out, n, acc);                                         \
   }                                                                                              \
-  ATTR void NAME##_hessian(const ClassicNet& net, const Table& t, const float* x,                 \
+  ATTR void NAME##_hessian(const FusedNet& net, const Table& t, const float* x,                 \
                            const int64_t* labels, int64_t begin, int64_t end, double map_j,      \
                            const Sink& acc) {                                                    \
     hessian_images<L>(net, t, x, labels, begin, end, map_j, acc);                                \
   }                                                                                              \
-  ATTR void NAME##_pass(const ClassicNet& net, const Table& t, const float* x,                    \
+  ATTR void NAME##_pass(const FusedNet& net, const Table& t, const float* x,                    \
                         const int64_t* labels, const int64_t* order, int64_t n, double map_j,     \
                         const Sink& sink, double* loss, int64_t* errors) {                       \
     pass_images<L>(net, t, x, labels, order, n, map_j, sink, loss, errors);                      \
   }                                                                                              \
-  ATTR void NAME##_train(const ClassicNet& net, const Table& t, const float* x, const int64_t* labels, \
+  ATTR void NAME##_train(const FusedNet& net, const Table& t, const float* x, const int64_t* labels, \
                          int64_t begin, int64_t end, double map_j, double scale, float* out,          \
                          double* losses, const Sink& acc) {                                           \
     train_images<L>(net, t, x, labels, begin, end, map_j, scale, out, losses, acc);                   \
@@ -922,16 +880,19 @@ LENET5_ENGINE_KERNEL_SETS(LENET5_SAMPLE_KERNELS)  // one set per kernel family (
 
 const Kernels& pick_kernels() { return LENET5_ENGINE_PICK(current_isa()); }
 
-void check_net(const ClassicNet& net) {
-  for (int p = 0; p < kClassicParams; ++p)
-    if (!net.param[p]) throw std::invalid_argument("fused LeNet-5: missing parameter " + std::to_string(p));
-  if (!net.codes) throw std::invalid_argument("fused LeNet-5: missing RBF codes");
+// Checks the network (the classic variant, one input channel, every tensor there) and resolves
+// C3's table (std::invalid_argument naming fn).
+Table resolve(const FusedNet& net, const char* fn) {
+  check_sizes(net.variant, net.in_channels, net.classes, fn);
+  if (net.variant != Variant::kClassic || net.in_channels != 1)
+    fail(fn, "the per-image engine runs the classic variant with one input channel");
+  check_params(net, fn);
+  return resolve_c3(net, fn);
 }
-void check_labels(const int64_t* labels, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (labels[i] < 0 || labels[i] >= kClasses)
-      throw std::invalid_argument("fused LeNet-5: label " + std::to_string(labels[i]) + " at index " +
-                                  std::to_string(i) + " is outside [0, " + std::to_string(kClasses) + ")");
+// Where each parameter's floats start in one buffer of all of them (offset[kParams]: the total).
+void param_offsets(const FusedNet& net, const Table& t, int64_t* offset) {
+  offset[0] = 0;
+  for (int p = 0; p < kParams; ++p) offset[p + 1] = offset[p] + param_numel(net.variant, Role(p), sizes_of(net, t));
 }
 State* saved_states(const float* saved, const char* fn) {
   if (!saved || reinterpret_cast<uintptr_t>(saved) % alignof(State) != 0)
@@ -940,9 +901,9 @@ State* saved_states(const float* saved, const char* fn) {
   return reinterpret_cast<State*>(const_cast<float*>(saved));
 }
 // Runs k.forward over [0, N) in contiguous ranges, a few per thread so uneven progress balances.
-void forward_threaded(const ClassicNet& net, const float* x, float* out, State* saved, int64_t N, int nthreads) {
-  check_net(net);
-  const Table t = make_table(net);
+void forward_threaded(const FusedNet& net, const float* x, float* out, State* saved, int64_t N, int nthreads,
+                      const char* fn) {
+  const Table t = resolve(net, fn);
   const Kernels& k = pick_kernels();
   if (N <= 0) return;
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, N)));
@@ -955,34 +916,29 @@ void forward_threaded(const ClassicNet& net, const float* x, float* out, State* 
 
 }  // namespace
 
-int64_t classic_param_size(int param, int64_t c3_kernels) {
-  if (param < 0 || param >= kClassicParams) return 0;
-  return param == kC3Weight ? kTaps * c3_kernels : static_cast<int64_t>(kParamSize[param]);
-}
-
-void lenet5_forward(const ClassicNet& net, const float* x, float* out, int64_t N, int nthreads) {
-  forward_threaded(net, x, out, nullptr, N, nthreads);
+void lenet5_forward(const FusedNet& net, const float* x, float* out, int64_t N, int nthreads) {
+  forward_threaded(net, x, out, nullptr, N, nthreads, "lenet5_forward");
 }
 
 int64_t lenet5_sample_saved_floats() { return static_cast<int64_t>(sizeof(State) / sizeof(float)); }
 
-void lenet5_sample_forward_save(const ClassicNet& net, const float* x, float* out, float* saved,
+void lenet5_sample_forward_save(const FusedNet& net, const float* x, float* out, float* saved,
                                 int64_t N, int nthreads) {
-  forward_threaded(net, x, out, saved_states(saved, "lenet5_sample_forward_save"), N, nthreads);
+  const char* fn = "lenet5_sample_forward_save";
+  forward_threaded(net, x, out, saved_states(saved, fn), N, nthreads, fn);
 }
 
-void lenet5_sample_backward(const ClassicNet& net, const float* saved, const float* grad_out, int64_t N,
+void lenet5_sample_backward(const FusedNet& net, const float* saved, const float* grad_out, int64_t N,
                             float* const* grads, int nthreads) {
-  check_net(net);
-  const Table t = make_table(net);
-  const State* states = saved_states(saved, "lenet5_sample_backward");
-  for (int p = 0; p < kClassicParams; ++p)
-    if (!grads[p]) throw std::invalid_argument("lenet5_sample_backward: missing gradient buffer " + std::to_string(p));
-  int64_t offset[kClassicParams + 1] = {0};
-  for (int p = 0; p < kClassicParams; ++p) offset[p + 1] = offset[p] + classic_param_size(p, t.K);
-  const int64_t total = offset[kClassicParams];
+  const char* fn = "lenet5_sample_backward";
+  const Table t = resolve(net, fn);
+  const State* states = saved_states(saved, fn);
+  check_buffers(net, grads, "gradient buffer", fn);
+  int64_t offset[kParams + 1];
+  param_offsets(net, t, offset);
+  const int64_t total = offset[kParams];
   if (N <= 0) {
-    for (int p = 0; p < kClassicParams; ++p) std::fill(grads[p], grads[p] + offset[p + 1] - offset[p], 0.0f);
+    for (int p = 0; p < kParams; ++p) std::fill(grads[p], grads[p] + offset[p + 1] - offset[p], 0.0f);
     return;
   }
   const Kernels& k = pick_kernels();
@@ -994,78 +950,76 @@ void lenet5_sample_backward(const ClassicNet& net, const float* saved, const flo
   // slice's 60,000 sums costs.
   batch_slices<float>(N, total, sum, nthreads, [&](int64_t begin, int64_t end, float* acc) {
     Sink s{};
-    for (int p = 0; p < kClassicParams; ++p) s.dst[p] = acc + offset[p];
+    for (int p = 0; p < kParams; ++p) s.dst[p] = acc + offset[p];
     k.backward(net, t, states + begin, grad_out + begin * kClasses, end - begin, s);
   }, 4);
-  for (int p = 0; p < kClassicParams; ++p)
+  for (int p = 0; p < kParams; ++p)
     std::memcpy(grads[p], sum + offset[p], sizeof(float) * (offset[p + 1] - offset[p]));
 }
 
-void lenet5_sample_train(const ClassicNet& net, const float* x, const int64_t* labels, int64_t N, double map_j,
+void lenet5_sample_train(const FusedNet& net, const float* x, const int64_t* labels, int64_t N, double map_j,
                          double scale, float* out, float* loss, float* const* grads, int nthreads) {
-  check_net(net);
-  const Table t = make_table(net);
-  check_labels(labels, N);
-  for (int p = 0; p < kClassicParams; ++p)
-    if (!grads[p]) throw std::invalid_argument("lenet5_sample_train: missing gradient buffer " + std::to_string(p));
-  int64_t offset[kClassicParams + 1] = {0};
-  for (int p = 0; p < kClassicParams; ++p) offset[p + 1] = offset[p] + classic_param_size(p, t.K);
-  const int64_t total = offset[kClassicParams];
+  const char* fn = "lenet5_sample_train";
+  const Table t = resolve(net, fn);
+  check_labels(labels, N, kClasses, fn);
+  check_buffers(net, grads, "gradient buffer", fn);
+  int64_t offset[kParams + 1];
+  param_offsets(net, t, offset);
+  const int64_t total = offset[kParams];
   float* sum = reusable_scratch<float, ScratchUse::kReduceResult>(total);
   std::vector<double> losses(std::max<int64_t>(N, 0));
   if (N > 0) {
     const Kernels& k = pick_kernels();
     batch_slices<float>(N, total, sum, nthreads, [&](int64_t begin, int64_t end, float* acc) {
       Sink s{};
-      for (int p = 0; p < kClassicParams; ++p) s.dst[p] = acc + offset[p];
+      for (int p = 0; p < kParams; ++p) s.dst[p] = acc + offset[p];
       k.train(net, t, x, labels, begin, end, map_j, scale, out, losses.data(), s);
     }, 4);
   } else {
     std::fill(sum, sum + total, 0.0f);
   }
-  for (int p = 0; p < kClassicParams; ++p)
+  for (int p = 0; p < kParams; ++p)
     std::memcpy(grads[p], sum + offset[p], sizeof(float) * (offset[p + 1] - offset[p]));
   double total_loss = 0;
   for (double l : losses) total_loss += l;  // in image order: the same for any thread count
   *loss = static_cast<float>(scale * total_loss);
 }
 
-void lenet5_sdlm_hessian(const ClassicNet& net, const float* x, const int64_t* labels, int64_t N,
+void lenet5_sdlm_hessian(const FusedNet& net, const float* x, const int64_t* labels, int64_t N,
                          double map_j, float* const* hessian, int nthreads) {
-  check_net(net);
-  const Table t = make_table(net);
-  if (N <= 0) throw std::invalid_argument("lenet5_sdlm_hessian: no samples");
-  check_labels(labels, N);
+  const char* fn = "lenet5_sdlm_hessian";
+  const Table t = resolve(net, fn);
+  if (N <= 0) fail(fn, "no samples");
+  check_labels(labels, N, kClasses, fn);
   const Kernels& k = pick_kernels();
-  int64_t offset[kClassicParams + 1] = {0};
-  for (int p = 0; p < kClassicParams; ++p) offset[p + 1] = offset[p] + classic_param_size(p, t.K);
-  const int64_t total = offset[kClassicParams];
+  int64_t offset[kParams + 1];
+  param_offsets(net, t, offset);
+  const int64_t total = offset[kParams];
   std::vector<float> sum(total);
   // Fixed slices summed in slice order: the result does not depend on the thread count.
   batch_slices<float>(N, total, sum.data(), nthreads, [&](int64_t begin, int64_t end, float* acc) {
     Sink s{};
-    for (int p = 0; p < kClassicParams; ++p) s.dst[p] = acc + offset[p];
+    for (int p = 0; p < kParams; ++p) s.dst[p] = acc + offset[p];
     k.hessian(net, t, x, labels, begin, end, map_j, s);
   });
   const float inv = static_cast<float>(1.0 / static_cast<double>(N));
-  for (int p = 0; p < kClassicParams; ++p)
+  for (int p = 0; p < kParams; ++p)
     for (int64_t i = 0; i < offset[p + 1] - offset[p]; ++i) hessian[p][i] = sum[offset[p] + i] * inv;
 }
 
-void lenet5_sdlm_pass(const ClassicNet& net, const float* x, const int64_t* labels, int64_t N,
+void lenet5_sdlm_pass(const FusedNet& net, const float* x, const int64_t* labels, int64_t N,
                       const int64_t* order, int64_t n, double map_j, const float* const* steps,
                       double* sum_loss, int64_t* errors) {
-  check_net(net);
-  const Table t = make_table(net);
-  check_labels(labels, N);
+  const char* fn = "lenet5_sdlm_pass";
+  const Table t = resolve(net, fn);
+  check_labels(labels, N, kClasses, fn);
   for (int64_t i = 0; i < n; ++i)
     if (order[i] < 0 || order[i] >= N)
-      throw std::invalid_argument("lenet5_sdlm_pass: order[" + std::to_string(i) + "] = " +
-                                  std::to_string(order[i]) + " is outside [0, " + std::to_string(N) + ")");
-  for (int p = 0; p < kClassicParams; ++p)
-    if (!steps[p]) throw std::invalid_argument("lenet5_sdlm_pass: missing step tensor " + std::to_string(p));
+      fail(fn, "order[" + std::to_string(i) + "] = " + std::to_string(order[i]) + " is outside [0, " +
+                   std::to_string(N) + ")");
+  check_buffers(net, steps, "step tensor", fn);
   Sink s{};
-  for (int p = 0; p < kClassicParams; ++p) {
+  for (int p = 0; p < kParams; ++p) {
     s.dst[p] = net.param[p];
     s.step[p] = steps[p];
   }

@@ -1,10 +1,11 @@
-// parallel.h — the CPU kernels' threading and shared helpers.
+// parallel.h — the CPU kernels' threading: per-op kernels and fused engines alike.
 //
-// parallel_for runs tasks on a small persistent pool (no thread start-up per call; batch-1
-// calls run inline). Weight gradients are reduced over the batch through kReduceSlots fixed
-// slices of the batch: slice s always holds the same images whatever the thread count, each
-// slice sums its images in order, and the slices are summed in order. So gradients are
-// bitwise identical for any nthreads.
+// parallel_tasks runs tasks on a small persistent pool (parallel.cpp: no thread start-up per
+// call; a single task runs inline), parallel_range cuts a range into one task per thread, and
+// reusable_scratch gives each thread buffers that live between calls. Weight gradients are
+// reduced over the batch by batch_slices through kReduceSlots fixed slices of the batch: slice
+// s always holds the same images whatever the thread count, each slice sums its images in
+// order, and the slices are summed in order. So gradients are bitwise identical for any nthreads.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -72,24 +73,6 @@ template <class Body>
 void parallel_range(int64_t n, int64_t grain, int nthreads, Body&& body) {
   const int64_t ntasks = std::max<int64_t>(1, std::min<int64_t>(nthreads, (n + grain - 1) / grain));
   parallel_tasks(ntasks, nthreads, [&](int64_t t) { body(n * t / ntasks, n * (t + 1) / ntasks); });
-}
-
-// ---- activations over arrays (formulas in activations.h), from the output y ----
-template <class T> inline void act_forward_inplace(T* y, int64_t n, int act) {
-  if (act == kIdentity) return;
-  for (int64_t i = 0; i < n; ++i) y[i] = act::forward(y[i], act);
-}
-// ga = gy * f'(a), or gy * f'(a)^2 for the Gauss-Newton pass. y may be null when act is identity.
-template <class T> inline void act_backward(const T* gy, const T* y, T* ga, int64_t n, int act, bool gn) {
-  if (act == kIdentity) { std::memcpy(ga, gy, sizeof(T) * n); return; }
-  for (int64_t i = 0; i < n; ++i) ga[i] = act::backward(gy[i], y[i], act, gn);
-}
-// out[i] = in[i]^2 when gn, else a plain copy: Gauss-Newton passes use squared weights/inputs.
-template <class T> inline const T* maybe_square(const T* in, int64_t n, bool gn, std::vector<T>& buf) {
-  if (!gn) return in;
-  buf.resize(n);
-  for (int64_t i = 0; i < n; ++i) buf[i] = in[i] * in[i];
-  return buf.data();
 }
 
 }  // namespace cpu

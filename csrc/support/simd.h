@@ -3,7 +3,7 @@
 //
 // How a layer file is laid out (see conv5x5_plane.h's users, e.g. sparse_conv5x5.cpp):
 //   #ifndef LENET5_SIMD_ISA      portable code (float and double), then
-//     #define LENET5_SIMD_SELF "cpu/<file>.cpp" and #include "cpu/simd_pass.h", which includes
+//     #define LENET5_SIMD_SELF "cpu/<file>.cpp" and #include "support/simd_pass.h", which includes
 //     the same file again inside `#pragma GCC target("avx2,fma")` (namespace isa_avx2) and
 //     inside `#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")` (namespace
 //     isa_avx512), with LENET5_SIMD_ISA set; then the dispatch, which calls
