@@ -42,12 +42,14 @@ naming the file and what is wrong.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import http.client
 import os
 import re
 import secrets
+import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -452,10 +454,12 @@ def _create_temp(path: Path) -> Tuple[int, Path]:
     raise FileExistsError(f"cannot create a temporary file next to {path}")
 
 
-def atomic_write_bytes(path: PathLike, write) -> None:
+def atomic_write_bytes(path: PathLike, write, repeatable: bool = True) -> None:
     """Calls ``write(file)`` on a temporary file next to ``path``, fsyncs, then renames it over
     ``path``. On any error the temporary file is removed and ``path`` is untouched. The file
-    gets the permissions of any new file (the umask's)."""
+    gets the permissions of any new file (the umask's). A full disk is an ``OSError(ENOSPC)``
+    saying so, with the size needed (found by calling ``write`` again on a byte counter, unless
+    ``repeatable`` is False), whatever the writer (torch.save, a plot) made of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(path)
@@ -465,12 +469,60 @@ def atomic_write_bytes(path: PathLike, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        full = _no_space(e, path.parent, write if repeatable else None) if isinstance(e, Exception) else None
+        if full is not None:
+            raise full from e
         raise
+
+
+class _ByteCounter:
+    """A write-only file that only counts the bytes written to it."""
+
+    def __init__(self):
+        self.size = 0
+
+    def write(self, b) -> int:
+        n = memoryview(b).nbytes
+        self.size += n
+        return n
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+
+def _no_space(e: BaseException, folder: Path, write) -> Optional[OSError]:
+    """The OSError to raise when ``e`` came from a full disk (or quota), else None. Writers
+    report it in their own words (torch.save: 'unexpected pos'): ENOSPC anywhere in the chain of
+    causes, or more bytes to write than the disk has free, is a full disk."""
+    full = False
+    while e is not None and not full:
+        full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        e = e.__cause__ or e.__context__
+    needed = None
+    if write is not None:
+        try:
+            counter = _ByteCounter()
+            write(counter)
+            needed = counter.size
+        except Exception:
+            pass
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if not full and not (needed is not None and free is not None and needed > free):
+        return None
+    need = f"needed ~{needed / 1e6:.1f} MB" if needed is not None else "needed more"
+    have = f", {free / 1e6:.1f} MB free" if free is not None else ""
+    return OSError(errno.ENOSPC, f"no space left on {folder} ({need}{have})")
 
 
 # --------------------------------------------------------------------------------------
@@ -611,7 +663,7 @@ def _download_one(url: str, target: Path, want_md5: str, timeout: float,
             raise _DownloadRefused(f"md5 mismatch: got {h.hexdigest()} ({size} bytes), expected {want_md5}")
 
     try:
-        atomic_write_bytes(target, fetch)  # a temporary file, renamed only once its md5 is right
+        atomic_write_bytes(target, fetch, repeatable=False)  # a temporary file, renamed only once its md5 is right
     except _DownloadRefused as e:
         return str(e)
     except urllib.error.HTTPError as e:

@@ -25,6 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux or macOS
+    fcntl = None
 import hashlib
 import json
 import math
@@ -44,6 +48,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint import atomic_write_bytes, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .data import _create_temp
 from .model import LAYER_NAMES, VARIANTS, LeNet5
 from .optim import PAPER_HESSIAN_SAMPLES, PAPER_MU, SDLM, TRAINING_MAX_STEP, gauss_newton_diagonal, paper_eta
 
@@ -52,7 +57,7 @@ from . import fused as _fused
 __all__ = ["TrainConfig", "DEFAULTS", "DEFAULT", "train", "resume_config", "run_pass", "evaluate", "make_optimizer",
            "pass_generator", "plot_errors", "data_fingerprint", "OPTIMIZERS", "MissingExtra",
            "TrainingDiverged", "TrainingInterrupted", "PassInterrupted", "DATASETS", "load_dataset",
-           "dataset_channels"]
+           "dataset_channels", "RunLock", "RunInUse"]
 
 OPTIMIZERS = ("sdlm", "sgd", "adam")
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
@@ -595,6 +600,61 @@ class _StopOnSigint:
             signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.default_int_handler)
 
 
+class RunInUse(RuntimeError):
+    """Another process is training into the same run directory."""
+
+
+class RunLock:
+    """The one writer of a run directory: an exclusive ``flock`` on ``DIR/run.lock``, held while
+    the run trains. It checks first that ``DIR`` is (or can be made) a writable directory, so a
+    bad ``--out`` fails before any training. A second run into ``DIR`` raises :class:`RunInUse`
+    at once, naming the process that holds it (the file records its pid, start and command); the
+    lock goes with its process, so a run that died never blocks the next. (No lock where the
+    platform has no ``fcntl``.)"""
+
+    NAME = "run.lock"
+
+    def __init__(self, out: Path, command: Optional[str] = None):
+        self.out, self.command, self.fd = Path(out), command, None
+
+    def __enter__(self) -> "RunLock":
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file, not a directory")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(out / self.NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write to the run directory {out}: {e.strerror}") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(self.fd, 4096).decode(errors="replace").strip()
+                self._close()
+                raise RunInUse(f"{out} is being trained by another process ({holder or 'pid unknown'}); wait for it "
+                               f"to end or choose another --out") from None
+        try:
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                              f"{self.command or ' '.join(sys.argv)}\n".encode())
+            fd, tmp = _create_temp(out / "metrics.json")  # a file can be created here, not only opened
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            self._close()
+            raise OSError(e.errno, f"cannot write to the run directory {out}: {e.strerror}") from None
+        return self
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+
+    def __exit__(self, *exc) -> None:
+        self._close()
+
+
 def _resume_hint(out: Path) -> str:
     return f"lenet5-fast train --out {shlex.quote(str(out))} --resume"
 
@@ -617,7 +677,7 @@ def train(cfg: Union[TrainConfig, Dict[str, object], None], data_dir, out_dir, r
     :class:`TrainingInterrupted` after saving the exact state it stopped in."""
     out = Path(out_dir)
     try:
-        with _StopOnSigint(log) as stop:
+        with RunLock(out, command), _StopOnSigint(log) as stop:
             return _train(cfg, data_dir, out, resume, log, progress_stream, data, command, download, stop)
     except KeyboardInterrupt as e:
         if isinstance(e, TrainingInterrupted):
