@@ -97,6 +97,24 @@ def outputs(op: str, O: int) -> None:
         _fail(op, "weight has no outputs (its first dimension is 0)")
 
 
+def grad_and_y(op: str, grad: Tensor, y: Tensor, expected: Tuple[int, ...], why) -> None:
+    """grad and y (rank-checked) both have the forward's output shape. When they differ, the one
+    that is not ``expected`` (the output shape the forward's arguments give; why() says which)
+    is blamed; when they agree, a disagreement with the arguments is blamed on those."""
+    if grad.shape != y.shape:
+        if y.shape == expected:
+            _fail(op, f"grad must have shape {tuple(expected)} (the forward's output{why()}, as y), "
+                      f"got {tuple(grad.shape)}")
+        shape(op, "y (the forward's output)", y, grad.shape, lambda: " (the shape of grad)")
+
+
+def weight_outputs(op: str, weight: Tensor, count: int, grad: Tensor, what: str) -> None:
+    """weight has one output (first dimension) per ``what`` of grad (which y agrees with)."""
+    if weight.shape[0] != count:
+        _fail(op, f"weight must have {count} outputs, one per {what} of grad and y {tuple(grad.shape)}, got shape "
+                  f"{tuple(weight.shape)}")
+
+
 # ---------------------------------------------------------------------------------------------
 # one check per op, returning the output shape(s)
 
@@ -116,18 +134,18 @@ def conv5x5_backward(grad, y, x, weight, act) -> Tuple[Tuple[int, ...], ...]:
     op = "conv5x5_backward"
     tensor(op, "grad", grad, 4)
     tensor(op, "weight", weight, 4, grad, "grad")
+    tensor(op, "x (the forward's input)", x, 4, grad, "grad")
+    tensor(op, "y (the forward's output)", y, 4, grad, "grad")
+    grad_and_y(op, grad, y, (x.shape[0], weight.shape[0], x.shape[2] - 4, x.shape[3] - 4),
+               lambda: f" for x {tuple(x.shape)} and weight {tuple(weight.shape)}")
     O, C = weight.shape[0], weight.shape[1]
     shape(op, "weight", weight, (O, C, KERNEL, KERNEL))
     outputs(op, O)
     N, Og, Ho, Wo = grad.shape
-    if Og != O:
-        _fail(op, f"grad has {Og} maps but weight has {O} outputs: grad {tuple(grad.shape)}, weight {tuple(weight.shape)}")
-    tensor(op, "x (the forward's input)", x, 4, grad, "grad")
+    weight_outputs(op, weight, Og, grad, "map")
     shape(op, "x (the forward's input)", x, (N, C, Ho + 4, Wo + 4),
           lambda: f" (from grad {tuple(grad.shape)} and weight {tuple(weight.shape)})")
     maps(op, "x (the forward's input)", x, KERNEL)
-    tensor(op, "y (the forward's output)", y, 4, grad, "grad")
-    shape(op, "y (the forward's output)", y, grad.shape, lambda: " (the shape of grad)")
     activation_code(act)
     return tuple(x.shape), tuple(weight.shape), (O,)
 
@@ -162,18 +180,19 @@ def sparse_conv5x5_backward(grad, y, x, weight, offsets, inputs, act) -> Tuple[T
     tensor(op, "grad", grad, 4)
     table_tensors(op, offsets, inputs, grad, "grad")
     O, K = offsets.shape[0] - 1, inputs.shape[0]
+    tensor(op, "x (the forward's input)", x, 4, grad, "grad")
+    tensor(op, "y (the forward's output)", y, 4, grad, "grad")
+    grad_and_y(op, grad, y, (x.shape[0], O, x.shape[2] - 4, x.shape[3] - 4),
+               lambda: f" for x {tuple(x.shape)} and a table of {O} output maps")
     N, Og, Ho, Wo = grad.shape
     if Og != O:
         _fail(op, f"grad has {Og} maps but the table has {O} output maps")
     tensor(op, "weight", weight, 3, grad, "grad")
     shape(op, "weight", weight, (K, KERNEL, KERNEL), lambda: f" (the table has {K} kernels)")
-    tensor(op, "x (the forward's input)", x, 4, grad, "grad")
     if (x.shape[0], x.shape[2], x.shape[3]) != (N, Ho + 4, Wo + 4):
         _fail(op, f"x (the forward's input) must have shape ({N}, C, {Ho + 4}, {Wo + 4}) (from grad "
                   f"{tuple(grad.shape)}), got {tuple(x.shape)}")
     maps(op, "x (the forward's input)", x, KERNEL)
-    tensor(op, "y (the forward's output)", y, 4, grad, "grad")
-    shape(op, "y (the forward's output)", y, grad.shape, lambda: " (the shape of grad)")
     activation_code(act)
     return tuple(x.shape), (K, KERNEL, KERNEL), (O,)
 
@@ -188,14 +207,15 @@ def _pool(op: str, x, params: Sequence[Tuple[str, Tensor]]) -> Tuple[int, ...]:
 
 def _pool_backward(op: str, grad, y, x) -> None:
     tensor(op, "grad", grad, 4)
-    N, C, Ho, Wo = grad.shape
     tensor(op, "x (the forward's input)", x, 4, grad, "grad")
+    tensor(op, "y (the forward's output)", y, 4, grad, "grad")
+    grad_and_y(op, grad, y, (x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2),
+               lambda: f" for x {tuple(x.shape)}")
+    N, C, Ho, Wo = grad.shape
     if (x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2) != (N, C, Ho, Wo):
         _fail(op, f"x (the forward's input) must have shape ({N}, {C}, {2 * Ho} or {2 * Ho + 1}, "
                   f"{2 * Wo} or {2 * Wo + 1}) (from grad {tuple(grad.shape)}), got {tuple(x.shape)}")
     maps(op, "x (the forward's input)", x, 2)
-    tensor(op, "y (the forward's output)", y, 4, grad, "grad")
-    shape(op, "y (the forward's output)", y, grad.shape, lambda: " (the shape of grad)")
 
 
 def subsample2x2(x, coef, bias, act) -> Tuple[int, ...]:
@@ -238,17 +258,16 @@ def full_backward(grad, y, x, weight, act) -> Tuple[Tuple[int, ...], ...]:
     op = "full_backward"
     tensor(op, "grad", grad, 2)
     tensor(op, "weight", weight, 2, grad, "grad")
+    tensor(op, "x (the forward's input)", x, 2, grad, "grad")
+    tensor(op, "y (the forward's output)", y, 2, grad, "grad")
+    grad_and_y(op, grad, y, (x.shape[0], weight.shape[0]), lambda: f" for x {tuple(x.shape)} and weight "
+                                                                  f"{tuple(weight.shape)}")
     O, D = weight.shape
     outputs(op, O)
-    if grad.shape[1] != O:
-        _fail(op, f"grad has {grad.shape[1]} features but weight has {O} outputs: grad {tuple(grad.shape)}, "
-                  f"weight {tuple(weight.shape)}")
-    tensor(op, "x (the forward's input)", x, 2, grad, "grad")
+    weight_outputs(op, weight, grad.shape[1], grad, "feature")
     shape(op, "x (the forward's input)", x, (grad.shape[0], D),
           lambda: f" (from grad {tuple(grad.shape)} and weight {tuple(weight.shape)})")
     rows(op, "x (the forward's input)", x)
-    tensor(op, "y (the forward's output)", y, 2, grad, "grad")
-    shape(op, "y (the forward's output)", y, grad.shape, lambda: " (the shape of grad)")
     activation_code(act)
     return tuple(x.shape), (O, D), (O,)
 

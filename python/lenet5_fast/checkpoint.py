@@ -129,14 +129,20 @@ def load_checkpoint(path) -> Dict[str, Any]:
 
 def model_from_checkpoint(ck_or_path) -> LeNet5:
     """A LeNet5 rebuilt from a checkpoint (or its path), weights loaded, in eval mode."""
+    where = "checkpoint" if isinstance(ck_or_path, dict) else f"checkpoint {ck_or_path}"
     ck = load_checkpoint(ck_or_path) if not isinstance(ck_or_path, dict) else ck_or_path
     cfg = dict(ck["model_config"])
+    table = cfg.get("c3_table")
+    if table is not None and not (isinstance(table, list) and all(
+            isinstance(row, list) and all(type(i) is int for i in row) for row in table)):
+        raise CheckpointError(f"{where}: its C3 connection table must be a list of lists of input map indices "
+                              f"(ints), got {table!r}")
     try:
         model = LeNet5(**cfg)
         model.load_state_dict(ck["model"])
     except (TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint does not fit a LeNet5 ({cfg}): {e}") from e
+        raise CheckpointError(f"{where} does not fit a LeNet5 ({cfg}): {e}") from e
     if any(not torch.isfinite(p).all() for p in model.parameters()):
-        raise CheckpointError("checkpoint holds non-finite weights")
+        raise CheckpointError(f"{where} holds non-finite weights")
     return model.eval()
 

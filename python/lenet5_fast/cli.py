@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import sys
 
 # the datasets of lenet5_fast.train.DATASETS, here so that `--help` imports no torch
@@ -71,7 +70,7 @@ def _cmd_eval(args) -> int:
     ck = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ck)
     dataset = args.dataset or _checkpoint_dataset(ck)
-    x, y = load_dataset(dataset, args.data, "test", download=args.download, limit=args.limit)
+    x, y = load_dataset(dataset, _data_dir(args.data, ck, dataset), "test", download=args.download, limit=args.limit)
     errors, loss, pred = evaluate(model, x, y, return_predictions=True)
     res = dict(checkpoint=str(args.checkpoint), dataset=dataset, samples=int(x.shape[0]), errors=errors,
                test_error=100.0 * errors / x.shape[0], test_loss=loss, gallery=None)
@@ -83,7 +82,7 @@ def _cmd_eval(args) -> int:
     if not args.no_gallery and x.shape[1] != 1:
         gallery_note = "gallery not written: it draws 1-channel digits only"
     elif not args.no_gallery:
-        path = Path(args.gallery) if args.gallery else Path(args.checkpoint).parent / "misclassified.png"
+        path = Path(args.gallery) if args.gallery else _default_gallery(args.checkpoint)
         wrong = (pred != y).nonzero().flatten()[:args.gallery_max]
         try:
             from .imageio import save_gallery
@@ -191,16 +190,16 @@ def _cmd_predict(args) -> int:
             if not args.json:
                 print(f"lenet5-fast: error: {msg}", file=sys.stderr, flush=True)
         results.append(r)
-        if not args.json and r.get("class", 0) is None:
+        if args.json:
+            print(json.dumps(r), flush=True)
+        elif r.get("class", 0) is None:
             print(f"{r['image']}: reject ({r['reason']})", flush=True)
-        elif not args.json and "error" not in r:
+        elif "error" not in r:
             answer = f"reject ({r['reason']}; best {r['class']})" if r["rejected"] else str(r["class"])
             margin = f"{r['margin']:.2f}" if "networks" not in r else f"{r['margin']:.3g}"
             print(f"{r['image']}: {answer}    confidence {r['confidence']:.3g}  margin {margin}    "
                   f"{_predict_details(r)}" + (f"    input: {r['input_png']}" if "input_png" in r else ""),
                   flush=True)
-    if args.json:
-        print(json.dumps(results, indent=2))
     if failed:
         print(f"lenet5-fast: {failed} of {len(results)} images failed", file=sys.stderr)
     return 2 if failed else 0
@@ -222,6 +221,29 @@ def _cmd_weights(args) -> int:
     return 0
 
 
+def _default_gallery(checkpoint):
+    """misclassified.png next to the checkpoint, or in the current directory when the checkpoint
+    is one of the package's own files (shipped weights): never into the installed package."""
+    from pathlib import Path
+
+    folder, package = Path(checkpoint).resolve().parent, Path(__file__).resolve().parent
+    if folder == package or package in folder.parents:
+        return Path("misclassified.png")
+    return Path(checkpoint).parent / "misclassified.png"
+
+
+def _data_dir(given, ck, dataset: str):
+    """The data directory: ``--data`` if given, else the one the checkpoint's run read
+    ``dataset`` from (where it still exists), else None (the dataset's default)."""
+    if given is not None:
+        return given
+    from pathlib import Path
+
+    cfg = ck["meta"].get("config")
+    recorded = cfg.get("data_dir") if isinstance(cfg, dict) and cfg.get("dataset", "mnist") == dataset else None
+    return recorded if isinstance(recorded, str) and Path(recorded).is_dir() else None
+
+
 def _checkpoint_dataset(ck) -> str:
     """The dataset a checkpoint was trained on (its saved training config), else MNIST."""
     cfg = ck["meta"].get("config")
@@ -238,14 +260,15 @@ def _cmd_show(args) -> int:
     if args.checkpoint is not None:
         ck = load_checkpoint(args.checkpoint)
         model, dataset = model_from_checkpoint(ck), args.dataset or _checkpoint_dataset(ck)
+        data = _data_dir(args.data, ck, dataset)
     else:
         try:
             weights = importlib.import_module("lenet5_fast.weights")
         except ImportError:
             raise ValueError("--weights needs the shipped pretrained weights (lenet5_fast.weights), which this "
                              "install does not have; use --checkpoint PATH") from None
-        model, dataset = weights.load(args.weights).eval(), args.dataset or "mnist"
-    x, label, source = load_input(args.image, model, dataset, args.data)
+        model, dataset, data = weights.load(args.weights).eval(), args.dataset or "mnist", args.data
+    x, label, source = load_input(args.image, model, dataset, data)
     names = class_names(dataset)
     pred = render_feature_maps(model, x, args.out, title=source, label=label, names=names)
     print(f"{source}: predicted {names[pred]}; feature maps in {args.out}")
@@ -281,8 +304,22 @@ def _float_where(ok, what: str):
     return parse
 
 
-_non_negative_float = _float_where(lambda v: v >= 0, "expected a number >= 0")
-_positive_float = _float_where(lambda v: math.isfinite(v) and v > 0, "must be a positive number")
+# float32's largest value: a rate beyond it cannot even be applied to float32 weights
+FLOAT32_MAX = 3.4028234663852886e38
+_confidence = _float_where(lambda v: 0 <= v <= 1, "must be a confidence in [0, 1]")
+_positive_float = _float_where(lambda v: 0 < v <= FLOAT32_MAX, "must be a positive number (at most 3.4e38)")
+
+
+def _directory(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a directory, got ''")
+    return text
+
+
+def _file(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a file, got ''")
+    return text
 _fraction = _float_where(lambda v: 0 <= v < 1, "must be in [0, 1)")
 
 
@@ -336,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     S = argparse.SUPPRESS  # a setting given explicitly, or taken from the defaults / the resumed run
     t.add_argument("--data", default=None, help="directory with the four MNIST .gz files (remembered by the run)")
     t.add_argument("--download", action="store_true", help="download MNIST into --data when missing (md5-checked)")
-    t.add_argument("--out", required=True, help="run directory: checkpoints, metrics.json, errors.png")
+    t.add_argument("--out", required=True, type=_directory, help="run directory: checkpoints, metrics.json, errors.png")
     t.add_argument("--epochs", type=_positive_int, default=S, help="passes over the training set (default 20)")
     t.add_argument("--optimizer", default=S, choices=["sdlm", "sgd", "adam"], help="default sdlm")
     t.add_argument("--batch-size", type=_positive_int, default=S,
@@ -376,10 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="test error of a checkpoint, and a gallery of its mistakes")
     e.add_argument("--checkpoint", required=True, help="checkpoint file written by `lenet5-fast train`")
-    e.add_argument("--data", default=None, help="directory with the MNIST test files")
+    e.add_argument("--data", default=None, help="directory with the test files (default: the one the checkpoint's "
+                                                 "run read, where it still exists)")
     e.add_argument("--download", action="store_true", help="download MNIST into --data when missing (md5-checked)")
     e.add_argument("--json", action="store_true", help="print JSON (test_error in percent)")
-    e.add_argument("--gallery", default=None, help="PNG path (default: misclassified.png next to the checkpoint)")
+    e.add_argument("--gallery", default=None, help="PNG path (default: misclassified.png next to the checkpoint; in "
+                                                   "the current directory for shipped weights)")
     e.add_argument("--gallery-max", type=_positive_int, default=100,
                    help="at most this many digits in the gallery (default 100)")
     e.add_argument("--no-gallery", action="store_true", help="do not draw the misclassified digits")
@@ -396,13 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one network, by the name of its shipped weights (`lenet5-fast weights` lists "
                             "them); default: all three together (the mixture of their posteriors)")
     which.add_argument("--checkpoint", default=None, help="one network: a checkpoint of yours")
-    r.add_argument("--reject", type=_non_negative_float, default=None,
+    r.add_argument("--reject", type=_confidence, default=None,
                    help="answer 'reject' below this confidence (default 0.38 for the three together, 0.005 "
                         "for one classic network, 0.99 for a modern one; 0: never)")
     r.add_argument("--show", action="store_true",
                    help="write the 32x32 input the network saw next to each image (IMAGE.lenet5.png)")
     r.add_argument("--debug-dir", default=None, help="write those inputs to this directory instead")
-    r.add_argument("--json", action="store_true", help="one JSON object per image ('error' where it failed)")
+    r.add_argument("--json", action="store_true",
+                   help="JSON Lines: one JSON object per image, on one line, printed as each image is done "
+                        "('error' where it failed)")
     r.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     r.set_defaults(func=_cmd_predict)
 
@@ -410,10 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("image", help="an image file, or the index of a test-set image")
     w.add_argument("--checkpoint", default=None, help="checkpoint to show")
     w.add_argument("--weights", default=None, help="name of shipped pretrained weights (where installed)")
-    w.add_argument("--out", required=True, help="PNG to write")
+    w.add_argument("--out", required=True, type=_file, help="PNG to write")
     w.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
                    help="test set an index refers to (default: the checkpoint's)")
-    w.add_argument("--data", default=None, help="directory of that dataset")
+    w.add_argument("--data", default=None, help="directory of that dataset (default: the one the checkpoint's run "
+                                                "read, where it still exists)")
     w.set_defaults(func=_cmd_show)
 
     ws = sub.add_parser("weights", help="list the pretrained weights shipped with the package")

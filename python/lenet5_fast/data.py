@@ -552,9 +552,13 @@ def _find_file(directory: Path, split: str, kind: str) -> Optional[Path]:
     return None
 
 
-def _missing_message(directory: Path, split: str, kind: str) -> str:
+def _missing_message(directory: Path, split: str, kind: str, dataset: Optional[str] = None) -> str:
     names = ", ".join(_candidate_names(split, kind))
     where = f"{directory}" if directory.is_dir() else f"{directory} (the directory does not exist)"
+    if dataset == "fashion-mnist":  # not downloaded by us: say where it comes from
+        return (f"Fashion-MNIST {split} {kind} not found in {where}: looked for {names}. Install Debian's "
+                f"dataset-fashion-mnist (`apt-get install dataset-fashion-mnist`), or point to a directory "
+                f"holding its four .gz files with root=DIR (CLI: --data DIR).")
     return (
         f"MNIST {split} {kind} not found in {where}: looked for {names}. "
         f"Pass download=True (CLI: --download) to fetch MNIST there, or point to a directory "
@@ -715,9 +719,9 @@ def load_mnist(
         img_path = _find_file(directory, split, "images")
         lbl_path = _find_file(directory, split, "labels")
     if img_path is None:
-        raise DataError(_missing_message(directory, split, "images"))
+        raise DataError(_missing_message(directory, split, "images", dataset))
     if lbl_path is None:
-        raise DataError(_missing_message(directory, split, "labels"))
+        raise DataError(_missing_message(directory, split, "labels", dataset))
 
     images, img_md5 = _read_idx(img_path, want_md5=verify)
     labels, lbl_md5 = _read_idx(lbl_path, want_md5=verify)

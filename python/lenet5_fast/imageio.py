@@ -106,6 +106,10 @@ def read_image(path, work_size: int = WORK_SIZE) -> np.ndarray:
     refused before they are decoded. Raises :class:`ImageError` naming the file."""
     Image = _pil()
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path} is a directory, not an image file")
+    if path.exists() and not path.is_file():
+        raise ImageError(f"{path} is not a regular file (a device, pipe or socket), not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     try:
@@ -113,16 +117,16 @@ def read_image(path, work_size: int = WORK_SIZE) -> np.ndarray:
             # the decoders' warnings (corrupt EXIF, a large image: refused below, by size) are
             # not the user's business; what goes wrong is raised, naming the file
             warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                w, h = im.size
+            with _open_unbounded(Image, path) as im:
+                if im.format == "JPEG":          # decode at 1/2, 1/4 or 1/8 scale when that is enough
+                    im.draft(im.mode, (work_size, work_size))
+                w, h = im.size                   # for a JPEG: the size it will be decoded at
                 if w * h > MAX_PIXELS:
                     raise ImageError(f"{path}: the image is {w}x{h} = {w * h / 1e6:.0f} megapixels, more than "
                                      f"the {MAX_PIXELS / 1e6:.0f} allowed (a decompression bomb?); refused without "
                                      "decoding it")
                 if w < 1 or h < 1:
                     raise ImageError(f"{path}: empty image")
-                if im.format == "JPEG":          # decode at 1/2, 1/4 or 1/8 scale when that is enough
-                    im.draft(im.mode, (work_size, work_size))
                 im.load()
                 a = _pixels(_shrink(_exif_upright(im), work_size))
     except ImageError:
@@ -134,6 +138,18 @@ def read_image(path, work_size: int = WORK_SIZE) -> np.ndarray:
     if not np.isfinite(a).all():
         raise ImageError(f"{path}: the image holds NaN or infinite pixel values")
     return a
+
+
+def _open_unbounded(Image, path):
+    """``Image.open`` (lazy: reads the header) without Pillow's own pixel limit, which would refuse
+    a 200-megapixel phone JPEG that decodes at 1/8 scale: :func:`read_image` applies
+    :data:`MAX_PIXELS` to the size it decodes at."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        return Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _exif_upright(im):

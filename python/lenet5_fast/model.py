@@ -49,7 +49,10 @@ def map_loss(y: Tensor, target: Tensor, j: float = DEFAULT_MAP_J, reduction: str
     if target.shape != (y.shape[0],):
         raise ValueError(f"map_loss: target must have shape [{y.shape[0]}] (one class per output row), "
                          f"got {tuple(target.shape)}")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= y.shape[1]):
+    if torch.compiler.is_compiling():  # no data-dependent branch in a graph: an assert inside it
+        torch._assert_async(((target >= 0) & (target < y.shape[1])).all(),
+                            f"map_loss: target classes must be in 0..{y.shape[1] - 1}")
+    elif target.numel() and (int(target.min()) < 0 or int(target.max()) >= y.shape[1]):
         raise ValueError(f"map_loss: target classes must be in 0..{y.shape[1] - 1}, got "
                          f"{int(target.min())}..{int(target.max())}")
     target = target.to(device=y.device, dtype=torch.long)

@@ -128,6 +128,10 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+# float32's largest value: a rate beyond it cannot be applied to float32 weights at all
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a run. ``None`` in ``batch_size``, ``lr``, ``eta_scale``, ``momentum`` and
@@ -178,8 +182,8 @@ class TrainConfig:
             v = getattr(self, name)
             if name == "max_step" and v == DEFAULT:
                 continue
-            if (v is not None or name == "mu") and not (_is_number(v) and v > 0):
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
+            if (v is not None or name == "mu") and not (_is_number(v) and 0 < v <= FLOAT32_MAX):
+                raise ValueError(f"{name} must be a positive number (at most {FLOAT32_MAX:.3g}), got {v!r}")
         if self.momentum is not None and not (_is_number(self.momentum) and 0 <= self.momentum < 1):
             raise ValueError(f"momentum must be a number in [0, 1), got {self.momentum!r}")
         if not (_is_int(self.seed) and 0 <= self.seed < 2**32):
@@ -229,7 +233,7 @@ def resume_config(saved, given: Optional[Dict[str, object]], passes_done: int, w
         raise ValueError(f"unknown training settings {unknown}")
     saved = {"init": "paper", **saved}  # runs saved before the init setting all started as in the paper
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known}).resolved()
-    conflicts = [f"{_flag(k)} {v!r} (the run has {getattr(cfg, k)!r})" for k, v in given.items()
+    conflicts = [f"{_flag(k)} {v!r} (the run has {_run_value(cfg, k)})" for k, v in given.items()
                  if k not in ("epochs", "data_dir") and v != getattr(cfg, k)]
     if conflicts:
         raise ValueError(f"cannot resume {where} with " + ", ".join(conflicts) + ": a resumed run keeps the "
@@ -240,6 +244,20 @@ def resume_config(saved, given: Optional[Dict[str, object]], passes_done: int, w
             raise ValueError(f"{where} has already trained {passes_done} passes; --epochs {epochs} would undo them")
         cfg.epochs = epochs
     return cfg.validate()
+
+
+def _run_value(cfg: TrainConfig, name: str) -> str:
+    """A resolved setting of a run as its conflict message says it ("None" says nothing)."""
+    v = getattr(cfg, name)
+    if v is not None:
+        return repr(v)
+    if name == "lr" and cfg.optimizer == "sdlm":
+        return "no --lr: the paper's eta schedule"
+    if name == "max_step":
+        return "--max-step none: the paper's exact steps"
+    if OPTIMIZER_SETTINGS.get(name, cfg.optimizer) != cfg.optimizer:
+        return f"no {_flag(name)}: it trains with {cfg.optimizer}"
+    return f"no {_flag(name)}"
 
 
 @torch.no_grad()
