@@ -7,7 +7,7 @@ not a multiple of the lane count; bitwise independence of the thread count; bad 
 import pytest
 import torch
 
-from lenet5_fast import LeNet5, _C, reference
+from lenet5_fast import LeNet5, _C, fused, reference
 
 BEST_LEVEL = _C.simd_level()
 SPARSE_TABLE = [[0], [1, 2], [3], [4, 5, 0], [4], [2], [5], [1, 3], [0, 4], [2], [3, 5], [1], [4], [0, 5], [2, 3], [1]]
@@ -170,6 +170,24 @@ def test_maxpool_ties_route_to_the_first_maximum():
     _close(out, ref_out, 1e-5, "out")
     for a, b in zip(grads, ref_grads):
         _close(a, b, 1e-4)
+    _close(gx, ref_gx, 1e-4, "input gradient")  # zero: C1's weights are zero
+    # ties with C1's weights intact: constant images make every window of every map a tie, and the
+    # input gradient (through C1's weights) shows where S2 and S4 routed theirs. Compared with the
+    # per-op layers in float64, whose ties are exact too (reference.py's float64 convolution breaks
+    # them by rounding, differently at each position)
+    m = _model("modern", 1, 10, seed=5)
+    x = torch.full((16, 1, 32, 32), 0.3)
+    x[8:] = -0.1
+    md = _model("modern", 1, 10, seed=5).double()
+    xd = x.double().requires_grad_(True)
+    with fused.disabled():
+        ref_out = md(xd)
+    ref_gx, = torch.autograd.grad((ref_out * g.double()).sum(), xd)
+    out, saved = forward(m, x)
+    grads, gx = backward(m, x, saved, g)
+    assert float(ref_gx.abs().max()) > 1e-2
+    _close(out, ref_out.detach(), 1e-5, "out")
+    _close(gx, ref_gx, 1e-4, "input gradient")
 
 
 def test_bad_arguments():
