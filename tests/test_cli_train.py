@@ -93,7 +93,7 @@ def test_predict_generated_images(run, mnist_dir, tmp_path, capsys):
         paths.append(str(p))
         expected.append(int(model.predict(preprocess(images[k:k + 1]))[0]))
     assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), "--json", *paths]) == 0
-    res = json.loads(capsys.readouterr().out)
+    res = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
     assert [r["image"] for r in res] == paths
     for r in res:
         assert len(r["distances"]) == 10 and all(d >= 0 for d in r["distances"])

@@ -115,7 +115,7 @@ def test_predict_uses_the_ensemble_by_default(tmp_path, capsys):
         paths.append(str(tmp_path / f"{name}.png"))
         Image.fromarray(np.round(a * 255).astype(np.uint8)).save(paths[-1])
     assert main(["predict", "--json", *paths]) == 0
-    seven, tee = json.loads(capsys.readouterr().out)
+    seven, tee = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
     assert seven["class"] == 7 and not seven["rejected"] and seven["confidence"] >= 0.38
     assert list(seven["networks"]) == list(C.ENSEMBLE) and len(seven["posterior"]) == 10
     assert all(v["class"] == 7 for v in seven["networks"].values())
@@ -126,7 +126,7 @@ def test_predict_uses_the_ensemble_by_default(tmp_path, capsys):
     assert lines[1].startswith(f"{paths[1]}: reject (confidence")
     # one network, by name: its own outputs and threshold
     assert main(["predict", "--weights", "paper-distort", "--json", paths[1]]) == 0
-    r = json.loads(capsys.readouterr().out)[0]
+    r = [json.loads(r) for r in capsys.readouterr().out.splitlines()][0]
     assert len(r["distances"]) == 10 and "networks" not in r and r["class"] == 7 and not r["rejected"]
     assert main(["predict", "--reject", "0", "--json", paths[1]]) == 0       # never reject
-    assert json.loads(capsys.readouterr().out)[0]["rejected"] is False
+    assert [json.loads(r) for r in capsys.readouterr().out.splitlines()][0]["rejected"] is False

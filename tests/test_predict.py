@@ -255,13 +255,13 @@ def test_predict_rejects_non_digits(tmp_path, capsys):
              save_rgb(photo(np.zeros((200, 200)), light=0.5, noise=0.03), tmp_path / "blank.png"),
              save_rgb(photo(ink("11"), noise=0.02), tmp_path / "eleven.png")]
     assert main(["predict", "--json", *paths]) == 0             # rejections are answers, not failures
-    res = json.loads(capsys.readouterr().out)
+    res = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
     assert [r["rejected"] for r in res] == [True, True, True], res
     assert "several" in res[2]["reason"]
     assert main(["predict", paths[2]]) == 0
     assert "reject" in capsys.readouterr().out
     assert main(["predict", "--reject", "0", "--json", paths[2]]) == 0   # never reject
-    assert json.loads(capsys.readouterr().out)[0]["rejected"] is False
+    assert [json.loads(r) for r in capsys.readouterr().out.splitlines()][0]["rejected"] is False
 
 
 def test_eval_reports_the_rejection_for_half_a_percent_error(mnist_dir, tmp_path, capsys):
@@ -283,7 +283,7 @@ def test_predict_needs_no_checkpoint(tmp_path, capsys):
     line = capsys.readouterr().out
     assert line.startswith(f"{path}: 7 ") and "confidence" in line and "margin" in line
     assert main(["predict", "--weights", "modern-adam", "--json", path]) == 0
-    r = json.loads(capsys.readouterr().out)[0]
+    r = [json.loads(r) for r in capsys.readouterr().out.splitlines()][0]
     assert r["class"] == 7 and len(r["logits"]) == 10 and 0 < r["confidence"] <= 1 and r["margin"] > 0
     assert main(["predict", "--weights", "paper", "--checkpoint", "x.pt", path]) == 2  # one or the other
 
@@ -334,7 +334,7 @@ def test_a_batch_goes_on_past_bad_files(tmp_path, capsys):
         assert f in line, (f, line)
     assert "decompression bomb" in errors[2] and "megapixels" in errors[3] and "NaN" in errors[4]
     assert main(["predict", "--json", *files]) == 2
-    res = json.loads(capsys.readouterr().out)
+    res = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
     assert [r["image"] for r in res] == files
     assert [("error" in r) for r in res] == [False, True, True, True, True, True, True, False]
     assert res[0]["class"] == 1 and res[-1]["class"] == 4

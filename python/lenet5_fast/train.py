@@ -694,6 +694,10 @@ def train(cfg: Union[TrainConfig, Dict[str, object], None], data_dir, out_dir, r
     Raises :class:`TrainingDiverged` (the last good checkpoint is kept) and, on SIGINT,
     :class:`TrainingInterrupted` after saving the exact state it stopped in."""
     out = Path(out_dir)
+    if not resume:
+        cfg = _validated(cfg)  # a bad setting is refused before the run directory is touched
+    elif not (out / "checkpoint.pt").exists():
+        raise ValueError(f"{out} holds no run to resume (no checkpoint.pt)")
     try:
         with RunLock(out, command), _StopOnSigint(log) as stop:
             return _train(cfg, data_dir, out, resume, log, progress_stream, data, command, download, stop)
@@ -719,13 +723,18 @@ def _train(cfg, data_dir, out: Path, resume: bool, log, progress_stream, data, c
     return run.train_passes(stop)
 
 
-def _new_run(cfg, out: Path, command: str) -> "_Run":
-    """A run starting in ``out``: its config validated and resolved, the initial weights seeded."""
+def _validated(cfg) -> TrainConfig:
+    """A new run's config (a TrainConfig or a dict of its fields), validated, defaults filled in."""
     if isinstance(cfg, dict):
         cfg = TrainConfig(**cfg)
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train: cfg must be a TrainConfig, got {type(cfg).__name__}")
-    cfg = cfg.validate().resolved().validate()
+    return cfg.validate().resolved().validate()
+
+
+def _new_run(cfg, out: Path, command: str) -> "_Run":
+    """A run starting in ``out``: its config validated and resolved, the initial weights seeded."""
+    cfg = _validated(cfg)
     if (out / "checkpoint.pt").exists():
         raise ValueError(f"{out} already holds a run (checkpoint.pt); use --resume to continue it, "
                          f"or choose another --out")
