@@ -59,8 +59,10 @@ def test_a_second_train_into_a_run_in_use_fails_at_once_naming_the_holder(mnist_
         assert time.monotonic() - t0 < 5  # at once, no data read, nothing trained
         assert "another process" in err and f"pid {holder.pid}" in err and "lenet5-fast train" in err, err
         assert not (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
-        assert main(["train", "--out", str(out), "--resume"]) == 2  # resume too
+        (out / "checkpoint.pt").write_bytes(b"a run being trained")
+        assert main(["train", "--out", str(out), "--resume"]) == 2  # resume too, before reading it
         assert f"pid {holder.pid}" in _one_line(capsys)
+        (out / "checkpoint.pt").unlink()
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
