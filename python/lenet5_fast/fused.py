@@ -42,7 +42,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from . import _C, ops
 from .layers import Convolution, EuclideanRBF, FullConnection, MaxPool, SparseConvolution, Subsampling
@@ -405,9 +404,50 @@ def _setup(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
 
 
+_DECOMPOSITIONS = {Convolution: lambda h, p, t, a: ops._CONV5X5.decomposition(h, *p, a),
+                   Subsampling: lambda h, p, t, a: ops._SUBSAMPLE.decomposition(h, *p, a),
+                   SparseConvolution: lambda h, p, t, a: ops._SPARSE.decomposition(h, *p, t[1], t[2], a),
+                   MaxPool: lambda h, p, t, a: ops._MAXPOOL.decomposition(h),
+                   FullConnection: lambda h, p, t, a: ops._FULL.decomposition(h.flatten(1), *p, a),
+                   EuclideanRBF: lambda h, p, t, a: ops._RBF.decomposition(h.flatten(1), t[0])}
+
+
+def _decomposed(variant: int, tables, x: Tensor, *params: Tensor) -> Tensor:
+    """The network of ``_LAYOUT`` in standard torch operators: each layer's op decomposition
+    (``tables``: the RBF codes, C3's table offsets and inputs)."""
+    name = "classic" if variant == 0 else "modern"
+    h, at = x, 0
+    for layer, kind, act in _LAYOUT[name]:
+        count = sum(1 for n in _PARAM_NAMES[name] if n.startswith(layer + "."))
+        h = _DECOMPOSITIONS[kind](h, params[at:at + count], tables, act)
+        at += count
+    return h
+
+
+def _differentiable_grad(variant: int, tables, x: Tensor, params: Sequence[Tensor], grad_out: Tensor,
+                         need_x: bool) -> Tuple[Optional[Tensor], List[Optional[Tensor]]]:
+    """(grad_x, parameter grads) recorded by autograd (``create_graph=True``): through the
+    decomposed network (ops.differentiable_grad), so second-order gradients are correct."""
+    need = [need_x] + [p.requires_grad for p in params]
+    ctx = _Recompute((x, *params), need)
+    gx, *grads = ops.differentiable_grad(lambda *a: _decomposed(variant, tables, *a), ctx, grad_out)
+    return gx, grads
+
+
+class _Recompute:
+    """What ops.differentiable_grad reads of an autograd ctx."""
+    saved_tensors = ()
+
+    def __init__(self, inputs, needs_input_grad):
+        self.inputs, self.needs_input_grad = inputs, needs_input_grad
+
+
 def _grad(ctx, grad_out, _grad_saved):
     x, saved, codes, offsets, inputs, *params = ctx.saved_tensors
     input_grad = ctx.needs_input_grad[0]
+    if torch.is_grad_enabled():  # create_graph=True
+        gx, grads = _differentiable_grad(ctx.variant, (codes, offsets, inputs), x, params, grad_out, input_grad)
+        return gx, grads, None, None, None, None, None
     *grads, gx = lenet5_backward(grad_out, x, saved, params, codes, offsets, inputs, ctx.variant, ctx.engine,
                                  input_grad)
     return (gx if input_grad else None), grads, None, None, None, None, None
@@ -428,11 +468,15 @@ class _Eager(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
         net = ctx.net
         x, *params = ctx.saved_tensors
         input_grad = ctx.needs_input_grad[0]
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable again
+            gx, grads = _differentiable_grad(net.code, (net.codes, net.offsets, net.inputs), x, params, grad_out,
+                                             input_grad)
+            need = ctx.needs_input_grad[3:]
+            return ((gx if input_grad else None), None, None, *(g if w else None for g, w in zip(grads, need)))
         args = net.args[:3] + ([p.data_ptr() for p in params],) + net.args[4:]  # the saved parameters' addresses
         *grads, gx = _native_backward(args, params, x, ctx.saved, grad_out, ctx.engine, input_grad)
         need = ctx.needs_input_grad[3:]

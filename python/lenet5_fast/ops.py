@@ -34,7 +34,6 @@ from typing import Callable, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from . import _validate as _v
 from ._validate import ACTIVATION_NAMES, ACTIVATIONS, activation_code
@@ -183,8 +182,32 @@ def _define(schema: str, kernel: Callable, fake: Callable):
     return getattr(torch.ops.lenet5_fast, name).default
 
 
+def differentiable_grad(decomposition: Callable, ctx, grads) -> tuple:
+    """The backward when autograd records it (``create_graph=True``, i.e. grad mode on inside
+    backward): the forward recomputed from its arguments (``ctx.inputs``) in standard torch
+    operators (``decomposition``) and differentiated by autograd with ``create_graph=True``, so
+    the gradient is itself differentiable: second-order gradients are correct, never a silent
+    zero. One entry per forward argument, None where no gradient is needed."""
+    args = ctx.inputs
+    ctx.saved_tensors  # raises if a saved input was changed in place since the forward
+    wanted = [i for i, a in enumerate(args) if isinstance(a, Tensor) and ctx.needs_input_grad[i]]
+    with torch.enable_grad():
+        out = decomposition(*args)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    grads = grads if isinstance(grads, (tuple, list)) else (grads,)
+    pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+    found = torch.autograd.grad([o for o, _ in pairs], [args[i] for i in wanted], [g for _, g in pairs],
+                                create_graph=True, allow_unused=True) if pairs and wanted else [None] * len(wanted)
+    result = [None] * len(args)
+    for i, gr in zip(wanted, found):
+        result[i] = gr if gr is not None else torch.zeros_like(args[i])
+    return tuple(result)
+
+
 class _Forward:
-    """A forward op: its registered op, its eager autograd.Function, and its decomposition."""
+    """A forward op: its registered op, its eager autograd.Function, and its decomposition. Its
+    backward runs the backward kernel, or, when a graph of the backward is recorded
+    (``create_graph=True``), :func:`differentiable_grad` over the decomposition."""
 
     def __init__(self, schema: str, kernel: Callable, fake: Callable, save: Callable, grad: Callable,
                  backward_kernel: Callable, backward_op, decomposition: Callable):
@@ -192,21 +215,28 @@ class _Forward:
         self.op = _define(schema, kernel, fake)
         self.decomposition = decomposition
 
+        def save_inputs(ctx, inputs, output):
+            save(ctx, inputs, output)
+            ctx.inputs = tuple(inputs)
+
         def grad_traced(ctx, g):
+            if torch.is_grad_enabled():
+                return differentiable_grad(decomposition, ctx, g)
             return grad(ctx, g, backward_op)
 
-        torch.library.register_autograd(self.op, grad_traced, setup_context=save, lib=_lib)
+        torch.library.register_autograd(self.op, grad_traced, setup_context=save_inputs, lib=_lib)
 
         class Function(torch.autograd.Function):
             @staticmethod
             def forward(ctx, *args):
                 out = kernel(*args)
-                save(ctx, args, out)
+                save_inputs(ctx, args, out)
                 return out
 
             @staticmethod
-            @once_differentiable
             def backward(ctx, g):
+                if torch.is_grad_enabled():
+                    return differentiable_grad(decomposition, ctx, g)
                 return grad(ctx, g, backward_kernel)
 
         Function.__name__ = Function.__qualname__ = f"{self.op._opname}_function"
