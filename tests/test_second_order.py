@@ -149,3 +149,27 @@ def test_first_order_backward_still_runs_the_kernels(monkeypatch):
     x = torch.randn(2, 1, 8, 8, requires_grad=True)
     ops.conv5x5(x, torch.randn(3, 1, 5, 5), torch.zeros(3), 1).sum().backward()
     assert calls == []
+
+
+@pytest.mark.parametrize("variant", ["classic", "modern"])
+def test_second_order_through_the_fused_loss(variant):
+    """LeNet5.loss_of (the loss inside the fused op): its gradients were computed in the forward
+    and only scaled in backward, so a second order through them would have been a silent zero."""
+    torch.manual_seed(0)
+    model = L.LeNet5(variant=variant)
+    x = torch.randn(8, 1, 32, 32, requires_grad=True)
+    y = torch.randint(0, 10, (8,))
+    model.zero_grad()
+    loss = model.loss_of(x, y)
+    g, = torch.autograd.grad(loss, x, create_graph=True)
+    (loss + 10 * g.pow(2).sum()).backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    r = reference.LeNet5(variant).double()
+    r.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    xd = x.detach().double().requires_grad_(True)
+    rl = r.loss(r(xd), y)
+    rg, = torch.autograd.grad(rl, xd, create_graph=True)
+    (rl + 10 * rg.pow(2).sum()).backward()
+    for name, p in r.named_parameters():
+        torch.testing.assert_close(got[name].double(), p.grad, rtol=2e-3, atol=2e-3 * float(p.grad.abs().max()),
+                                   msg=name)

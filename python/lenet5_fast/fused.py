@@ -434,6 +434,27 @@ def _differentiable_grad(variant: int, tables, x: Tensor, params: Sequence[Tenso
     return gx, grads
 
 
+def _decomposed_loss(variant: int, tables, target: Tensor, map_j: float, mean: bool, x: Tensor,
+                     *params: Tensor) -> Tensor:
+    """The loss of :func:`_decomposed`'s outputs (classic: the MAP criterion; modern:
+    cross-entropy), mean or sum: lenet5_loss in standard torch operators."""
+    from .model import map_loss  # model imports this module
+
+    out = _decomposed(variant, tables, x, *params)
+    reduction = "mean" if mean else "sum"
+    if variant == 0:
+        return map_loss(out, target, map_j, reduction)
+    return torch.nn.functional.cross_entropy(out, target, reduction=reduction)
+
+
+def _differentiable_loss_grad(variant: int, tables, target, map_j, mean, x, params, grad_loss, need_x: bool):
+    """lenet5_loss's (grad_x, parameter grads) recorded by autograd (``create_graph=True``)."""
+    ctx = _Recompute((x, *params), [need_x] + [p.requires_grad for p in params])
+    gx, *grads = ops.differentiable_grad(
+        lambda *a: _decomposed_loss(variant, tables, target, map_j, mean, *a), ctx, grad_loss)
+    return gx, grads
+
+
 class _Recompute:
     """What ops.differentiable_grad reads of an autograd ctx."""
     saved_tensors = ()
@@ -529,14 +550,21 @@ lenet5_loss = ops._define(
 
 def _loss_setup(ctx, inputs, output):
     _, out, grads, gx = output
-    ctx.input_grad = inputs[-1]
-    ctx.save_for_backward(gx, *grads)
+    x, target, params, codes, offsets, inputs_, variant, _, map_j, mean, input_grad = inputs
+    ctx.input_grad, ctx.variant, ctx.map_j, ctx.mean, ctx.n = input_grad, variant, map_j, mean, len(grads)
+    ctx.save_for_backward(gx, *grads, x, target, codes, offsets, inputs_, *params)
     ctx.mark_non_differentiable(out, gx, *grads)
 
 
 def _loss_grad(ctx, grad_loss, _grad_out, _grad_grads, _grad_gx):
+    saved = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable again
+        x, target, codes, offsets, inputs, *params = saved[1 + ctx.n:]
+        gx, grads = _differentiable_loss_grad(ctx.variant, (codes, offsets, inputs), target, ctx.map_j, ctx.mean, x,
+                                              params, grad_loss, ctx.input_grad)
+        return gx, None, grads, None, None, None, None, None, None, None, None
     # the gradients were computed with the forward; the incoming gradient only scales them
-    gx, *grads = ctx.saved_tensors
+    gx, *grads = saved[:1 + ctx.n]
     return ((gx * grad_loss if ctx.input_grad else None), None, list(torch._foreach_mul(grads, grad_loss)),
             None, None, None, None, None, None, None, None)
 
@@ -553,13 +581,21 @@ class _EagerLoss(torch.autograd.Function):
     def forward(ctx, x, target, net, eng, map_j, mean, input_grad, *params):
         loss, out, grads, gx = _native_loss(net.args, params, x, target, eng, map_j, mean, input_grad)
         ctx.grads, ctx.gx = grads, gx
+        ctx.net, ctx.target, ctx.map_j, ctx.mean = net, target, map_j, mean
+        ctx.save_for_backward(x, *params)
         ctx.mark_non_differentiable(out)
         return loss, out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_loss, _grad_out):
         need = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable again
+            x, *params = ctx.saved_tensors
+            net = ctx.net
+            gx, grads = _differentiable_loss_grad(net.code, (net.codes, net.offsets, net.inputs), ctx.target,
+                                                  ctx.map_j, ctx.mean, x, params, grad_loss, need[0])
+            return (gx if need[0] else None, None, None, None, None, None, None,
+                    *(g if w else None for g, w in zip(grads, need[7:])))
         grads = torch._foreach_mul(ctx.grads, grad_loss)
         gx = ctx.gx * grad_loss if need[0] else None
         return (gx, None, None, None, None, None, None, *(g if w else None for g, w in zip(grads, need[7:])))
