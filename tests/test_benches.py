@@ -6,7 +6,6 @@ import ast
 import importlib
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import lenet5_fast
+from package_env import package_env
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 SCRIPTS = sorted(BENCH.glob("*.py"))
@@ -60,9 +60,7 @@ def test_cpu_bench_smoke(tmp_path):
            "--rounds", "1", "--run-s", "0.005", "--sdlm-images", "300", "--sdlm-loop-images", "20",
            "--threads", "2", "--out", str(out), "--json", str(js)]
     # the package this test imported (installed, or on PYTHONPATH), nothing from the source tree
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(lenet5_fast.__file__).parents[1]),
-                                                    env.get("PYTHONPATH")) if p)
+    env = package_env()
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     md, res = out.read_text(), json.loads(js.read_text())

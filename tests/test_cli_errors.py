@@ -5,14 +5,13 @@ import stat
 import subprocess
 import sys
 
-from pathlib import Path
 
 import pytest
 
-import lenet5_fast
 from lenet5_fast import LeNet5
 from lenet5_fast.checkpoint import save_checkpoint
 from lenet5_fast.cli import main
+from package_env import package_env
 
 
 def _one_line_error(argv, capsys, *expect):
@@ -105,8 +104,7 @@ def test_file_errors_are_one_line_exit_2(capsys, tmp_path, mnist_dir):
 
 def test_a_real_process_exits_2_with_one_line(tmp_path):
     """The same through the installed entry point's code path, in a process of its own."""
-    package_root = str(Path(lenet5_fast.__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env = package_env()
     r = subprocess.run([sys.executable, "-m", "lenet5_fast", "summary", "--in-channels", "0"],
                        capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from package_env import package_env
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -102,9 +103,8 @@ def reader_dir(tmp_path, mnist_dir):
     shim = bin_dir / "lenet5-fast"
     shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m lenet5_fast \"$@\"\n")
     shim.chmod(0o755)
-    env = dict(os.environ)
+    env = package_env()
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), env.get("PYTHONPATH", "")])
     return work, env
 
 

@@ -10,15 +10,14 @@ import subprocess
 import sys
 import time
 
-from pathlib import Path
 
 import pytest
 import torch
 
-import lenet5_fast
 from lenet5_fast import train as T
 from lenet5_fast.checkpoint import load_checkpoint
 from lenet5_fast.cli import main
+from package_env import package_env
 
 # The CLI in a child process, with one hook: in pass 2, once half of it is done, it creates
 # MARKER and waits until MARKER.go exists (a SIGKILL never lets it get there).
@@ -63,9 +62,7 @@ def uninterrupted(tmp_path_factory, mnist_dir):
 
 def _start_child(args, tmp_path):
     marker = tmp_path / "marker"
-    package_root = str(Path(lenet5_fast.__file__).resolve().parent.parent)  # the source tree or site-packages
-    env = dict(os.environ, LENET5_TEST_MARKER=str(marker),
-               PYTHONPATH=os.pathsep.join([package_root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env = package_env(LENET5_TEST_MARKER=str(marker))
     proc = subprocess.Popen([sys.executable, "-c", CHILD, *args], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300

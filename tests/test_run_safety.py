@@ -1,8 +1,6 @@
 """Nothing lost, nothing silently wrong (issue 24): one writer per run directory, a bad --out
 refused before any training, checkpoints whose flipped bytes are refused, a full disk named as
 such."""
-import errno
-import os
 import random
 import shutil
 import signal
@@ -19,15 +17,14 @@ from lenet5_fast import LeNet5
 from lenet5_fast import checkpoint as C
 from lenet5_fast import train as T
 from lenet5_fast.cli import main
+from package_env import package_env
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--optimizer", "sgd", "--epochs", "1", "--train-limit", "200", "--test-limit", "100", "--threads", "1"]
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), env.get("PYTHONPATH", "")])
-    return env
+    return package_env()
 
 
 def _one_line(capsys):
