@@ -1,7 +1,7 @@
 // activations.h — every per-element formula of the network, written once: the activations
 // (identity, the paper's squashing, ReLU, plain tanh), their derivatives from the output, and
-// the Gauss-Newton factor. Used by the portable CPU loops, the CPU SIMD kernels, the fused
-// CPU engine and the CUDA kernels alike.
+// the Gauss-Newton factor. Used by the portable CPU loops, the CPU SIMD kernels, both fused
+// CPU engines and the CUDA kernels alike.
 //
 // Layout: scalar templates, instantiated for float, double, SIMD vectors of float (GCC/Clang
 // vector extensions, which __m256 and __m512 are) and CUDA device code (LENET5_HD marks every

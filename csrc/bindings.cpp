@@ -323,6 +323,7 @@ PYBIND11_MODULE(_C, m) {
     m.attr("variants") = variants;
     for (int a = 0; a < lenet5::kNumActivations; ++a) acts[lenet5::activation_name(lenet5::Act(a))] = a;
     m.attr("activations") = acts;
+    m.attr("scaled_tanh") = py::make_tuple(lenet5::kTanhA, lenet5::kTanhS);  // A, S of A tanh(S a)
   }
   m.def("param_layout", [](int variant) {
     const lenet5::Variant v = variant_code(variant);

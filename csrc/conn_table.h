@@ -1,6 +1,6 @@
 // conn_table.h — a connection table (C3's Table I, or the full table of a dense convolution)
 // and its one resolver: the check and the inversion every CPU kernel that walks a table uses
-// (the per-op sparse convolution, both fused engines).
+// (the per-op sparse convolution, both fused engines through resolve_c3 below).
 //
 // Layout: CSR. Output map o sums kernels k in [offsets[o], offsets[o+1]); kernel k reads input
 // map inputs[k]. The inverse: kernel k feeds output out_of[k]; input map c is read by the
@@ -8,9 +8,12 @@
 // input-gradient sum walks, so it is fixed). The full table of O maps over C inputs lists
 // kernel k = o C + c, which is the layout of a dense [O, C, 5, 5] weight.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+
+#include "network.h"
 
 namespace lenet5 {
 
@@ -54,6 +57,29 @@ inline void invert_table(ConnTable t, int64_t O, int64_t C, int32_t* out_of, int
 inline void full_table(int64_t O, int64_t C, int32_t* offsets, int32_t* inputs) {
   for (int64_t o = 0; o <= O; ++o) offsets[o] = static_cast<int32_t>(o * C);
   for (int64_t k = 0; k < O * C; ++k) inputs[k] = static_cast<int32_t>(k % C);
+}
+
+// C3's table in the forms the fused engines walk, for a network of the fixed geometry
+// (network.h): the classic variant's table, checked, or the modern variant's full table (kernel
+// k = 6 o + c, so its [16, 6, 5, 5] weight is the table's [96, 5, 5]).
+struct C3Index {
+  int K;
+  int32_t offsets[geometry::kC3Maps + 1], inputs[geometry::kC3MaxKernels], out_of[geometry::kC3MaxKernels];
+  int32_t by_input_begin[geometry::kC1Maps + 1], by_input[geometry::kC3MaxKernels];
+};
+inline C3Index resolve_c3(Variant variant, ConnTable table, const std::string& who) {
+  using namespace geometry;
+  C3Index t;
+  if (variant == Variant::kClassic) {
+    t.K = static_cast<int>(check_table(table, kC3Maps, kC1Maps, kC3MaxKernels, who));
+    std::copy(table.offsets, table.offsets + kC3Maps + 1, t.offsets);
+    std::copy(table.inputs, table.inputs + t.K, t.inputs);
+  } else {
+    t.K = kC3MaxKernels;
+    full_table(kC3Maps, kC1Maps, t.offsets, t.inputs);
+  }
+  invert_table(ConnTable{t.offsets, t.inputs}, kC3Maps, kC1Maps, t.out_of, t.by_input_begin, t.by_input);
+  return t;
 }
 
 }  // namespace lenet5

@@ -59,7 +59,7 @@ def test_paper_init_and_structure():
         assert k.abs().max() <= 2.4 / ((off[o + 1] - off[o]) * 25)
 
 
-@pytest.mark.parametrize("variant,in_channels", [("classic", 1), ("modern", 1), ("modern", 3)])
+@pytest.mark.parametrize("variant,in_channels", [("classic", 1), ("modern", 1), ("modern", 3), ("keras", 1)])
 @pytest.mark.parametrize("batch", [1, 5])
 def test_native_model_equals_reference(variant, in_channels, batch):
     native = LeNet5(variant=variant, in_channels=in_channels).double()

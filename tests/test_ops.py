@@ -436,3 +436,19 @@ def test_native_shape_structs_refuse_mismatched_shapes():
                            (1, 2, 5, 5), 9)
     with pytest.raises(TypeError):  # a shape is a tuple of 4, not loose integers
         _C.conv5x5_forward(0, False, 1, x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), 1, 1, 9, 9, 2, 1)
+
+
+def test_activation_codes_are_named_once():
+    """The codes the kernels take are named in csrc/activations.h; ops.Act and the names are built
+    on _C, and "tanh" alone is refused: it could mean torch.tanh or the paper's scaled tanh."""
+    assert {a.name.lower(): int(a) for a in ops.Act} == dict(_C.activations)
+    assert ops.ACTIVATIONS["plain_tanh"] == ops.Act.PLAIN_TANH and ops.ACTIVATIONS["scaled_tanh"] == ops.Act.SCALED_TANH
+    assert ops.SCALED_TANH == pytest.approx((1.7159, 2 / 3))
+    x = torch.linspace(-3, 3, 13, dtype=D64)
+    torch.testing.assert_close(ops.activation(x, "plain_tanh"), torch.tanh(x))
+    torch.testing.assert_close(ops.activation(x, ops.Act.SCALED_TANH), 1.7159 * torch.tanh(x * 2 / 3))
+    for call in (lambda: ops.activation(x, "tanh"), lambda: lenet5_fast.Convolution(1, 2, activation="tanh"),
+                 lambda: ops.conv5x5(torch.randn(1, 1, 8, 8), torch.randn(2, 1, 5, 5), torch.randn(2), "tanh")):
+        with pytest.raises(ValueError, match=r"'tanh' is ambiguous: use 'plain_tanh' \(torch.tanh\) or 'scaled_tanh'"):
+            call()
+

@@ -1,5 +1,5 @@
-// conv5x5_plane.h — one 5x5 kernel against one input plane: the inner loops shared by the dense
-// (conv5x5.cpp) and the sparse (sparse_conv5x5.cpp) convolutions.
+// conv5x5_plane.h — one 5x5 kernel against one input plane: the inner loops of the portable
+// sparse convolution (sparse_conv5x5.cpp), which also runs the dense ones (conv5x5.cpp).
 //
 // Layout: an input plane x[H,W], an output plane y[H-4,W-4], a kernel k[5,5].
 // Trick: for each (output row, ky, kx) the innermost loop runs along the output row, contiguous

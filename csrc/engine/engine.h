@@ -11,7 +11,7 @@
 // The losses both compute at the end of a training step: loss.h.
 // Which engine runs a batch is Python's choice (lenet5_fast/fused.py). Both take the network as
 // FusedNet (its variants and parameter layout: network.h), check it, and resolve C3's table with
-// conn_table.h into C3Index below. Images x[N, in_channels, 32, 32]; every tensor contiguous.
+// conn_table.h (resolve_c3, C3Index). Images x[N, in_channels, 32, 32]; every tensor contiguous.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -140,26 +140,8 @@ inline void check_labels(const int64_t* labels, int64_t n, int classes, const ch
                    std::to_string(classes) + ")");
 }
 
-// C3's table in the forms the engines walk (conn_table.h): the classic table, or the modern
-// variant's full table (kernel k = 6 o + c, so its [16, 6, 5, 5] weight is the table's [96, 5, 5]).
-struct C3Index {
-  int K;
-  int32_t offsets[kMaps3 + 1], inputs[kMaxKernels3], out_of[kMaxKernels3];
-  int32_t by_input_begin[kMaps1 + 1], by_input[kMaxKernels3];
-};
-inline C3Index resolve_c3(const FusedNet& net, const char* fn) {
-  C3Index t;
-  if (net.variant == Variant::kClassic) {
-    t.K = static_cast<int>(check_table(net.c3, kMaps3, kMaps1, kMaxKernels3, fn));
-    std::copy(net.c3.offsets, net.c3.offsets + kMaps3 + 1, t.offsets);
-    std::copy(net.c3.inputs, net.c3.inputs + t.K, t.inputs);
-  } else {
-    t.K = kMaxKernels3;
-    full_table(kMaps3, kMaps1, t.offsets, t.inputs);
-  }
-  invert_table(ConnTable{t.offsets, t.inputs}, kMaps3, kMaps1, t.out_of, t.by_input_begin, t.by_input);
-  return t;
-}
+// C3's table, checked and resolved (conn_table.h's resolve_c3).
+inline C3Index resolve_c3(const FusedNet& net, const char* fn) { return ::lenet5::resolve_c3(net.variant, net.c3, fn); }
 
 // The free sizes of a checked network (network.h's NetSizes), for param_shape / param_numel.
 inline NetSizes sizes_of(const FusedNet& net, const C3Index& t) { return NetSizes{net.in_channels, t.K, net.classes}; }

@@ -77,7 +77,7 @@ namespace cpu {
 namespace {
 using namespace vec;
 using namespace engine;
-using Table = C3Index;  // C3's table, resolved (engine.h)
+using Table = C3Index;  // C3's table, resolved (conn_table.h)
 
 // =============================================================================================
 // Geometry and memory layout

@@ -1,5 +1,6 @@
 // isa.cpp — the one run-time choice of CPU kernel family, for every float32 kernel: the per-op
-// SIMD sections (simd.h's LENET5_SIMD_CALL) and the fused engine alike.
+// SIMD sections (simd.h's LENET5_SIMD_CALL) and both fused engines (vec.h's
+// LENET5_ENGINE_PICK) alike.
 //
 // simd_supported(): what the CPU and OS offer (GCC/Clang's __builtin_cpu_supports checks CPUID
 // and, for AVX and AVX-512, that the OS saves the YMM/ZMM state). simd_level(): what the

@@ -1,7 +1,7 @@
 // simd.h — run-time choice of the float32 kernel family, and the machinery that compiles each
 // layer's SIMD section once per instruction set without any -march flag.
 //
-// How a layer file is laid out (see conv5x5_plane.h's users, e.g. sparse_conv5x5.cpp):
+// How a per-op layer file in csrc/cpu/ is laid out (e.g. sparse_conv5x5.cpp):
 //   #ifndef LENET5_SIMD_ISA      portable code (float and double), then
 //     #define LENET5_SIMD_SELF "cpu/<file>.cpp" and #include "support/simd_pass.h", which includes
 //     the same file again inside `#pragma GCC target("avx2,fma")` (namespace isa_avx2) and

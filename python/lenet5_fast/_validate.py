@@ -12,31 +12,47 @@ pointer and version counter), for the real kernels only.
 """
 from __future__ import annotations
 
+import enum
 from typing import Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
+from . import _C
+
 F32, F64 = torch.float32, torch.float64
 FLOATS = (F32, F64)
-ACTIVATIONS = {"identity": 0, "none": 0, "scaled_tanh": 1, "tanh": 1, "relu": 2, "plain_tanh": 3}
-ACTIVATION_NAMES = ("identity", "scaled_tanh", "relu", "plain_tanh")  # by code
-KERNEL = 5  # every convolution is 5x5, valid
+# The activation codes the kernels take, named once in csrc/activations.h (read through _C):
+# Act.IDENTITY 0, Act.SCALED_TANH 1 (the paper's 1.7159 tanh(2a/3)), Act.RELU 2, Act.PLAIN_TANH 3.
+Act = enum.IntEnum("Act", {name.upper(): code for name, code in sorted(_C.activations.items(), key=lambda i: i[1])},
+                   module=__name__, qualname="Act")
+ACTIVATION_NAMES = tuple(a.name.lower() for a in Act)  # by code
+_CODES = len(ACTIVATION_NAMES)
+ACTIVATIONS = {**{name: int(a) for name, a in zip(ACTIVATION_NAMES, Act)}, "none": int(Act.IDENTITY)}
+SCALED_TANH = tuple(_C.scaled_tanh)  # (A, S) of the paper's squashing A tanh(S a): (1.7159, 2/3)
+# "tanh" could mean either tanh: refused, with the two names that say which.
+_AMBIGUOUS = {"tanh": "'tanh' is ambiguous: use 'plain_tanh' (torch.tanh) or 'scaled_tanh' (the paper's squashing "
+                      "1.7159 tanh(2a/3))"}
+KERNEL = _C.geometry["kernel"]  # every convolution is 5x5, valid
 
 
 def activation_code(act) -> int:
     """Maps an activation name (or code) to the integer code the kernels take."""
-    if type(act) is int and 0 <= act <= 3:  # the common case, first
+    if type(act) is int and 0 <= act < _CODES:  # the common cases, first
         return act
+    if type(act) is Act:
+        return act.value
     if isinstance(act, bool) or not isinstance(act, (int, str)):
-        raise TypeError(f"activation must be a name in {sorted(ACTIVATIONS)} or a code 0-3, got {act!r}")
+        raise TypeError(f"activation must be a name in {sorted(ACTIVATIONS)} or a code 0-{_CODES - 1}, got {act!r}")
     if isinstance(act, str):
+        if act in _AMBIGUOUS:
+            raise ValueError(f"activation {_AMBIGUOUS[act]}")
         if act not in ACTIVATIONS:
             raise ValueError(f"unknown activation {act!r}; expected one of {sorted(ACTIVATIONS)}")
         return ACTIVATIONS[act]
-    if act not in (0, 1, 2, 3):
-        raise ValueError(f"activation code must be 0, 1, 2 or 3, got {act}")
+    if not 0 <= act < _CODES:
+        raise ValueError(f"activation code must be one of {list(range(_CODES))}, got {act}")
     return int(act)
 
 

@@ -23,7 +23,10 @@ from typing import Any, Dict, Optional
 import torch
 
 from .data import atomic_write_bytes
-from .model import LeNet5
+
+# Reading and writing a checkpoint needs no model; only building one does: model_from_checkpoint
+# (and save_checkpoint's type check) import lenet5_fast.model when called, so that importing
+# this module does not import the model, which imports it back (LeNet5.from_pretrained).
 
 __all__ = ["CheckpointError", "UncheckedCheckpointWarning", "checksum", "FORMAT", "VERSION", "model_config", "save_checkpoint", "load_checkpoint",
            "model_from_checkpoint", "atomic_write_bytes"]
@@ -71,7 +74,7 @@ def checksum(ck: Dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def model_config(model: LeNet5) -> Dict[str, Any]:
+def model_config(model: "LeNet5") -> Dict[str, Any]:
     """The constructor arguments that rebuild ``model``'s architecture."""
     cfg = dict(variant=model.variant, in_channels=model.in_channels, num_classes=model.num_classes,
                map_j=model.map_j)
@@ -80,9 +83,11 @@ def model_config(model: LeNet5) -> Dict[str, Any]:
     return cfg
 
 
-def save_checkpoint(path, model: LeNet5, optimizer: Optional[torch.optim.Optimizer] = None,
+def save_checkpoint(path, model: "LeNet5", optimizer: Optional[torch.optim.Optimizer] = None,
                     **meta: Any) -> None:
     """Atomically writes a checkpoint. ``meta``: plain data (pass index, history, config...)."""
+    from .model import LeNet5
+
     if not isinstance(model, LeNet5):
         raise TypeError(f"save_checkpoint: model must be a lenet5_fast.LeNet5, got {type(model).__name__}")
     state = dict(format=FORMAT, version=VERSION, model_config=model_config(model),
@@ -127,8 +132,10 @@ def load_checkpoint(path) -> Dict[str, Any]:
     return ck
 
 
-def model_from_checkpoint(ck_or_path) -> LeNet5:
+def model_from_checkpoint(ck_or_path) -> "LeNet5":
     """A LeNet5 rebuilt from a checkpoint (or its path), weights loaded, in eval mode."""
+    from .model import LeNet5
+
     where = "checkpoint" if isinstance(ck_or_path, dict) else f"checkpoint {ck_or_path}"
     ck = load_checkpoint(ck_or_path) if not isinstance(ck_or_path, dict) else ck_or_path
     cfg = dict(ck["model_config"])

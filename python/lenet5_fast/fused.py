@@ -30,7 +30,8 @@ module hooks, and an input float32 CPU ``[N, in_channels, 32, 32]`` with N >= 1.
 reduced in a fixed order: bitwise the same for any thread count. The numerics match the per-op
 path within float32 rounding (the same activations.h formulas; summation order differs).
 
-This module imports only ``_C``, ``ops`` and ``layers`` (no import of ``model``).
+This module imports only ``_C``, ``ops`` and ``network`` (no import of ``model``): which
+layers a variant has is ``network.LAYOUT``, its trainable tensors ``network.param_layout``.
 """
 from __future__ import annotations
 
@@ -45,16 +46,16 @@ from torch import Tensor
 
 from . import _C, ops
 from .layers import Convolution, EuclideanRBF, FullConnection, MaxPool, SparseConvolution, Subsampling
+from .network import FUSED_VARIANTS, GEOMETRY as _G, LAYOUT, map_loss, param_layout, param_shapes
 
 __all__ = ["plan", "run", "run_loss", "supports", "engine", "path", "disabled", "forward", "sdlm_hessian",
            "sdlm_pass", "lenet5", "lenet5_backward", "lenet5_loss", "SAMPLE", "BATCH"]
 
-_G = dict(_C.geometry)
-_IN, _C1, _C3, _F6, _CLASSES = _G["input"], _G["c1_maps"], _G["c3_maps"], _G["f6_units"], _G["classes"]
-_SCALED_TANH, _RELU, _IDENTITY = 1, 2, 0
+_IN, _C3, _F6, _CLASSES = _G["input"], _G["c3_maps"], _G["f6_units"], _G["classes"]
 
-VARIANT_CODES = dict(_C.variants)  # the variants the engines run (csrc/network.h): name -> code
+VARIANT_CODES = FUSED_VARIANTS  # the variants the engines run (csrc/network.h): name -> code
 CLASSIC = VARIANT_CODES["classic"]
+_VARIANT_NAMES = {code: name for name, code in VARIANT_CODES.items()}
 SAMPLE, BATCH = 0, 1  # the engines (see engine())
 # Below this batch size the per-image engine trains faster than the batch engine (measured in
 # bench/cpu.py on the dev machine; both engines give the same gradients within float32 rounding).
@@ -64,30 +65,9 @@ SAMPLE_MAX_BATCH = 8
 # layers one by one are faster (measured: modern, batch 1, 300 us by the layers, 750 us fused).
 BATCH_MIN = 4
 
-# Each variant's layers: (name, layer type, activation code or None). Their trainable tensors,
-# in the order the engines take them, are the native layout's (_C.param_layout).
-_LAYOUT = {
-    "classic": (("c1", Convolution, _SCALED_TANH), ("s2", Subsampling, _SCALED_TANH),
-                ("c3", SparseConvolution, _SCALED_TANH), ("s4", Subsampling, _SCALED_TANH),
-                ("c5", Convolution, _SCALED_TANH), ("f6", FullConnection, _SCALED_TANH),
-                ("output", EuclideanRBF, None)),
-    "modern": (("c1", Convolution, _RELU), ("s2", MaxPool, None), ("c3", Convolution, _RELU), ("s4", MaxPool, None),
-               ("c5", Convolution, _RELU), ("f6", FullConnection, _RELU), ("output", FullConnection, _IDENTITY)),
-}
-
-
-# Each variant's trainable tensors in model.parameters() order, the engines' order: (name, shape),
-# the shapes naming their free sizes ("in_channels", "c3_kernels", "classes"). Read once here:
-# traced code (torch.compile) then checks shapes in plain Python.
-_NATIVE_LAYOUT = {v: tuple(_C.param_layout(code)) for v, code in VARIANT_CODES.items()}
-_PARAM_NAMES = {v: tuple(name for name, _ in layout) for v, layout in _NATIVE_LAYOUT.items()}
+_LAYOUT = {v: LAYOUT[v] for v in VARIANT_CODES}  # the layers of each variant the engines run
+_PARAM_NAMES = {v: tuple(name for name, _ in param_layout(v)) for v in VARIANT_CODES}  # in the engines' order
 _PARAMS = {v: tuple(tuple(name.split(".")) for name in names) for v, names in _PARAM_NAMES.items()}  # (layer, p)
-
-
-def _param_shapes(variant: str, cin: int, kernels: int, classes: int):
-    """The shapes of the variant's trainable tensors for these sizes, in the engines' order."""
-    free = {"in_channels": cin, "c3_kernels": kernels, "classes": classes}
-    return [tuple(free[d] if isinstance(d, str) else d for d in shape) for _, shape in _NATIVE_LAYOUT[variant]]
 
 
 def _has_sample_engine(code: int, cin: int) -> bool:
@@ -165,12 +145,12 @@ def _tensors(model):
     if layout is None or not isinstance(mods, dict) or model._forward_hooks or model._forward_pre_hooks \
             or any(_GLOBAL_HOOKS):
         return None
-    for name, kind, act in layout:
-        layer = mods.get(name)
-        if type(layer) is not kind or layer._forward_hooks or layer._forward_pre_hooks \
+    for spec in layout:
+        layer = mods.get(spec.name)
+        if type(layer) is not spec.kind or layer._forward_hooks or layer._forward_pre_hooks \
                 or layer._backward_hooks or layer._backward_pre_hooks:
             return None
-        if act is not None and layer.act != act:
+        if spec.act is not None and layer.act != spec.act:
             return None
     params = [mods[layer]._parameters.get(p) for layer, p in _PARAMS[variant]]
     if any(t is None for t in params):
@@ -207,7 +187,7 @@ def _model_problem(model, found) -> str:
         kernels, classes = 0, params[-1].shape[0] if params[-1].dim() == 1 else -1
         if not 1 <= classes <= _G["max_classes"]:
             return f"the output layer must have 1..{_G['max_classes']} units, got {classes}"
-    for name, p, shape in zip(_PARAM_NAMES[variant], params, _param_shapes(variant, cin, kernels, classes)):
+    for name, p, shape in zip(_PARAM_NAMES[variant], params, param_shapes(variant, cin, kernels, classes)):
         if not _is_cpu_f32(p, shape):
             return (f"parameter {name} must be a contiguous float32 CPU tensor of shape {shape}, got "
                     f"{p.dtype} on {p.device} with shape {tuple(p.shape)}"
@@ -415,11 +395,11 @@ _DECOMPOSITIONS = {Convolution: lambda h, p, t, a: ops._CONV5X5.decomposition(h,
 def _decomposed(variant: int, tables, x: Tensor, *params: Tensor) -> Tensor:
     """The network of ``_LAYOUT`` in standard torch operators: each layer's op decomposition
     (``tables``: the RBF codes, C3's table offsets and inputs)."""
-    name = "classic" if variant == 0 else "modern"
+    name = _VARIANT_NAMES[variant]
     h, at = x, 0
-    for layer, kind, act in _LAYOUT[name]:
-        count = sum(1 for n in _PARAM_NAMES[name] if n.startswith(layer + "."))
-        h = _DECOMPOSITIONS[kind](h, params[at:at + count], tables, act)
+    for layer in _LAYOUT[name]:
+        count = sum(1 for n in _PARAM_NAMES[name] if n.startswith(layer.name + "."))
+        h = _DECOMPOSITIONS[layer.kind](h, params[at:at + count], tables, layer.act)
         at += count
     return h
 
@@ -438,11 +418,9 @@ def _decomposed_loss(variant: int, tables, target: Tensor, map_j: float, mean: b
                      *params: Tensor) -> Tensor:
     """The loss of :func:`_decomposed`'s outputs (classic: the MAP criterion; modern:
     cross-entropy), mean or sum: lenet5_loss in standard torch operators."""
-    from .model import map_loss  # model imports this module
-
     out = _decomposed(variant, tables, x, *params)
     reduction = "mean" if mean else "sum"
-    if variant == 0:
+    if variant == CLASSIC:
         return map_loss(out, target, map_j, reduction)
     return torch.nn.functional.cross_entropy(out, target, reduction=reduction)
 

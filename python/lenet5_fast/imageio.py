@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from .data import preprocess
 
-__all__ = ["ImageError", "NoDigit", "MAX_PIXELS", "WORK_SIZE", "Ink", "Digit", "read_image", "read_grey", "to_grey",
+__all__ = ["ImageError", "NoDigit", "MAX_PIXELS", "WORK_SIZE", "Ink", "Digit", "read_image", "to_grey",
            "find_ink", "prepare_digit", "normalize_digit", "read_digit", "load_digit", "save_input_png",
            "save_gallery"]
 
@@ -226,11 +226,6 @@ def to_grey(image) -> np.ndarray:
         backdrop = 0.0 if opaque_level > 0.5 else 1.0
         grey = grey * alpha + backdrop * (1.0 - alpha)
     return np.clip(grey, 0.0, 1.0)
-
-
-def read_grey(path) -> np.ndarray:
-    """An image file as grey levels [H, W] in [0, 1], shrunk to :data:`WORK_SIZE` (see :func:`to_grey`)."""
-    return to_grey(read_image(path))
 
 
 # ---------------------------------------------------------------------------------------------

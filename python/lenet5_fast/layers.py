@@ -21,7 +21,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import _validate, ops
+from . import _C, _validate, ops
+from .ops import Act
 
 __all__ = [
     "PAPER_C3_TABLE", "Convolution", "SparseConvolution", "Subsampling", "MaxPool", "ScaledTanh",
@@ -35,6 +36,9 @@ PAPER_C3_TABLE: Tuple[Tuple[int, ...], ...] = tuple(
     + [(0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5)]                     # maps 12-14: 4, split
     + [tuple(range(6))]                                              # map 15: all six
 )
+
+# The paper's output layer: F6's units -> the 10 digit codes (csrc/network.h's geometry).
+_PAPER_RBF = (_C.geometry["f6_units"], _C.geometry["classes"])
 
 # What backward_terms returns: the input's term (None when not asked for) and (parameter, term)
 # pairs for the layer's trainable parameters.
@@ -104,7 +108,7 @@ class _Layer(nn.Module):
 class Convolution(_Layer):
     """Valid 5x5 convolution, ``in_maps -> out_maps``, with the squashing fused by default."""
 
-    def __init__(self, in_maps: int, out_maps: int, activation="scaled_tanh"):
+    def __init__(self, in_maps: int, out_maps: int, activation=Act.SCALED_TANH):
         super().__init__()
         self.in_maps, self.out_maps = _count("Convolution", "in_maps", in_maps), _count("Convolution", "out_maps", out_maps)
         self.act = ops.activation_code(activation)
@@ -145,7 +149,7 @@ class SparseConvolution(_Layer):
     """
 
     def __init__(self, in_maps: int = 6, table: Optional[Sequence[Sequence[int]]] = None,
-                 activation="scaled_tanh"):
+                 activation=Act.SCALED_TANH):
         super().__init__()
         table = PAPER_C3_TABLE if table is None else table
         self.in_maps = _count("SparseConvolution", "in_maps", in_maps)
@@ -204,7 +208,7 @@ class Subsampling(_Layer):
     """S2/S4: each unit sums a 2x2 window, times a trainable coefficient, plus a trainable bias,
     then the squashing (fused)."""
 
-    def __init__(self, maps: int, activation="scaled_tanh"):
+    def __init__(self, maps: int, activation=Act.SCALED_TANH):
         super().__init__()
         self.maps = _count("Subsampling", "maps", maps)
         self.act = ops.activation_code(activation)
@@ -258,10 +262,10 @@ class ScaledTanh(_Layer):
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             self._expects("a tensor", x)
-        return ops.activation(x, 1)
+        return ops.activation(x, Act.SCALED_TANH)
 
     def backward_terms(self, grad, x, y, gauss_newton=False, input_grad=True) -> Terms:
-        return (ops.activation_backward(grad, y, 1, gauss_newton) if input_grad else None), ()
+        return (ops.activation_backward(grad, y, Act.SCALED_TANH, gauss_newton) if input_grad else None), ()
 
     def describe(self, in_shape):
         return dict(maps=in_shape[0] if len(in_shape) > 1 else 1, size="", parameters=0,
@@ -271,7 +275,7 @@ class ScaledTanh(_Layer):
 class FullConnection(_Layer):
     """Fully connected layer (F6: 120 -> 84), squashing fused by default. Flattens its input."""
 
-    def __init__(self, in_features: int, out_features: int, activation="scaled_tanh"):
+    def __init__(self, in_features: int, out_features: int, activation=Act.SCALED_TANH):
         super().__init__()
         self.in_features = _count("FullConnection", "in_features", in_features)
         self.out_features = _count("FullConnection", "out_features", out_features)
@@ -304,14 +308,15 @@ class EuclideanRBF(_Layer):
     """Output layer: y_i = sum_j (x_j - w_ij)^2. By default w is fixed (a buffer) and holds the
     paper's +-1 stylized 7x12 digit bitmaps; ``trainable=True`` makes it a Parameter."""
 
-    def __init__(self, in_features: int = 84, out_features: int = 10, weight: Optional[Tensor] = None,
-                 trainable: bool = False):
+    def __init__(self, in_features: int = _PAPER_RBF[0], out_features: int = _PAPER_RBF[1],
+                 weight: Optional[Tensor] = None, trainable: bool = False):
         super().__init__()
         _count("EuclideanRBF", "in_features", in_features)
         _count("EuclideanRBF", "out_features", out_features)
         if weight is None:
-            if (in_features, out_features) != (84, 10):
-                raise ValueError("EuclideanRBF: give `weight` unless the layer is the paper's 84 -> 10")
+            if (in_features, out_features) != _PAPER_RBF:
+                raise ValueError(f"EuclideanRBF: give `weight` unless the layer is the paper's "
+                                 f"{_PAPER_RBF[0]} -> {_PAPER_RBF[1]}")
             from .codes import output_codes
 
             weight = output_codes()

@@ -20,53 +20,41 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _C, fused
+from . import fused
 from .layers import (PAPER_C3_TABLE, Convolution, EuclideanRBF, FullConnection, MaxPool,
                      SparseConvolution, Subsampling)
+from .network import DEFAULT_MAP_J, GEOMETRY, LAYER_NAMES, LAYOUT, Layer, map_loss
 
 __all__ = ["LeNet5", "map_loss", "DEFAULT_MAP_J", "summary", "LAYER_NAMES"]
 
-# j in the MAP criterion E = y_c + log(exp(-j) + sum_i exp(-y_i)). The paper gives no value;
-# with RBF outputs of order 1..300, j = 1 lets the competitive term vanish once every wrong
-# class is more than a few units away, while still pushing apart classes that are close.
-DEFAULT_MAP_J = 1.0
-LAYER_NAMES = ("c1", "s2", "c3", "s4", "c5", "f6", "output")
-VARIANTS = ("classic", "modern", "keras")
-# The network's sizes, declared once in C++ (csrc/lenet5.h, namespace geometry).
-GEOMETRY = dict(_C.geometry)
+VARIANTS = tuple(LAYOUT)  # "classic", "modern", "keras": each variant's layers in network.LAYOUT
 
 
-def map_loss(y: Tensor, target: Tensor, j: float = DEFAULT_MAP_J, reduction: str = "mean") -> Tensor:
-    """The paper's MAP criterion (eq. 9) for RBF outputs y[N,10] (distances, smaller = better):
-    E = y_correct + log(exp(-j) + sum_i exp(-y_i))."""
-    if not isinstance(y, Tensor) or y.dim() != 2:
-        raise ValueError(f"map_loss: outputs must be a [N, classes] tensor, got "
-                         f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
-    if not isinstance(target, Tensor) or target.dtype.is_floating_point or target.dtype.is_complex \
-            or target.dtype == torch.bool:
-        raise TypeError(f"map_loss: target must be a tensor of integer class indices, got "
-                        f"{target.dtype if isinstance(target, Tensor) else type(target).__name__}")
-    if target.shape != (y.shape[0],):
-        raise ValueError(f"map_loss: target must have shape [{y.shape[0]}] (one class per output row), "
-                         f"got {tuple(target.shape)}")
-    if torch.compiler.is_compiling():  # no data-dependent branch in a graph: an assert inside it
-        torch._assert_async(((target >= 0) & (target < y.shape[1])).all(),
-                            f"map_loss: target classes must be in 0..{y.shape[1] - 1}")
-    elif target.numel() and (int(target.min()) < 0 or int(target.max()) >= y.shape[1]):
-        raise ValueError(f"map_loss: target classes must be in 0..{y.shape[1] - 1}, got "
-                         f"{int(target.min())}..{int(target.max())}")
-    target = target.to(device=y.device, dtype=torch.long)
-    correct = y.gather(1, target.view(-1, 1)).squeeze(1)
-    j_col = torch.full_like(y[:, :1], -float(j))
-    competitive = torch.logsumexp(torch.cat([j_col, -y], dim=1), dim=1)
-    e = correct + competitive
-    if reduction == "mean":
-        return e.mean()
-    if reduction == "sum":
-        return e.sum()
-    if reduction == "none":
-        return e
-    raise ValueError(f"map_loss: unknown reduction {reduction!r}")
+# The maps (or units) each layer that has its own produces (a pooling layer keeps its input's);
+# a fully connected output has the model's num_classes.
+_UNITS = {"c1": GEOMETRY["c1_maps"], "c3": GEOMETRY["c3_maps"], "c5": GEOMETRY["c5_units"], "f6": GEOMETRY["f6_units"],
+          "output": GEOMETRY["classes"]}
+
+
+def _build(layer: Layer, maps: int, num_classes: int, c3_table) -> nn.Module:
+    """The module of one network.LAYOUT entry, on ``maps`` input maps (or features)."""
+    units = num_classes if layer.name == "output" and layer.kind is FullConnection else _UNITS.get(layer.name)
+    if layer.kind is Convolution:
+        return Convolution(maps, units, layer.act)
+    if layer.kind is SparseConvolution:
+        return SparseConvolution(maps, PAPER_C3_TABLE if c3_table is None else c3_table, layer.act)
+    if layer.kind is FullConnection:
+        return FullConnection(maps, units, layer.act)
+    if layer.kind is EuclideanRBF:
+        return EuclideanRBF(maps, units)
+    if layer.kind is MaxPool:
+        return MaxPool()
+    pool = Subsampling(maps, layer.act)
+    if layer.fixed_average:  # the 2x2 average: the window sum times 1/4, plus 0, never trained
+        del pool.coef, pool.bias
+        pool.register_buffer("coef", torch.full((pool.maps,), 0.25))
+        pool.register_buffer("bias", torch.zeros(pool.maps))
+    return pool
 
 
 def check_input(model: "LeNet5", x) -> None:
@@ -91,38 +79,13 @@ class LeNet5(nn.Module):
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         self.map_j = float(map_j)
-        g = GEOMETRY
-        c1, c3, c5, f6 = g["c1_maps"], g["c3_maps"], g["c5_units"], g["f6_units"]
-        if variant == "classic":
-            if num_classes != g["classes"]:
-                raise ValueError(f"LeNet5: the classic variant's RBF output codes are the {g['classes']} digits")
-            self.c1 = Convolution(in_channels, c1)
-            self.s2 = Subsampling(c1)
-            self.c3 = SparseConvolution(c1, PAPER_C3_TABLE if c3_table is None else c3_table)
-            self.s4 = Subsampling(self.c3.out_maps)
-            self.c5 = Convolution(self.c3.out_maps, c5)
-            self.f6 = FullConnection(c5, f6)
-            self.output = EuclideanRBF(f6, g["classes"])
-        elif variant == "modern":
-            self.c1 = Convolution(in_channels, c1, activation="relu")
-            self.s2 = MaxPool()
-            self.c3 = Convolution(c1, c3, activation="relu")
-            self.s4 = MaxPool()
-            self.c5 = Convolution(c3, c5, activation="relu")
-            self.f6 = FullConnection(c5, f6, activation="relu")
-            self.output = FullConnection(f6, num_classes, activation="identity")
-        else:  # "keras": the Keras write-up's layout, plain tanh, fixed 2x2 average pooling, full C3
-            self.c1 = Convolution(in_channels, c1, activation="plain_tanh")
-            self.s2 = Subsampling(c1, activation="identity")
-            self.c3 = Convolution(c1, c3, activation="plain_tanh")
-            self.s4 = Subsampling(c3, activation="identity")
-            for pool in (self.s2, self.s4):  # the average: the 2x2 sum times 1/4, plus 0, never trained
-                del pool.coef, pool.bias
-                pool.register_buffer("coef", torch.full((pool.maps,), 0.25))
-                pool.register_buffer("bias", torch.zeros(pool.maps))
-            self.c5 = Convolution(c3, c5, activation="plain_tanh")  # Keras' Dense 120 on the 16@5x5 maps
-            self.f6 = FullConnection(c5, f6, activation="plain_tanh")
-            self.output = FullConnection(f6, num_classes, activation="identity")  # softmax: in the loss
+        if variant == "classic" and num_classes != GEOMETRY["classes"]:
+            raise ValueError(f"LeNet5: the classic variant's RBF output codes are the {GEOMETRY['classes']} digits")
+        maps = in_channels  # each layer's input maps (or features), from the layer before (checked there)
+        for layer in LAYOUT[variant]:
+            module = _build(layer, maps, num_classes, c3_table)
+            setattr(self, layer.name, module)
+            maps = getattr(module, "out_maps", None) or getattr(module, "out_features", None) or maps
 
     @classmethod
     def from_pretrained(cls, name: str = None) -> "LeNet5":

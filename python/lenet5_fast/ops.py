@@ -17,15 +17,17 @@ the same kernels:
 * anything else -- ``torch.compile``, ``torch.export``, ``jit.trace``, fake or meta tensors,
   tensor subclasses, dispatch or function modes, functorch transforms: the registered op
   ``torch.ops.lenet5_fast.<name>``, and under ``torch.onnx.export`` a decomposition into
-  standard operators (:mod:`lenet5_fast.reference`'s formulas), since ONNX has no lenet5_fast ops.
+  standard operators (:mod:`lenet5_fast.formulas`), since ONNX has no lenet5_fast ops.
 
 Inputs may have any strides and memory format (the kernels copy them to contiguous memory when
 they are not) and any batch size, 0 included (empty outputs, zero parameter gradients).
 Outputs are always new contiguous tensors, in the real and the fake kernels alike. Arguments are
 checked in :mod:`lenet5_fast._validate`.
 
-Activation codes (``act``): 0 identity, 1 the paper's squashing ``1.7159 tanh(2a/3)``, 2 ReLU,
-3 plain ``tanh(a)``; the formulas are in ``csrc/activations.h``.
+Activation codes (``act``, :class:`Act`, named in ``csrc/activations.h`` with their formulas):
+``Act.IDENTITY`` 0, ``Act.SCALED_TANH`` 1 (the paper's squashing ``1.7159 tanh(2a/3)``),
+``Act.RELU`` 2, ``Act.PLAIN_TANH`` 3 (``torch.tanh``); or their names ("identity", "scaled_tanh",
+"relu", "plain_tanh"). "tanh" alone is refused: it could mean either.
 """
 from __future__ import annotations
 
@@ -35,9 +37,6 @@ from typing import Callable, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import _validate as _v
-from ._validate import ACTIVATION_NAMES, ACTIVATIONS, activation_code
-
 try:
     from . import _C
 except ImportError as e:  # pragma: no cover - only on a broken install
@@ -45,9 +44,13 @@ except ImportError as e:  # pragma: no cover - only on a broken install
         "lenet5_fast's native library (lenet5_fast._C) is missing or failed to load: "
         f"{e}. Reinstall with `pip install .` from the source tree."
     ) from e
+from . import _validate as _v
+from . import formulas
+from ._validate import ACTIVATION_NAMES, ACTIVATIONS, SCALED_TANH, Act, activation_code
 
 __all__ = [
-    "ACTIVATIONS", "ACTIVATION_NAMES", "activation_code", "activation_name", "connection_table_to_csr",
+    "Act", "ACTIVATIONS", "ACTIVATION_NAMES", "SCALED_TANH", "activation_code", "activation_name",
+    "connection_table_to_csr",
     "cuda_available", "plain_eager",
     "conv5x5", "conv5x5_backward", "sparse_conv5x5", "sparse_conv5x5_backward",
     "subsample2x2", "subsample2x2_backward", "maxpool2x2", "maxpool2x2_backward",
@@ -57,7 +60,7 @@ __all__ = [
 
 
 def activation_name(code: int) -> str:
-    """The name of activation code ``code`` (0-3): identity, scaled_tanh, relu, plain_tanh."""
+    """The name of activation code ``code`` (:class:`Act`): identity, scaled_tanh, relu, plain_tanh."""
     return ACTIVATION_NAMES[activation_code(code)]
 
 
@@ -262,12 +265,6 @@ def _call_backward(kernel: Callable, op, tensors: Tuple[Tensor, ...], args: tupl
     return op(*args)
 
 
-def _reference():
-    from . import reference
-
-    return reference
-
-
 # ---------------------------------------------------------------------------------------------
 # conv5x5: x[N,C,H,W], weight[O,C,5,5], bias[O] -> [N,O,H-4,W-4]
 
@@ -316,19 +313,19 @@ _CONV5X5 = _Forward(
     "conv5x5(Tensor x, Tensor weight, Tensor bias, int act) -> Tensor", _conv5x5_kernel,
     lambda x, weight, bias, act: _new(x, _v.conv5x5(x, weight, bias, act)),
     _save_x_weight_y, _conv_grad, _conv5x5_backward_kernel, _conv5x5_backward_op,
-    lambda x, weight, bias, act: _reference().conv5x5(x, weight, bias, act))
+    formulas.conv5x5)
 
 
-def conv5x5(x: Tensor, weight: Tensor, bias: Tensor, act=0) -> Tensor:
+def conv5x5(x: Tensor, weight: Tensor, bias: Tensor, act=Act.IDENTITY) -> Tensor:
     """Valid 5x5 convolution with a fused activation: ``act(conv2d(x, weight) + bias)``.
 
     ``x[N, C, H, W]`` (H, W >= 5), ``weight[O, C, 5, 5]``, ``bias[O]`` -> ``[N, O, H-4, W-4]``.
-    C1, C5 and the modern C3. ``act``: a code 0-3 or a name (:data:`ACTIVATIONS`)."""
+    C1, C5 and the modern C3. ``act``: a code (:class:`Act`) or a name (:data:`ACTIVATIONS`)."""
     args = (x, weight, bias, activation_code(act))
     return _call_forward(_CONV5X5, (x, weight, bias), args)
 
 
-def conv5x5_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, act=0, gauss_newton: bool = False,
+def conv5x5_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, act=Act.IDENTITY, gauss_newton: bool = False,
                      input_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
     """Backward of :func:`conv5x5` from its input ``x``, output ``y`` and the incoming ``grad``:
     ``(grad_x, grad_weight, grad_bias)``. With ``gauss_newton=True``, ``grad`` holds d2E/dy2 and
@@ -393,10 +390,10 @@ _SPARSE = _Forward(
     _sparse_kernel,
     lambda x, weight, bias, offsets, inputs, act: _new(x, _v.sparse_conv5x5(x, weight, bias, offsets, inputs, act)),
     _save_sparse, _sparse_grad, _sparse_backward_kernel, _sparse_backward_op,
-    lambda x, weight, bias, offsets, inputs, act: _reference().sparse_conv5x5(x, weight, bias, offsets, inputs, act))
+    formulas.sparse_conv5x5)
 
 
-def sparse_conv5x5(x: Tensor, weight: Tensor, bias: Tensor, offsets: Tensor, inputs: Tensor, act=0) -> Tensor:
+def sparse_conv5x5(x: Tensor, weight: Tensor, bias: Tensor, offsets: Tensor, inputs: Tensor, act=Act.IDENTITY) -> Tensor:
     """5x5 convolution through a connection table (C3): output map ``o`` sums the kernels
     ``weight[k]``, ``k`` in ``[offsets[o], offsets[o+1])``, each over input map ``inputs[k]``;
     plus ``bias[o]``, then ``act``. ``x[N, C, H, W]``, ``weight[K, 5, 5]``, ``bias[O]``, int32
@@ -407,7 +404,7 @@ def sparse_conv5x5(x: Tensor, weight: Tensor, bias: Tensor, offsets: Tensor, inp
 
 
 def sparse_conv5x5_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, offsets: Tensor, inputs: Tensor,
-                            act=0, gauss_newton: bool = False, input_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+                            act=Act.IDENTITY, gauss_newton: bool = False, input_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
     """Backward of :func:`sparse_conv5x5`: ``(grad_x, grad_weight, grad_bias)``, or the
     Gauss-Newton terms with ``gauss_newton=True`` (see :func:`conv5x5_backward`)."""
     args = (grad, y, x, weight, offsets, inputs, activation_code(act), bool(gauss_newton), bool(input_grad))
@@ -475,10 +472,10 @@ _SUBSAMPLE = _Forward(
     "subsample2x2(Tensor x, Tensor coef, Tensor bias, int act) -> Tensor", _subsample_kernel,
     lambda x, coef, bias, act: _new(x, _v.subsample2x2(x, coef, bias, act)),
     _save_x_weight_y, _subsample_grad, _subsample_backward_kernel, _subsample_backward_op,
-    lambda x, coef, bias, act: _reference().subsample2x2(x, coef, bias, act))
+    formulas.subsample2x2)
 
 
-def subsample2x2(x: Tensor, coef: Tensor, bias: Tensor, act=0) -> Tensor:
+def subsample2x2(x: Tensor, coef: Tensor, bias: Tensor, act=Act.IDENTITY) -> Tensor:
     """The paper's trainable subsampling (S2, S4): ``act(coef[c] * s + bias[c])``, ``s`` the sum
     of each 2x2 window (stride 2). ``x[N, C, H, W]`` -> ``[N, C, H//2, W//2]`` (an odd last
     row/column is ignored)."""
@@ -486,7 +483,7 @@ def subsample2x2(x: Tensor, coef: Tensor, bias: Tensor, act=0) -> Tensor:
     return _call_forward(_SUBSAMPLE, (x, coef, bias), args)
 
 
-def subsample2x2_backward(grad: Tensor, y: Tensor, x: Tensor, coef: Tensor, act=0, gauss_newton: bool = False,
+def subsample2x2_backward(grad: Tensor, y: Tensor, x: Tensor, coef: Tensor, act=Act.IDENTITY, gauss_newton: bool = False,
                           input_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
     """Backward of :func:`subsample2x2`: ``(grad_x, grad_coef, grad_bias)``, or the Gauss-Newton
     terms with ``gauss_newton=True``."""
@@ -533,7 +530,7 @@ def _maxpool_grad(ctx, g, backward):
 _MAXPOOL = _Forward(
     "maxpool2x2(Tensor x) -> Tensor", _maxpool_kernel, lambda x: _new(x, _v.maxpool2x2(x)),
     _save_maxpool, _maxpool_grad, _maxpool_backward_kernel, _maxpool_backward_op,
-    lambda x: torch.nn.functional.max_pool2d(x, 2))
+    formulas.maxpool2x2)
 
 
 def maxpool2x2(x: Tensor) -> Tensor:
@@ -584,17 +581,17 @@ _FULL = _Forward(
     "full(Tensor x, Tensor weight, Tensor bias, int act) -> Tensor", _full_kernel,
     lambda x, weight, bias, act: _new(x, _v.full(x, weight, bias, act)),
     _save_x_weight_y, _conv_grad, _full_backward_kernel, _full_backward_op,
-    lambda x, weight, bias, act: _reference().full(x, weight, bias, act))
+    formulas.full)
 
 
-def full(x: Tensor, weight: Tensor, bias: Tensor, act=0) -> Tensor:
+def full(x: Tensor, weight: Tensor, bias: Tensor, act=Act.IDENTITY) -> Tensor:
     """Fully connected layer with a fused activation (F6): ``act(x weight^T + bias)``,
     ``x[N, D]``, ``weight[O, D]``, ``bias[O]`` -> ``[N, O]``."""
     args = (x, weight, bias, activation_code(act))
     return _call_forward(_FULL, (x, weight, bias), args)
 
 
-def full_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, act=0, gauss_newton: bool = False,
+def full_backward(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, act=Act.IDENTITY, gauss_newton: bool = False,
                   input_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
     """Backward of :func:`full`: ``(grad_x, grad_weight, grad_bias)``, or the Gauss-Newton
     terms with ``gauss_newton=True``."""
@@ -649,7 +646,7 @@ _RBF = _Forward(
     "euclidean_rbf(Tensor x, Tensor weight) -> Tensor", _rbf_kernel,
     lambda x, weight: _new(x, _v.euclidean_rbf(x, weight)),
     _save_rbf, _rbf_grad, _rbf_backward_kernel, _rbf_backward_op,
-    lambda x, weight: _reference().euclidean_rbf(x, weight))
+    formulas.euclidean_rbf)
 
 
 def euclidean_rbf(x: Tensor, weight: Tensor) -> Tensor:
@@ -708,17 +705,18 @@ _ACTIVATION = _Forward(
     "activation(Tensor x, int act) -> Tensor", _activation_kernel,
     lambda x, act: _new(x, _v.activation(x, act)),
     _save_activation, _activation_grad, _activation_backward_kernel, _activation_backward_op,
-    lambda x, act: _reference().act(x, act))
+    formulas.activation)
 
 
-def activation(x: Tensor, act=1) -> Tensor:
-    """Element-wise activation of any tensor: 1 (default) the paper's squashing
-    ``1.7159 tanh(2x/3)``, 2 ReLU, 3 plain tanh, 0 identity."""
+def activation(x: Tensor, act=Act.SCALED_TANH) -> Tensor:
+    """Element-wise activation of any tensor (:class:`Act`): ``Act.SCALED_TANH`` (default) the
+    paper's squashing ``1.7159 tanh(2x/3)``, ``Act.RELU``, ``Act.PLAIN_TANH`` (``torch.tanh``),
+    ``Act.IDENTITY``."""
     args = (x, activation_code(act))
     return _call_forward(_ACTIVATION, (x,), args)
 
 
-def activation_backward(grad: Tensor, y: Tensor, act=1, gauss_newton: bool = False) -> Tensor:
+def activation_backward(grad: Tensor, y: Tensor, act=Act.SCALED_TANH, gauss_newton: bool = False) -> Tensor:
     """Backward of :func:`activation` from its output ``y``: ``grad * f'(a)``, or
     ``grad * f'(a)^2`` with ``gauss_newton=True``."""
     args = (grad, y, activation_code(act), bool(gauss_newton))

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .model import LAYER_NAMES
+from .ops import SCALED_TANH
 
 __all__ = ["layer_outputs", "load_input", "render_feature_maps", "class_names", "FASHION_CLASSES"]
 
@@ -167,8 +168,8 @@ def render_feature_maps(model, x: Tensor, path, title: str = "", label: Optional
         right = outer[0, 1].subgridspec(2, 2, width_ratios=[0.13, 1], height_ratios=[1.3, 5], hspace=0.08,
                                         wspace=0.03)
         ax = _plain(fig.add_subplot(right[0, 0:2]))
-        ax.imshow(outs["f6"].float().reshape(CODE_ROWS, CODE_COLS).numpy(), cmap="gray_r", vmin=-1.7159,
-                  vmax=1.7159, interpolation="nearest")
+        ax.imshow(outs["f6"].float().reshape(CODE_ROWS, CODE_COLS).numpy(), cmap="gray_r", vmin=-SCALED_TANH[0],
+                  vmax=SCALED_TANH[0], interpolation="nearest")  # the squashing's range, +-1.7159
         ax.set_anchor("W")
         ax.set_title("F6 as a 7x12 bitmap", fontsize=9, loc="left")
         codes = output_codes()

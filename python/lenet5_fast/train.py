@@ -50,6 +50,7 @@ from torch import Tensor
 from .checkpoint import atomic_write_bytes, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .data import _create_temp
 from .model import LAYER_NAMES, VARIANTS, LeNet5
+from .ops import SCALED_TANH, Act
 from .optim import PAPER_HESSIAN_SAMPLES, PAPER_MU, SDLM, TRAINING_MAX_STEP, gauss_newton_diagonal, paper_eta
 
 from . import fused as _fused
@@ -289,7 +290,7 @@ def init_weights(model: LeNet5, init: str) -> LeNet5:
         if init == "glorot":
             bound = math.sqrt(6.0 / (fan_in + weight.shape[0] * weight[0, 0].numel()))
         else:
-            bound = math.sqrt((6.0 if layer.act == 2 else 3.0) / fan_in)  # act 2: ReLU
+            bound = math.sqrt((6.0 if layer.act == Act.RELU else 3.0) / fan_in)
         weight.uniform_(-bound, bound)
         layer.bias.zero_()
     return model
@@ -509,8 +510,8 @@ def evaluate(model: LeNet5, x: Tensor, y: Tensor, batch_size: int = 1000,
     return res + (torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long),)
 
 
-# The squashing's bound, 1.7159: a classic unit beyond 99% of it is saturated.
-_SATURATED = 0.99 * 1.7159
+# The squashing's bound A (1.7159): a classic unit beyond 99% of it is saturated.
+_SATURATED = 0.99 * SCALED_TANH[0]
 
 
 @torch.no_grad()
