@@ -30,8 +30,8 @@ module hooks, and an input float32 CPU ``[N, in_channels, 32, 32]`` with N >= 1.
 reduced in a fixed order: bitwise the same for any thread count. The numerics match the per-op
 path within float32 rounding (the same activations.h formulas; summation order differs).
 
-This module imports only ``_C``, ``ops`` and ``network`` (no import of ``model``): which
-layers a variant has is ``network.LAYOUT``, its trainable tensors ``network.param_layout``.
+This module imports only ``_C``, ``ops``, ``layers`` and ``network`` (no import of ``model``):
+which layers a variant has is ``network.LAYOUT``, its trainable tensors ``network.param_layout``.
 """
 from __future__ import annotations
 

@@ -265,54 +265,67 @@ def _call_backward(kernel: Callable, op, tensors: Tuple[Tensor, ...], args: tupl
     return op(*args)
 
 
-# ---------------------------------------------------------------------------------------------
-# conv5x5: x[N,C,H,W], weight[O,C,5,5], bias[O] -> [N,O,H-4,W-4]
+def _weighted_kernels(check: Callable, check_backward: Callable, forward: Callable, backward: Callable):
+    """The kernels of an op ``(x, weight, bias, act) -> y`` whose backward returns ``(grad_x,
+    grad_weight, grad_bias)`` (conv5x5, subsample2x2 with ``weight`` = coef, full): its forward,
+    fake forward, backward and the backward's output allocation (its fake backward), on the
+    native ``forward`` / ``backward`` and the argument checks ``check`` / ``check_backward``."""
 
-def _conv5x5_kernel(x, weight, bias, act):
-    y = _new(x, _v.conv5x5(x, weight, bias, act))
-    if y.numel():
-        x, weight, bias = _dense(x, weight, bias)
-        _run(_C.conv5x5_forward, x, _ptr(x), _ptr(weight), _ptr(bias), _ptr(y), x.shape, y.shape, act)
-    return y
+    def kernel(x, weight, bias, act):
+        y = _new(x, check(x, weight, bias, act))
+        if y.numel():
+            x, weight, bias = _dense(x, weight, bias)
+            _run(forward, x, _ptr(x), _ptr(weight), _ptr(bias), _ptr(y), x.shape, y.shape, act)
+        return y
 
+    def fake(x, weight, bias, act):
+        return _new(x, check(x, weight, bias, act))
 
-def _conv5x5_backward_outputs(grad, y, x, weight, act, gauss_newton, input_grad):
-    xs, ws, bs = _v.conv5x5_backward(grad, y, x, weight, act)
-    return _allocate(x, (xs if input_grad else (0,), ws, bs))
+    def backward_outputs(grad, y, x, weight, act, gauss_newton, input_grad):
+        xs, ws, bs = check_backward(grad, y, x, weight, act)
+        return _allocate(x, (xs if input_grad else (0,), ws, bs))
 
-
-def _conv5x5_backward_kernel(grad, y, x, weight, act, gauss_newton, input_grad):
-    gx, gw, gb = outs = _conv5x5_backward_outputs(grad, y, x, weight, act, gauss_newton, input_grad)
-    if x.shape[0] == 0:
-        _zero(gw, gb)
+    def backward_kernel(grad, y, x, weight, act, gauss_newton, input_grad):
+        gx, gw, gb = outs = backward_outputs(grad, y, x, weight, act, gauss_newton, input_grad)
+        if x.shape[0] == 0:
+            _zero(gw, gb)
+            return outs
+        grad, y, x, weight = _dense(grad, y, x, weight)
+        _run(backward, x, _ptr(grad), _ptr(y), _ptr(x), _ptr(weight), _ptr(gx if input_grad else None),
+             _ptr(gw), _ptr(gb), x.shape, grad.shape, act, gauss_newton)
         return outs
-    grad, y, x, weight = _dense(grad, y, x, weight)
-    _run(_C.conv5x5_backward, x, _ptr(grad), _ptr(y), _ptr(x), _ptr(weight), _ptr(gx if input_grad else None),
-         _ptr(gw), _ptr(gb), x.shape, grad.shape, act, gauss_newton)
-    return outs
 
-
-_conv5x5_backward_op = _define(
-    "conv5x5_backward(Tensor grad, Tensor y, Tensor x, Tensor weight, int act, bool gauss_newton, "
-    "bool input_grad) -> (Tensor, Tensor, Tensor)", _conv5x5_backward_kernel, _conv5x5_backward_outputs)
+    return kernel, fake, backward_kernel, backward_outputs
 
 
 def _save_x_weight_y(ctx, inputs, output):
+    """What the backward of such an op needs: x, weight and y, and the activation code."""
     ctx.save_for_backward(inputs[0], inputs[1], output)
     ctx.act = inputs[-1]
 
 
-def _conv_grad(ctx, g, backward):
+def _weighted_grad(ctx, g, backward):
+    """Such an op's gradients (x, weight, bias, act) from the incoming gradient ``g``."""
     x, weight, y = ctx.saved_tensors
     need_x = ctx.needs_input_grad[0]
     gx, gw, gb = backward(g, y, x, weight, ctx.act, False, need_x)
     return (gx if need_x else None), gw, gb, None
 
 
+# ---------------------------------------------------------------------------------------------
+# conv5x5: x[N,C,H,W], weight[O,C,5,5], bias[O] -> [N,O,H-4,W-4]
+
+_conv5x5_kernel, _conv5x5_fake, _conv5x5_backward_kernel, _conv5x5_backward_outputs = _weighted_kernels(
+    _v.conv5x5, _v.conv5x5_backward, _C.conv5x5_forward, _C.conv5x5_backward)
+
+_conv5x5_backward_op = _define(
+    "conv5x5_backward(Tensor grad, Tensor y, Tensor x, Tensor weight, int act, bool gauss_newton, "
+    "bool input_grad) -> (Tensor, Tensor, Tensor)", _conv5x5_backward_kernel, _conv5x5_backward_outputs)
+
+
 _CONV5X5 = _Forward(
-    "conv5x5(Tensor x, Tensor weight, Tensor bias, int act) -> Tensor", _conv5x5_kernel,
-    lambda x, weight, bias, act: _new(x, _v.conv5x5(x, weight, bias, act)),
-    _save_x_weight_y, _conv_grad, _conv5x5_backward_kernel, _conv5x5_backward_op,
+    "conv5x5(Tensor x, Tensor weight, Tensor bias, int act) -> Tensor", _conv5x5_kernel, _conv5x5_fake,
+    _save_x_weight_y, _weighted_grad, _conv5x5_backward_kernel, _conv5x5_backward_op,
     formulas.conv5x5)
 
 
@@ -432,46 +445,17 @@ def connection_table_to_csr(table: Sequence[Sequence[int]], in_maps: int) -> Tup
 # ---------------------------------------------------------------------------------------------
 # subsample2x2 (S2, S4): y = act(coef[c] * window sum + bias[c]), x[N,C,H,W] -> [N,C,H/2,W/2]
 
-def _subsample_kernel(x, coef, bias, act):
-    y = _new(x, _v.subsample2x2(x, coef, bias, act))
-    if y.numel():
-        x, coef, bias = _dense(x, coef, bias)
-        _run(_C.subsample2x2_forward, x, _ptr(x), _ptr(coef), _ptr(bias), _ptr(y), x.shape, y.shape, act)
-    return y
-
-
-def _subsample_backward_outputs(grad, y, x, coef, act, gauss_newton, input_grad):
-    xs, cs, bs = _v.subsample2x2_backward(grad, y, x, coef, act)
-    return _allocate(x, (xs if input_grad else (0,), cs, bs))
-
-
-def _subsample_backward_kernel(grad, y, x, coef, act, gauss_newton, input_grad):
-    gx, gc, gb = outs = _subsample_backward_outputs(grad, y, x, coef, act, gauss_newton, input_grad)
-    if x.shape[0] == 0:
-        _zero(gc, gb)
-        return outs
-    grad, y, x, coef = _dense(grad, y, x, coef)
-    _run(_C.subsample2x2_backward, x, _ptr(grad), _ptr(y), _ptr(x), _ptr(coef), _ptr(gx if input_grad else None),
-         _ptr(gc), _ptr(gb), x.shape, grad.shape, act, gauss_newton)
-    return outs
-
+_subsample_kernel, _subsample_fake, _subsample_backward_kernel, _subsample_backward_outputs = _weighted_kernels(
+    _v.subsample2x2, _v.subsample2x2_backward, _C.subsample2x2_forward, _C.subsample2x2_backward)
 
 _subsample_backward_op = _define(
     "subsample2x2_backward(Tensor grad, Tensor y, Tensor x, Tensor coef, int act, bool gauss_newton, "
     "bool input_grad) -> (Tensor, Tensor, Tensor)", _subsample_backward_kernel, _subsample_backward_outputs)
 
 
-def _subsample_grad(ctx, g, backward):
-    x, coef, y = ctx.saved_tensors
-    need_x = ctx.needs_input_grad[0]
-    gx, gc, gb = backward(g, y, x, coef, ctx.act, False, need_x)
-    return (gx if need_x else None), gc, gb, None
-
-
 _SUBSAMPLE = _Forward(
-    "subsample2x2(Tensor x, Tensor coef, Tensor bias, int act) -> Tensor", _subsample_kernel,
-    lambda x, coef, bias, act: _new(x, _v.subsample2x2(x, coef, bias, act)),
-    _save_x_weight_y, _subsample_grad, _subsample_backward_kernel, _subsample_backward_op,
+    "subsample2x2(Tensor x, Tensor coef, Tensor bias, int act) -> Tensor", _subsample_kernel, _subsample_fake,
+    _save_x_weight_y, _weighted_grad, _subsample_backward_kernel, _subsample_backward_op,
     formulas.subsample2x2)
 
 
@@ -548,29 +532,8 @@ def maxpool2x2_backward(grad: Tensor, x: Tensor, y: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # full: x[N,D], weight[O,D], bias[O] -> [N,O]
 
-def _full_kernel(x, weight, bias, act):
-    y = _new(x, _v.full(x, weight, bias, act))
-    if y.numel():
-        x, weight, bias = _dense(x, weight, bias)
-        _run(_C.full_forward, x, _ptr(x), _ptr(weight), _ptr(bias), _ptr(y), x.shape, y.shape, act)
-    return y
-
-
-def _full_backward_outputs(grad, y, x, weight, act, gauss_newton, input_grad):
-    xs, ws, bs = _v.full_backward(grad, y, x, weight, act)
-    return _allocate(x, (xs if input_grad else (0,), ws, bs))
-
-
-def _full_backward_kernel(grad, y, x, weight, act, gauss_newton, input_grad):
-    gx, gw, gb = outs = _full_backward_outputs(grad, y, x, weight, act, gauss_newton, input_grad)
-    if x.shape[0] == 0:
-        _zero(gw, gb)
-        return outs
-    grad, y, x, weight = _dense(grad, y, x, weight)
-    _run(_C.full_backward, x, _ptr(grad), _ptr(y), _ptr(x), _ptr(weight), _ptr(gx if input_grad else None),
-         _ptr(gw), _ptr(gb), x.shape, grad.shape, act, gauss_newton)
-    return outs
-
+_full_kernel, _full_fake, _full_backward_kernel, _full_backward_outputs = _weighted_kernels(
+    _v.full, _v.full_backward, _C.full_forward, _C.full_backward)
 
 _full_backward_op = _define(
     "full_backward(Tensor grad, Tensor y, Tensor x, Tensor weight, int act, bool gauss_newton, "
@@ -578,9 +541,8 @@ _full_backward_op = _define(
 
 
 _FULL = _Forward(
-    "full(Tensor x, Tensor weight, Tensor bias, int act) -> Tensor", _full_kernel,
-    lambda x, weight, bias, act: _new(x, _v.full(x, weight, bias, act)),
-    _save_x_weight_y, _conv_grad, _full_backward_kernel, _full_backward_op,
+    "full(Tensor x, Tensor weight, Tensor bias, int act) -> Tensor", _full_kernel, _full_fake,
+    _save_x_weight_y, _weighted_grad, _full_backward_kernel, _full_backward_op,
     formulas.full)
 
 
