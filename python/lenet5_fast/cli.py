@@ -398,9 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the paper's network (classic, default), the ReLU/max-pool/softmax one (modern), "
                         "or the Keras write-up's plain-tanh/average-pool one (keras)")
     t.add_argument("--init", default=S, choices=["paper", "he", "glorot", "pytorch"],
-                   help="initial weights: the paper's (uniform +-2.4/fan-in; the default, except for the modern "
-                        "variant with sgd or sdlm and for the keras variant), 'he' (the modern variant's ReLU "
-                        "layers), 'glorot' (Keras' default; the keras variant's) or 'pytorch' (torch.nn's "
+                   help="initial weights: the paper's (uniform +-2.4/fan-in; the classic variant's default), 'he' "
+                        "(the modern variant's ReLU layers; its default), 'glorot' (Keras' default; the keras variant's) or 'pytorch' (torch.nn's "
                         "default, +-1/sqrt(fan-in) for weights and biases; modern and keras variants)")
     t.add_argument("--seed", type=_int_at_least(0, 2**32 - 1), default=S, help="default 0")
     t.add_argument("--train-limit", type=_positive_int, default=S, help="use only the first N training samples")
