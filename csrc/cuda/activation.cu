@@ -35,7 +35,7 @@ template <class T>
 void activation_forward(const T* x, T* y, int64_t n, Act act, Stream s) {
   using namespace detail;
   if (n <= 0) return;
-  activation_forward_kernel<T><<<grid_blocks(n, kActBS), kActBS, 0, as_stream(s)>>>(x, y, n, act);
+  LENET5_LAUNCH(grid_blocks(n, kActBS), kActBS, 0, as_stream(s), activation_forward_kernel<T>)(x, y, n, act);
   LENET5_CHECK_LAUNCH("activation forward");
 }
 
@@ -43,8 +43,8 @@ template <class T>
 void activation_backward(const T* gy, const T* y, T* gx, int64_t n, Act act, bool gauss_newton, Stream s) {
   using namespace detail;
   if (n <= 0) return;
-  activation_backward_kernel<T><<<grid_blocks(n, kActBS), kActBS, 0, as_stream(s)>>>(gy, y, gx, n, act,
-                                                                                     gauss_newton);
+  LENET5_LAUNCH(grid_blocks(n, kActBS), kActBS, 0, as_stream(s), activation_backward_kernel<T>)(gy, y, gx, n, act,
+                                                                                                gauss_newton);
   LENET5_CHECK_LAUNCH("activation backward");
 }
 

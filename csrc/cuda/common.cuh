@@ -9,7 +9,17 @@
 // (block_reduce); when the batch is cut into chunks (see plan_chunks) the chunk partials are
 // summed in chunk order by sum_chunks. No atomics, no allocation, no host synchronisation.
 #pragma once
+#if defined(LENET5_CUDA_EMU)
+#include "cuda_emu/cuda_emu.h"  // the emulated device (tests): its own LENET5_LAUNCH, LENET5_SHARED
+#else
 #include <cuda_runtime.h>
+// kernel<<<grid, block, smem, stream>>>(args), written LENET5_LAUNCH(grid, block, smem, stream,
+// kernel)(args) so that the emulated device (cuda_emu/cuda_emu.h) can run the same launch.
+#define LENET5_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+// A block's shared array: LENET5_SHARED(float, tile, [16][68]) is
+// `__shared__ __align__(16) float tile[16][68]`.
+#define LENET5_SHARED(type, name, dims) __shared__ __align__(16) type name dims
+#endif
 
 #include <cstdint>
 #include <stdexcept>
@@ -142,7 +152,7 @@ __global__ void sum_chunks_kernel(const T* __restrict__ part, int64_t chunks, in
 template <class T>
 inline void sum_chunks(const T* part, int64_t chunks, int64_t stride, T* out, int64_t n, cudaStream_t st) {
   if (n <= 0) return;
-  sum_chunks_kernel<T><<<grid_blocks(n, 256), 256, 0, st>>>(part, chunks, stride, out, n);
+  LENET5_LAUNCH(grid_blocks(n, 256), 256, 0, st, sum_chunks_kernel<T>)(part, chunks, stride, out, n);
   LENET5_CHECK_LAUNCH("sum_chunks");
 }
 

@@ -93,8 +93,8 @@ conv5_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* 
   constexpr int CC = FwdChunk<T, OB>::CC;
   const int64_t N = s.N;
   const int C = int(s.C), H = int(s.H), W = int(s.W), O = int(s.O);
-  __shared__ __align__(16) T ws[CC * 25 * OB];
-  __shared__ int cmask[Conn::kDense ? 1 : CC];
+  LENET5_SHARED(T, ws, [CC * 25 * OB]);
+  LENET5_SHARED(int, cmask, [Conn::kDense ? 1 : CC]);
   const int o0 = blockIdx.y * OB;
   const int Ho = H - 4, Wo = W - 4;
   const int64_t P = int64_t(Ho) * Wo, HW = int64_t(H) * W, total = N * P;
@@ -155,7 +155,7 @@ void conv5_forward_launch(const T* x, const T* w, const T* b, T* y, Conn conn, c
                           cudaStream_t st) {
   const int64_t total = s.N * s.out_h() * s.out_w();
   const dim3 grid(grid_blocks(total, kConvBS), static_cast<unsigned>(ceil_div(s.O, OB)));
-  conv5_forward_kernel<T, OB, Conn><<<grid, kConvBS, 0, st>>>(x, w, b, y, conn, s, act);
+  LENET5_LAUNCH(grid, kConvBS, 0, st, conv5_forward_kernel<T, OB, Conn>)(x, w, b, y, conn, s, act);
   LENET5_CHECK_LAUNCH("conv5x5 forward");
 }
 
@@ -220,8 +220,8 @@ conv5_backward_data_kernel(const T* __restrict__ gy, const T* __restrict__ y, co
   constexpr int OC = DataChunk<T, CB>::OC;
   const int64_t N = s.N;
   const int C = int(s.C), H = int(s.H), W = int(s.W), O = int(s.O);
-  __shared__ __align__(16) T wd[OC * 25 * CB];
-  __shared__ int omask[Conn::kDense ? 1 : OC];
+  LENET5_SHARED(T, wd, [OC * 25 * CB]);
+  LENET5_SHARED(int, omask, [Conn::kDense ? 1 : OC]);
   const int c0 = blockIdx.y * CB;
   const int Ho = H - 4, Wo = W - 4;
   const int64_t P = int64_t(Ho) * Wo, HW = int64_t(H) * W, total = N * HW;
@@ -284,7 +284,7 @@ void conv5_backward_data_launch(const T* gy, const T* y, const T* w, T* gx, Conn
                                 int act, bool gn, cudaStream_t st) {
   const int64_t total = s.N * s.H * s.W;
   const dim3 grid(grid_blocks(total, kConvBS), static_cast<unsigned>(ceil_div(s.C, CB)));
-  conv5_backward_data_kernel<T, CB, Conn><<<grid, kConvBS, 0, st>>>(gy, y, w, gx, conn, s, act, gn);
+  LENET5_LAUNCH(grid, kConvBS, 0, st, conv5_backward_data_kernel<T, CB, Conn>)(gy, y, w, gx, conn, s, act, gn);
   LENET5_CHECK_LAUNCH("conv5x5 backward (input gradient)");
 }
 
@@ -317,7 +317,7 @@ conv5_backward_filter_kernel(const T* __restrict__ gy, const T* __restrict__ y, 
   const int C = int(shape.C), H = int(shape.H), W = int(shape.W), O = int(shape.O);
   constexpr int KB = 5 / KR;       // row blocks per kernel
   constexpr int NV = KR * 5 + 1;   // taps of this row block + the bias
-  __shared__ T red[(kConvBS / 32) * NV];
+  LENET5_SHARED(T, red, [(kConvBS / 32) * NV]);
   int64_t bx = blockIdx.x;
   const int kyb = int(bx % KB);
   bx /= KB;
@@ -400,11 +400,11 @@ void conv5_backward_filter(const T* gy, const T* y, const T* x, T* gw, T* gb, Co
     gb_cs = O;
   }
   if (split_rows)
-    conv5_backward_filter_kernel<T, 1, Conn><<<grid, kConvBS, 0, st>>>(gy, y, x, gw_out, gb_out, gw_cs, gb_cs,
-        conn, S, plan.per, shape, act, gn);
+    LENET5_LAUNCH(grid, kConvBS, 0, st, conv5_backward_filter_kernel<T, 1, Conn>)(
+        gy, y, x, gw_out, gb_out, gw_cs, gb_cs, conn, S, plan.per, shape, act, gn);
   else
-    conv5_backward_filter_kernel<T, 5, Conn><<<grid, kConvBS, 0, st>>>(gy, y, x, gw_out, gb_out, gw_cs, gb_cs,
-        conn, S, plan.per, shape, act, gn);
+    LENET5_LAUNCH(grid, kConvBS, 0, st, conv5_backward_filter_kernel<T, 5, Conn>)(
+        gy, y, x, gw_out, gb_out, gw_cs, gb_cs, conn, S, plan.per, shape, act, gn);
   LENET5_CHECK_LAUNCH("conv5x5 backward (weight gradient)");
   if (plan.chunks > 1) {
     sum_chunks(gw_out, plan.chunks, gw_cs, gw, K * 25, st);

@@ -85,15 +85,16 @@ void euclidean_rbf_backward(const T* gy, const T* x, const T* w, T* gx, T* gw, F
     const ChunkPlan plan = plan_chunks(N, blocks, kRbfBS, gx ? N * D : 0, total);
     T* out = plan.chunks > 1 ? gx : gw;
     const dim3 grid(grid_blocks(total, kRbfBS), static_cast<unsigned>(plan.chunks));
-    rbf_backward_weight_kernel<T><<<grid, kRbfBS, 0, st>>>(gy, x, w, out, plan.chunks > 1 ? total : 0, plan.per, s,
-                                                          gauss_newton);
+    LENET5_LAUNCH(grid, kRbfBS, 0, st, rbf_backward_weight_kernel<T>)(gy, x, w, out, plan.chunks > 1 ? total : 0,
+                                                                      plan.per, s, gauss_newton);
     LENET5_CHECK_LAUNCH("euclidean_rbf backward (weight gradient)");
     if (plan.chunks > 1) sum_chunks(out, plan.chunks, total, gw, total, st);
   }
   // 2) gx (overwrites the partials).
   if (gx && N > 0 && D > 0) {
     const int64_t total = N * D;
-    rbf_backward_input_kernel<T><<<grid_blocks(total, kRbfBS), kRbfBS, 0, st>>>(gy, x, w, gx, s, gauss_newton);
+    LENET5_LAUNCH(grid_blocks(total, kRbfBS), kRbfBS, 0, st, rbf_backward_input_kernel<T>)(gy, x, w, gx, s,
+                                                                                           gauss_newton);
     LENET5_CHECK_LAUNCH("euclidean_rbf backward (input gradient)");
   }
 }

@@ -55,8 +55,8 @@ template <class T> struct RowStore {
 template <class T, class Op, class A, class B, class Epi>
 __global__ void __launch_bounds__(kGemmBS)
 gemm_tile_kernel(int64_t M, int64_t Nn, int64_t K, int64_t kper, A a, B b, Epi epi) {
-  __shared__ __align__(16) T As[kBK][kBM + 4];
-  __shared__ __align__(16) T Bs[kBK][kBN + 4];
+  LENET5_SHARED(T, As, [kBK][kBM + 4]);
+  LENET5_SHARED(T, Bs, [kBK][kBN + 4]);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int64_t chunk = blockIdx.z;
   const int64_t k0 = chunk * kper, k1 = min64(K, k0 + kper);
@@ -119,9 +119,9 @@ template <class T, class Op, class A, class B, class Epi>
 void gemm_tile(int64_t M, int64_t Nn, int64_t K, int64_t chunks, int64_t kper, A a, B b, Epi epi,
                cudaStream_t st, const char* what) {
   if (M <= 0 || Nn <= 0) return;
-  const dim3 grid(grid_blocks(Nn, kBN, kMaxGridY), grid_blocks(M, kBM, kMaxGridY),
-                  static_cast<unsigned>(max64(1, chunks)));
-  gemm_tile_kernel<T, Op, A, B, Epi><<<grid, kGemmBS, 0, st>>>(M, Nn, K, max64(kper, 1), a, b, epi);
+  const int64_t cap = min64(kMaxGridY, LENET5_CUDA_MAX_BLOCKS);  // the tile loops stride over the rest
+  const dim3 grid(grid_blocks(Nn, kBN, cap), grid_blocks(M, kBM, cap), static_cast<unsigned>(max64(1, chunks)));
+  LENET5_LAUNCH(grid, kGemmBS, 0, st, gemm_tile_kernel<T, Op, A, B, Epi>)(M, Nn, K, max64(kper, 1), a, b, epi);
   LENET5_CHECK_LAUNCH(what);
 }
 

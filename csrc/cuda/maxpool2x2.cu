@@ -79,7 +79,7 @@ void maxpool2x2_forward(const T* x, T* y, PoolShape s, Stream stream) {
   using namespace detail;
   const int64_t total = s.N * s.C * s.out_h() * s.out_w();
   if (total <= 0) return;
-  maxpool_forward_kernel<T><<<grid_blocks(total, kPoolBS), kPoolBS, 0, as_stream(stream)>>>(x, y, s);
+  LENET5_LAUNCH(grid_blocks(total, kPoolBS), kPoolBS, 0, as_stream(stream), maxpool_forward_kernel<T>)(x, y, s);
   LENET5_CHECK_LAUNCH("maxpool2x2 forward");
 }
 
@@ -89,7 +89,7 @@ void maxpool2x2_backward(const T* gy, const T* x, const T* y, T* gx, PoolShape s
   const cudaStream_t st = as_stream(stream);
   const int64_t total = s.N * s.C * s.out_h() * s.out_w();
   if (total <= 0) return zero_async(gx, s.N * s.C * s.H * s.W, st, "maxpool2x2 backward");
-  maxpool_backward_kernel<T><<<grid_blocks(total, kPoolBS), kPoolBS, 0, st>>>(gy, x, y, gx, s);
+  LENET5_LAUNCH(grid_blocks(total, kPoolBS), kPoolBS, 0, st, maxpool_backward_kernel<T>)(gy, x, y, gx, s);
   LENET5_CHECK_LAUNCH("maxpool2x2 backward");
 }
 

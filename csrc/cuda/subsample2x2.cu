@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kSubBS)
 subsample_backward_param_kernel(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ x,
                                 T* __restrict__ gc_out, T* __restrict__ gb_out, int64_t cs, int64_t per,
                                 PoolShape s, int act, bool gn) {
-  __shared__ T red[(kSubBS / 32) * 2];
+  LENET5_SHARED(T, red, [(kSubBS / 32) * 2]);
   const int64_t C = s.C, H = s.H, W = s.W, Ho = s.out_h(), Wo = s.out_w(), P = Ho * Wo;
   const int64_t c = blockIdx.x, chunk = blockIdx.y;
   const int64_t n0 = chunk * per, n1 = min64(s.N, n0 + per);
@@ -101,8 +101,8 @@ void subsample2x2_forward(const T* x, const T* coef, const T* bias, T* y, PoolSh
   using namespace detail;
   const int64_t total = s.N * s.C * s.out_h() * s.out_w();
   if (total <= 0) return;
-  subsample_forward_kernel<T><<<grid_blocks(total, kSubBS), kSubBS, 0, as_stream(stream)>>>(x, coef, bias, y, s,
-                                                                                            act);
+  LENET5_LAUNCH(grid_blocks(total, kSubBS), kSubBS, 0, as_stream(stream), subsample_forward_kernel<T>)(x, coef, bias,
+                                                                                                       y, s, act);
   LENET5_CHECK_LAUNCH("subsample2x2 forward");
 }
 
@@ -125,8 +125,8 @@ void subsample2x2_backward(const T* gy, const T* y, const T* x, const T* coef, T
     cs = 2 * C;
   }
   const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>(plan.chunks));
-  subsample_backward_param_kernel<T><<<grid, kSubBS, 0, st>>>(gy, y, x, gc_out, gb_out, cs, plan.per, s, act,
-                                                              gauss_newton);
+  LENET5_LAUNCH(grid, kSubBS, 0, st, subsample_backward_param_kernel<T>)(gy, y, x, gc_out, gb_out, cs, plan.per, s, act,
+                                                                         gauss_newton);
   LENET5_CHECK_LAUNCH("subsample2x2 backward (coefficient gradient)");
   if (plan.chunks > 1) {
     sum_chunks(gc_out, plan.chunks, cs, gcoef, C, st);
@@ -136,8 +136,8 @@ void subsample2x2_backward(const T* gy, const T* y, const T* x, const T* coef, T
   if (!gx || N <= 0) return;
   const int64_t total = N * C * P;
   if (total <= 0) return zero_async(gx, N * C * s.H * s.W, st, "subsample2x2 backward");
-  subsample_backward_input_kernel<T><<<grid_blocks(total, kSubBS), kSubBS, 0, st>>>(gy, y, coef, gx, s, act,
-                                                                                    gauss_newton);
+  LENET5_LAUNCH(grid_blocks(total, kSubBS), kSubBS, 0, st, subsample_backward_input_kernel<T>)(gy, y, coef, gx, s, act,
+                                                                                               gauss_newton);
   LENET5_CHECK_LAUNCH("subsample2x2 backward (input gradient)");
 }
 
