@@ -59,6 +59,8 @@ def _moved(args, device):
     return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
 
 
+# The last: O * C = 256 kernels, so the CUDA weight gradient keeps each 5x5 whole (no row split),
+# and in float64 more channels than the CUDA kernels stage in shared memory at once.
 CONV_SHAPES = [(1, 1, 32, 32, 6), (3, 6, 14, 14, 16), (2, 16, 5, 5, 120), (1, 3, 9, 7, 2), (5, 2, 6, 11, 3),
                (3, 2, 9, 7, 3), (17, 1, 12, 5, 2), (5, 3, 5, 5, 4), (2, 1, 5, 13, 1), (20, 1, 8, 40, 1),
                (2, 16, 6, 7, 16)]

@@ -14,7 +14,14 @@ from cuda_device import DEVICE, Emulated, _emulator
 from lenet5_fast import _C
 from op_table import OPS, as_dtype
 
-EMU = DEVICE if isinstance(DEVICE, Emulated) else (Emulated(_emulator()) if _emulator() else None)
+def _emulated():
+    if isinstance(DEVICE, Emulated):
+        return DEVICE
+    module = _emulator()  # where a GPU is the tests' device
+    return Emulated(module) if module is not None else None
+
+
+EMU = _emulated()
 pytestmark = pytest.mark.skipif(EMU is None, reason="no emulated CUDA device (build with -DLENET5_CUDA_EMU=ON)")
 
 

@@ -110,6 +110,9 @@ struct Fiber : Coords {
   enum State { kReady, kBarrier, kWarp, kDone } state = kDone;
   const char* waits_at = nullptr;
   unsigned shared_seen = 0;  // LENET5_SHARED declarations this thread has passed
+  Fiber() = default;
+  Fiber(const Fiber&) = delete;
+  ~Fiber();
 };
 
 // The running emulated thread (in a fiber: `here` points at it).
@@ -232,6 +235,14 @@ void yield(Device& d, Fiber& self) {
 void make_ready(Device& d, Fiber& f) {
   f.state = Fiber::kReady;
   d.ready.push_back(&f);
+}
+
+Fiber::~Fiber() {
+  if (!stack) return;  // the host
+  munmap(stack - 4096, kStackBytes + 4096);
+#if EMU_TSAN
+  __tsan_destroy_fiber(tsan);
+#endif
 }
 
 Fiber& new_fiber(Device& d) {
@@ -499,7 +510,7 @@ void launch(const char* kernel, dim3 grid, dim3 block, size_t dynamic_smem, void
     do a = next_random(d) % total; while (std::gcd(a, total) != 1);
   const uint64_t c = next_random(d) % total;
   for (uint64_t i = 0; i < total && !d.aborting; ++i) {
-    const uint64_t b = (a * i + c) % total;
+    const uint64_t b = uint64_t((static_cast<unsigned __int128>(a) * i + c) % total);
     run_block(d, grid, block,
               uint3{unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y))});
   }
@@ -516,7 +527,6 @@ std::vector<LaunchRecord> record_launches(bool on) {
   out.swap(launch_log);
   return out;
 }
-void seed(uint64_t s) { device().rng = s ? s : 0x9e3779b97f4a7c15ull; }
 
 }  // namespace cuda_emu
 

@@ -88,14 +88,12 @@ void* shared(size_t bytes, const char* where);
 // Runs body(args) as every thread of every block of the grid (what a launch does).
 void launch(const char* kernel, dim3 grid, dim3 block, size_t dynamic_smem, void (*body)(void*), void* args);
 
-// Controls for the test module: record_launches(on) returns the launches recorded since the
-// last call and records the next ones when `on`; seed() sets the scheduler's random order.
+// For the test module: the launches recorded since the last call; records the next ones when on.
 struct LaunchRecord {
   std::string kernel;  // the launch site's kernel expression
   dim3 grid, block;
 };
 std::vector<LaunchRecord> record_launches(bool on);
-void seed(uint64_t s);
 
 template <class T> T shfl(unsigned mask, T v, Shfl kind, unsigned arg, const char* where) {
   static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= 8, "shuffle of a value over 8 bytes");

@@ -1,7 +1,7 @@
 // module.cpp — lenet5_fast._C_cuda_emu, the emulated CUDA device's test module (cuda_emu.h):
 // the per-op CUDA kernels of csrc/cuda compiled for the CPU, bound exactly like lenet5_fast._C's
-// (op_bindings.h) but taking CPU addresses, with device 1 only; plus the emulator's controls
-// and the faulty kernels (faults.cpp) that show each of its checks firing.
+// (op_bindings.h) but taking CPU addresses, with device 1 only; plus the launch log and the
+// faulty kernels (faults.cpp) that show each of the emulator's checks firing.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -29,7 +29,6 @@ PYBIND11_MODULE(_C_cuda_emu, m) {
                                 py::make_tuple(r.block.x, r.block.y, r.block.z)));
     return out;
   }, "The launches (kernel, grid, block) recorded since the last call; records the next ones when on");
-  m.def("seed", &cuda_emu::seed, "Seeds the scheduler's random order of blocks and threads (this thread)");
   m.def("run_fault", [](const std::string& name) {
     py::gil_scoped_release no_gil;
     cuda_emu::run_fault(name);
