@@ -43,7 +43,12 @@
 #else
 #define EMU_TSAN 0
 #endif
-#if !defined(__x86_64__)
+// The context switch: hand-written on x86-64, ucontext elsewhere (slower: a system call per
+// switch); LENET5_CUDA_EMU_UCONTEXT picks ucontext on x86-64 too.
+#if defined(__x86_64__) && !defined(LENET5_CUDA_EMU_UCONTEXT)
+#define EMU_ASM_SWITCH 1
+#else
+#define EMU_ASM_SWITCH 0
 #include <ucontext.h>
 #endif
 
@@ -60,7 +65,7 @@ constexpr unsigned kMaxThreads = 1024;
 
 // ---- context switch: saves the callee-saved registers on the current stack, stores the stack
 // pointer in *from, loads `to` and pops the same registers from there ----
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
 extern "C" void cuda_emu_switch(void** from, void* to);
 asm(R"(
 .text
@@ -102,7 +107,7 @@ struct Fiber : Coords {
   Device* device = nullptr;
   void* sp = nullptr;  // saved stack pointer while switched out
   char* stack = nullptr;
-#if !defined(__x86_64__)
+#if !EMU_ASM_SWITCH
   ucontext_t uc;
 #endif
   void* tsan = nullptr;       // TSan's fiber
@@ -139,7 +144,6 @@ struct Device {
   const void* host_bottom = nullptr;  // ASan: the host thread's stack
   size_t host_size = 0;
   // the launch
-  const char* kernel = "";
   void (*body)(void*) = nullptr;
   void* args = nullptr;
   uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -209,7 +213,7 @@ void switch_to(Device& d, Fiber& from, Fiber& to) {
 #if EMU_TSAN
   __tsan_switch_to_fiber(to.tsan, __tsan_switch_to_fiber_no_sync);
 #endif
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
   cuda_emu_switch(&from.sp, to.sp);
 #else
   swapcontext(&from.uc, &to.uc);
@@ -254,7 +258,7 @@ Fiber& new_fiber(Device& d) {
   if (m == MAP_FAILED) throw std::runtime_error("cuda_emu: cannot map a fiber stack");
   mprotect(m, 4096, PROT_NONE);
   f->stack = static_cast<char*>(m) + 4096;
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
   // The frame cuda_emu_switch pops: mxcsr and x87 control words (their defaults), six registers,
   // then it returns into fiber_main, with a null return address above that.
   uint64_t* top = reinterpret_cast<uint64_t*>(f->stack + kStackBytes);
@@ -497,7 +501,6 @@ void launch(const char* kernel, dim3 grid, dim3 block, size_t dynamic_smem, void
     d.arena.resize(kSharedLimit + 64 * kFence);
     d.arena_used = d.arena.size();  // the first block fills it all
   }
-  d.kernel = kernel;
   d.body = body;
   d.args = args;
   d.nthreads = n;
