@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 dir=${BUILD_DIR:-build/cuda-emu}
-cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLENET5_CUDA=OFF -DLENET5_CUDA_EMU=ON \
+cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLENET5_CUDA=OFF -DLENET5_CUDA_EMU=ON \
   -Dpybind11_DIR="$($PY -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v $PY)" "$@" > /dev/null
 cmake --build "$dir" --target _C_cuda_emu >&2
 ls "$PWD/$dir"/_C_cuda_emu*.so
