@@ -24,9 +24,6 @@ using lenet5::bind::P;
 
 namespace {
 
-#ifdef LENET5_WITH_CUDA
-namespace dev = lenet5::cuda;
-#endif
 namespace cpu = lenet5::cpu;
 
 // One float address per parameter of the variant (the fused engines' params, grads, steps).

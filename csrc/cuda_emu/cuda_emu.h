@@ -68,7 +68,6 @@ using cudaStream_t = CUstream_st*;
 cudaError_t cudaGetLastError();
 const char* cudaGetErrorString(cudaError_t e);
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream);
-cudaError_t cudaGetDeviceCount(int* count);  // 1: the emulated device
 
 namespace cuda_emu {
 

@@ -17,7 +17,6 @@ PYBIND11_MODULE(_C_cuda_emu, m) {
   m.doc() = "lenet5_fast's CUDA kernels on the emulated CUDA device (tests only): same bindings as _C, device 1";
   lenet5::bind::bind_per_op_kernels(m);
   m.attr("with_cuda") = true;
-  m.def("cuda_device_count", &lenet5::cuda::device_count);
   m.def("chunking", [] {
     return py::make_tuple(LENET5_CUDA_TARGET_BLOCKS, LENET5_CUDA_MIN_CHUNK_ITEMS, LENET5_CUDA_MAX_BLOCKS);
   },
