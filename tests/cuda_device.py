@@ -6,8 +6,9 @@ the CUDA execution model, on CPU tensors, with the same bindings as lenet5_fast.
 A test moves tensors there with ``DEVICE.put``, calls the ops on them inside ``with
 DEVICE.run():`` and brings results back with ``DEVICE.get``; everything outside ``run()`` is the
 CPU (``DEVICE.module`` moves a model). On the emulated device, ``run()`` sends every per-op kernel
-call of lenet5_fast.ops to the emulated module (as device 1) and turns the fused CPU engines off,
-so a model runs layer by layer on the CUDA kernels, as it does on a GPU.
+call of lenet5_fast.ops (all go through ``ops._run``) to the emulated module (as device 1) and
+turns the fused CPU engines off, so a model runs layer by layer on the CUDA kernels, as it does on
+a GPU.
 
 Which module: ``LENET5_CUDA_EMU_MODULE=/path/_C_cuda_emu*.so`` (CI builds it apart from the
 installed package; a path that does not load is an error), else ``lenet5_fast._C_cuda_emu`` when
@@ -46,31 +47,27 @@ class Gpu:
         return contextlib.nullcontext()
 
 
-class _EmulatedC:
-    """lenet5_fast._C as ops.py sees it inside Emulated.run(): the per-op kernels of the emulated
-    module, called as device 1 (the CUDA kernels) on the CPU addresses ops.py passes; anything
-    else is the real _C."""
-
-    def __init__(self, emu):
-        self._kernels = {name: self._as_device(getattr(emu, name)) for name in dir(emu)
-                         if name.endswith(("_forward", "_backward")) and hasattr(_C, name)}
-
-    @staticmethod
-    def _as_device(kernel):
-        return lambda device, f64, extra, *args: kernel(1, f64, 0, *args)
-
-    def __getattr__(self, name):
-        kernel = self._kernels.get(name)
-        return kernel if kernel is not None else getattr(_C, name)
-
-
 class Emulated:
     name = "emulated"
     emulated = True
 
     def __init__(self, kernels):
         self.kernels = kernels  # the emulated module
-        self._c = _EmulatedC(kernels)
+        self._per_op = {name: getattr(kernels, name) for name in dir(kernels)
+                        if name.endswith(("_forward", "_backward")) and hasattr(_C, name)}
+        self._cpu_run = ops._run
+
+    def _run(self, kernel, like, *args):
+        """ops._run inside run(): a per-op kernel of _C (by its name) runs as the emulated
+        module's CUDA kernel (device 1) on the CPU addresses ops.py passes; a kernel of _C that is
+        neither a per-op kernel nor a fused engine's is an error, never a silent CPU run."""
+        name = getattr(kernel, "__name__", "")
+        emulated = self._per_op.get(name)
+        if emulated is not None:
+            return emulated(1, like.dtype == torch.float64, 0, *args)
+        if not name.startswith("lenet5_"):
+            raise AssertionError(f"lenet5_fast.ops ran {name or kernel!r}, which the emulated CUDA device does not have")
+        return self._cpu_run(kernel, like, *args)
 
     def put(self, t):
         return t.detach().clone() if isinstance(t, torch.Tensor) else t
@@ -88,14 +85,14 @@ class Emulated:
     def run(self):
         """Also fills every new tensor with NaN (torch's deterministic mode), so an output element
         a kernel fails to write cannot pass for a value left there by an earlier run."""
-        saved, deterministic = ops._C, torch.are_deterministic_algorithms_enabled()
-        ops._C = self._c
+        saved, deterministic = ops._run, torch.are_deterministic_algorithms_enabled()
+        ops._run = self._run
         torch.use_deterministic_algorithms(True)
         try:
             with fused.disabled():
                 yield
         finally:
-            ops._C = saved
+            ops._run = saved
             torch.use_deterministic_algorithms(deterministic)
 
 

@@ -59,6 +59,24 @@ def test_each_check_fails_the_launch(fault, message):
     EMU.kernels.run_fault("with_barrier")  # the device works on after a failed launch
 
 
+@pytest.mark.parametrize("entry", OPS, ids=[e.name for e in OPS])
+def test_every_op_runs_on_the_emulated_kernels(entry):
+    """Inside run(), each op's forward and backward launch emulated CUDA kernels (an op whose
+    kernel ops.py reached some other way would run on the CPU and pass test_cuda.py for nothing)."""
+    sample = max(entry.sample_inputs("cpu"), key=lambda s: s.args[0].numel())
+    args = as_dtype(sample.args, torch.float32)
+    EMU.kernels.record_launches(True)
+    try:
+        with EMU.run():
+            y = entry.forward(*args)
+        forward = EMU.kernels.record_launches(True)
+        with EMU.run():
+            entry.backward_outputs(torch.ones_like(y), y, args)
+    finally:
+        backward = EMU.kernels.record_launches(False)
+    assert forward and backward, (forward, backward)
+
+
 def _launches_of_the_table():
     """Every launch that the op table's forward and backward (and Gauss-Newton) calls make."""
     EMU.kernels.record_launches(True)
