@@ -67,16 +67,17 @@ for i in "${!versions[@]}"; do
     { tail -n 40 "$log"; fail "building the $cp wheel failed (log: $log)"; }
   cuda=$(sed -n 's/.*lenet5_fast: CUDA kernels \([A-Z]*\).*/\1/p' "$log" | head -n1)
   raw=$(ls "$work/raw-$cp"/lenet5_fast-"$version"-"$cp"-"$cp"-*.whl)
-  plat=$(auditwheel show "$raw" | tr '\n' ' ' | sed -n 's/.*following platform tag: *"\([^"]*\)".*/\1/p')
+  plat=$(auditwheel show "$raw" 2>&1 | tr '\n' ' ' | sed -n 's/.*following platform tag: *"\([^"]*\)".*/\1/p')
   [[ $plat == manylinux_* ]] || fail "auditwheel finds $raw consistent with no manylinux tag ('$plat')"
   auditwheel repair --plat "$plat" --only-plat -w dist "$raw" > "$work/repair-$cp.log" 2>&1 ||
     { cat "$work/repair-$cp.log"; fail "auditwheel repair failed for $raw"; }
   whl=dist/lenet5_fast-$version-$cp-$cp-$plat.whl
   [ -f "$whl" ] || fail "auditwheel repair did not write $whl: $(ls dist)"
-  auditwheel show "$whl" | tr '\n' ' ' | grep -q "following platform tag: *\"$plat\"" ||
-    fail "auditwheel show disagrees on $whl: $(auditwheel show "$whl")"
+  shown=$(auditwheel show "$whl" 2>&1 | tr '\n' ' ')
+  [[ $shown == *"following platform tag: \"$plat\""* ]] || fail "auditwheel show disagrees on $whl: $shown"
   # Nothing grafted: the module needs only libraries the manylinux policy lets it take from the system.
-  ! python -m zipfile -l "$whl" | grep -q "\.libs/" || fail "auditwheel copied libraries into $whl"
+  files=$(python -m zipfile -l "$whl")
+  [[ $files != *.libs/* ]] || fail "auditwheel copied libraries into $whl"
   wheels+=("$whl") cuda_seen+=("$cuda")
   echo "$whl: CUDA kernels $cuda, built from the sdist and repaired in $(( $(date +%s) - t )) s"
 done
