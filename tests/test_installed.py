@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from package_env import package_env
 
 import lenet5_fast
 from lenet5_fast import train as T
@@ -21,10 +22,11 @@ FOUR = Path(__file__).parent / "data" / "four.jpg"
 
 def _cli(*args):
     """`lenet5-fast ARGS`: the installed console script next to this interpreter, or
-    `python -m lenet5_fast` when running from the source tree (no script installed)."""
+    `python -m lenet5_fast` when running from the source tree (no script installed); either way
+    the child imports the package these tests imported (package_env)."""
     script = Path(sys.executable).parent / "lenet5-fast"
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "lenet5_fast"]
-    r = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=300, env=package_env())
     assert r.returncode == 0, f"{cmd + list(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
     return r.stdout
 
@@ -45,7 +47,7 @@ def test_summary_from_the_command_line():
 
 
 def test_predict_reads_the_shipped_image_with_the_shipped_weights():
-    r = json.loads(_cli("predict", "--json", str(FOUR)))
+    r = [json.loads(line) for line in _cli("predict", "--json", str(FOUR)).splitlines()]  # JSON Lines
     assert len(r) == 1 and r[0]["class"] == 4 and not r[0]["rejected"], r
     assert set(r[0]["networks"]) == {"paper", "paper-distort", "modern-adam"}
 
