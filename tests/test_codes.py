@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
 from lenet5_fast.codes import CODE_COLS, CODE_ROWS, DIGIT_BITMAPS, output_codes, render_codes
@@ -61,3 +62,28 @@ def test_render_codes():
     alt = render_codes(ink="@", paper=" ")
     assert "#" not in alt and "." not in alt and "@" in alt
     assert alt.count("@") == text.count("#")
+
+
+def test_render_codes_layout_exactly():
+    """Two blocks of five digits, each a header line (the digit centred over its 7 columns, no
+    trailing spaces) over 12 bitmap rows 3 spaces apart, a blank line between the blocks, and a
+    final newline (mutation testing: lstrip for rstrip, or another ending, passed test_render_codes)."""
+    headers = ["   0         1         2         3         4", "   5         6         7         8         9"]
+    blocks = ["\n".join([headers[b]] + ["   ".join(DIGIT_BITMAPS[d][r] for d in range(5 * b, 5 * b + 5))
+                                        for r in range(12)]) for b in (0, 1)]
+    assert render_codes() == blocks[0] + "\n\n" + blocks[1] + "\n"
+
+
+def test_the_bitmap_check_accepts_the_bitmaps_and_refuses_bad_ones(monkeypatch):
+    """codes._check_bitmaps runs at import; called again it passes on the real bitmaps and fails
+    on a wrong count of digits, of rows, of columns or a stray character."""
+    from lenet5_fast import codes
+
+    codes._check_bitmaps()
+    good = codes.DIGIT_BITMAPS
+    bad_row = good[3][:5] + ("#.x.#..",) + good[3][6:]
+    for bitmaps in (good[:9], good[:3] + (good[3][:11],) + good[4:], good[:3] + (good[3][:5] + ("#.#.#.",)
+                    + good[3][6:],) + good[4:], good[:3] + (bad_row,) + good[4:]):
+        monkeypatch.setattr(codes, "DIGIT_BITMAPS", bitmaps)
+        with pytest.raises(AssertionError):
+            codes._check_bitmaps()
