@@ -215,6 +215,23 @@ template <int L, int CB> LENET5_INLINE void row_taps(vf<L>* acc, const float* x,
     for (int c = 0; c < CB; ++c) acc[c] += wv * xv[c + kx];
   }
 }
+// RB output rows at once: acc[j][c] += sum_kx w[kx] * x[j][c + kx], x[j] = x + j * stride, the
+// rows one weight row meets (each broadcast weight feeds RB x CB FMA chains).
+template <int L, int CB, int RB>
+LENET5_INLINE void rows_taps(vf<L> (*acc)[CB], const float* x, int stride, const float* w) {
+  if constexpr (RB == 1) {
+    row_taps<L, CB>(acc[0], x, w);
+  } else {
+#pragma GCC unroll 5
+    for (int kx = 0; kx < kK; ++kx) {
+      const vf<L> wv = splat<L>(w[kx]);
+#pragma GCC unroll 4
+      for (int j = 0; j < RB; ++j)
+#pragma GCC unroll 32
+        for (int c = 0; c < CB; ++c) acc[j][c] += wv * load<L>(x + j * stride + (c + kx) * L);
+    }
+  }
+}
 // The input gradient's mirror image: acc[c] += sum_kx w[kx] * g[c + 4 - kx], g: CB + 4 vectors of
 // a zero-padded gradient row (g[i] is output column C0 + i - 4, zero outside [0, W)); taps that
 // would meet the zero columns are skipped at compile time.
@@ -246,27 +263,32 @@ template <int L, int OW> LENET5_INLINE void row_weight_terms(vf<L>* acc, const f
 // Convolutions (C1 and C3): y[o][r][c] = act(b[o] + sum over kernels k of o, ky, kx of
 // w[k][ky][kx] x[in(k)][r + ky][c + kx]). C1 is the dense case (kernel (o, c) = o Cin + c).
 
-template <int L, int ACT, int H, int CB, class KernelsOf>
+template <int L, int ACT, int H, int CB, int RB, class KernelsOf>
 LENET5_INLINE void conv_forward(const float* X, int out_maps, const float* w, const float* b,
                                 KernelsOf kernels_of, float* Y) {
   constexpr int W = H - kK + 1, IW = H;
-  static_assert(W % CB == 0, "column blocks");
+  static_assert(W % CB == 0 && W % RB == 0, "column and row blocks");
   for (int o = 0; o < out_maps; ++o) {
     int k0, k1;
     kernels_of(o, k0, k1);
-    for (int r = 0; r < W; ++r)
+    for (int r = 0; r < W; r += RB)
       for (int c0 = 0; c0 < W; c0 += CB) {
-        vf<L> acc[CB];
+        vf<L> acc[RB][CB];
+#pragma GCC unroll 4
+        for (int j = 0; j < RB; ++j)
 #pragma GCC unroll 32
-        for (int c = 0; c < CB; ++c) acc[c] = splat<L>(b[o]);
+          for (int c = 0; c < CB; ++c) acc[j][c] = splat<L>(b[o]);
         for (int k = k0; k < k1; ++k) {
           const float* xm = X + int64_t(kernels_of.input(k)) * H * IW * L;
 #pragma GCC unroll 5
           for (int ky = 0; ky < kK; ++ky)
-            row_taps<L, CB>(acc, xm + ((r + ky) * IW + c0) * L, w + (k * kK + ky) * kK);
+            rows_taps<L, CB, RB>(acc, xm + ((r + ky) * IW + c0) * L, IW * L, w + (k * kK + ky) * kK);
         }
+#pragma GCC unroll 4
+        for (int j = 0; j < RB; ++j)
 #pragma GCC unroll 32
-        for (int c = 0; c < CB; ++c) store<L>(Y + ((o * W + r) * W + c0 + c) * L, act::forward<ACT>(acc[c]));
+          for (int c = 0; c < CB; ++c)
+            store<L>(Y + ((o * W + r + j) * W + c0 + c) * L, act::forward<ACT>(acc[j][c]));
       }
   }
 }
@@ -315,34 +337,43 @@ LENET5_INLINE void conv_param_terms(const float* X, int out_maps, const float* G
 }
 
 // Input gradient of a convolution: gx[c][q][col] = sum over kernels k reading c, ky, kx of
-// w[k][ky][kx] g[out(k)][q - ky][col - kx] (Gp's zero columns cover the column edges).
-template <int L, int H, int CB, int C0, class InputsOf>
+// w[k][ky][kx] g[out(k)][q - ky][col - kx] (Gp's zero columns cover the column edges). RB rows
+// q.. of CB columns from C0 at once (RB x CB FMA chains; a row's terms in the same order).
+template <int L, int H, int CB, int RB, int C0, class InputsOf>
 LENET5_INLINE void conv_input_grad_block(const float* Gp, int c, int q, const float* w, InputsOf inputs_of, float* GX) {
   constexpr int W = H - kK + 1, GW = W + 2 * kGP;
-  vf<L> acc[CB];
+  vf<L> acc[RB][CB];
+#pragma GCC unroll 4
+  for (int j = 0; j < RB; ++j)
 #pragma GCC unroll 32
-  for (int i = 0; i < CB; ++i) acc[i] = zero<L>();
+    for (int i = 0; i < CB; ++i) acc[j][i] = zero<L>();
   const int nk = inputs_of.count(c);
-  const int ky0 = std::max(0, q - (W - 1)), ky1 = std::min(kK - 1, q);
-  for (int j = 0; j < nk; ++j) {
-    const int k = inputs_of.kernel(c, j), o = inputs_of.output(k);
+  for (int jk = 0; jk < nk; ++jk) {
+    const int k = inputs_of.kernel(c, jk), o = inputs_of.output(k);
     const float* g = Gp + int64_t(o) * W * GW * L;
-    for (int ky = ky0; ky <= ky1; ++ky)
-      row_taps_back<L, CB, C0, W>(acc, g + ((q - ky) * GW + C0) * L, w + (k * kK + ky) * kK);
+#pragma GCC unroll 5
+    for (int ky = 0; ky < kK; ++ky)
+#pragma GCC unroll 4
+      for (int j = 0; j < RB; ++j) {
+        const int gr = q + j - ky;  // the gradient row this kernel row meets
+        if (gr >= 0 && gr < W) row_taps_back<L, CB, C0, W>(acc[j], g + (gr * GW + C0) * L, w + (k * kK + ky) * kK);
+      }
   }
+#pragma GCC unroll 4
+  for (int j = 0; j < RB; ++j)
 #pragma GCC unroll 32
-  for (int i = 0; i < CB; ++i) store<L>(GX + ((c * H + q) * H + C0 + i) * L, acc[i]);
+    for (int i = 0; i < CB; ++i) store<L>(GX + ((c * H + q + j) * H + C0 + i) * L, acc[j][i]);
 }
-template <int L, int H, int CB, class InputsOf, int... B>
+template <int L, int H, int CB, int RB, class InputsOf, int... B>
 LENET5_INLINE void conv_input_grad_(const float* Gp, int in_maps, const float* w, InputsOf inputs_of, float* GX,
                                     std::integer_sequence<int, B...>) {
   for (int c = 0; c < in_maps; ++c)
-    for (int q = 0; q < H; ++q) (conv_input_grad_block<L, H, CB, B * CB>(Gp, c, q, w, inputs_of, GX), ...);
+    for (int q = 0; q < H; q += RB) (conv_input_grad_block<L, H, CB, RB, B * CB>(Gp, c, q, w, inputs_of, GX), ...);
 }
-template <int L, int H, int CB, class InputsOf>
+template <int L, int H, int CB, int RB, class InputsOf>
 LENET5_INLINE void conv_input_grad(const float* Gp, int in_maps, const float* w, InputsOf inputs_of, float* GX) {
-  static_assert(H % CB == 0, "column blocks");
-  conv_input_grad_<L, H, CB>(Gp, in_maps, w, inputs_of, GX, std::make_integer_sequence<int, H / CB>{});
+  static_assert(H % CB == 0 && H % RB == 0, "column and row blocks");
+  conv_input_grad_<L, H, CB, RB>(Gp, in_maps, w, inputs_of, GX, std::make_integer_sequence<int, H / CB>{});
 }
 struct DenseInputs {  // C1: kernel (o, c) = o cin + c
   int cin;
@@ -550,10 +581,12 @@ LENET5_INLINE void forward_tile(const Net& n, const float* x, int valid, float* 
   const Saved<L> s(saved);
   constexpr int ACT = kHidden<C>;
   load_tile<L>(x, n.cin, valid, X);
-  constexpr int CB1 = L == 16 ? 14 : 7, CB3 = L == 16 ? 10 : 5;
-  conv_forward<L, ACT, kIn, CB1>(X, kMaps1, n.w[kC1Weight], n.w[kC1Bias], DenseKernels{n.cin}, s.Y1);
+  // Output blocks of RB rows x CB columns in registers: enough independent FMA chains to cover
+  // the FMA latency on both ports (16 lanes: 14 and 10 chains; 8 lanes: 2 rows x 7 and 2 x 5).
+  constexpr int CB1 = L == 16 ? 14 : 7, CB3 = L == 16 ? 10 : 5, RB = L == 16 ? 1 : 2;
+  conv_forward<L, ACT, kIn, CB1, RB>(X, kMaps1, n.w[kC1Weight], n.w[kC1Bias], DenseKernels{n.cin}, s.Y1);
   pool_forward<L, C, kC1>(s.Y1, kMaps1, n.w[kS2Coef], n.w[kS2Bias], s.Y2);
-  conv_forward<L, ACT, kS2, CB3>(s.Y2, kMaps3, n.w[kC3Weight], n.w[kC3Bias], TableKernels{&n.c3}, s.Y3);
+  conv_forward<L, ACT, kS2, CB3, RB>(s.Y2, kMaps3, n.w[kC3Weight], n.w[kC3Bias], TableKernels{&n.c3}, s.Y3);
   pool_forward<L, C, kC3>(s.Y3, kMaps3, n.w[kS4Coef], n.w[kS4Bias], s.Y4);
   fc_forward<L, ACT>(n.w[kC5Weight], n.w[kC5Bias], kUnits5, kIn5, s.Y4, s.Y5);
   fc_forward<L, ACT>(n.w[kF6Weight], n.w[kF6Bias], kUnits6, kUnits5, s.Y5, s.Y6);
@@ -639,12 +672,12 @@ LENET5_INLINE void backward_tile(const Net& n, int valid, const float* saved, fl
   fc_backward<L>(n.w[kC5Weight], kUnits5, kIn5, n.fc_upad[kC5Weight], n.fc_jpad[kC5Weight], w.G5, s.Y4, A[kC5Weight], A[kC5Bias], w.G4, w.T);
   pool_backward<L, C, kC3>(w.G4, s.Y4, s.Y3, kMaps3, n.w[kS4Coef], A[kS4Coef], A[kS4Bias], w.G3p);
   conv_param_terms<L, kS2>(s.Y2, kMaps3, w.G3p, TableKernels{&n.c3}, A[kC3Weight], A[kC3Bias]);
-  constexpr int CB2 = L == 16 ? 14 : 7, CBX = L == 16 ? 16 : 8;
-  conv_input_grad<L, kS2, CB2>(w.G3p, kMaps1, n.w[kC3Weight], TableInputs{&n.c3}, w.G2);
+  constexpr int CB2 = L == 16 ? 14 : 7, CBX = L == 16 ? 16 : 8, RB2 = L == 16 ? 1 : 2;
+  conv_input_grad<L, kS2, CB2, RB2>(w.G3p, kMaps1, n.w[kC3Weight], TableInputs{&n.c3}, w.G2);
   pool_backward<L, C, kC1>(w.G2, s.Y2, s.Y1, kMaps1, n.w[kS2Coef], A[kS2Coef], A[kS2Bias], w.G1p);
   conv_param_terms<L, kIn>(w.X, kMaps1, w.G1p, DenseKernels{n.cin}, A[kC1Weight], A[kC1Bias]);
   if (grad_x) {
-    conv_input_grad<L, kIn, CBX>(w.G1p, n.cin, n.w[kC1Weight], DenseInputs{n.cin}, w.GX);
+    conv_input_grad<L, kIn, CBX, 1>(w.G1p, n.cin, n.w[kC1Weight], DenseInputs{n.cin}, w.GX);
     constexpr int P = kIn * kIn;
     const int total = n.cin * P;
     for (int k = 0; k < valid; ++k) {

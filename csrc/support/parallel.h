@@ -43,28 +43,29 @@ template <class T, ScratchUse Use = ScratchUse::kReduceSlots> T* reusable_scratc
 // slice gets its own zeroed accumulator of acc_size values, and the slices' accumulators are
 // summed in slice order into out[0:acc_size]. body(begin, end, acc) sees its slice's accumulator.
 // (Slice 0 accumulates in out itself, the others in reusable scratch: the sum is the same.)
+// Each slice's accumulator is zeroed by the thread that fills it (in parallel, into its cache),
+// and the final sum runs over ranges of the accumulator in parallel, each value still summed
+// in slice order: nothing of the reduction is serial.
 // min_per_slot > 1 gives each slice at least that many images (fewer slices for small N), where
 // one image's work is small next to adding up an accumulator.
 template <class T, class Body>
 void batch_slices(int64_t N, int64_t acc_size, T* out, int nthreads, Body&& body, int64_t min_per_slot = 1) {
   const int64_t nslots = std::max<int64_t>(1, std::min<int64_t>(N / std::max<int64_t>(1, min_per_slot), kReduceSlots));
-  T* rest = nullptr;
-  if (acc_size > 0) {
-    std::fill(out, out + acc_size, T(0));
-    if (nslots > 1) {
-      rest = reusable_scratch<T>((nslots - 1) * acc_size);
-      std::fill(rest, rest + (nslots - 1) * acc_size, T(0));
-    }
-  }
+  T* rest = acc_size > 0 && nslots > 1 ? reusable_scratch<T>((nslots - 1) * acc_size) : nullptr;
   parallel_tasks(nslots, nthreads, [&](int64_t s) {
-    body(slice_begin(N, nslots, s), slice_begin(N, nslots, s + 1),
-         acc_size > 0 ? (s == 0 ? out : rest + (s - 1) * acc_size) : nullptr);
+    T* acc = acc_size > 0 ? (s == 0 ? out : rest + (s - 1) * acc_size) : nullptr;
+    if (acc) std::fill(acc, acc + acc_size, T(0));
+    body(slice_begin(N, nslots, s), slice_begin(N, nslots, s + 1), acc);
   });
-  if (acc_size > 0) {
-    for (int64_t s = 1; s < nslots; ++s) {
-      const T* a = rest + (s - 1) * acc_size;
-      for (int64_t i = 0; i < acc_size; ++i) out[i] += a[i];
-    }
+  if (rest) {
+    constexpr int64_t kChunk = 4096;  // values per task: a few microseconds of adds
+    parallel_tasks((acc_size + kChunk - 1) / kChunk, nthreads, [&](int64_t c) {
+      const int64_t b = c * kChunk, e = std::min(acc_size, b + kChunk);
+      for (int64_t s = 1; s < nslots; ++s) {
+        const T* a = rest + (s - 1) * acc_size;
+        for (int64_t i = b; i < e; ++i) out[i] += a[i];
+      }
+    });
   }
 }
 
