@@ -36,13 +36,16 @@
 //    gradient is the same loop on zero-padded gradient rows (4 zero columns each side), so
 //    there are no edge cases; weight terms pair each gradient row with its input row, even and
 //    odd rows in separate accumulators (10 FMA chains), one lane-sum per tap and tile.
-//  * Fully connected weight gradients are small GEMMs over the lanes: per tile the gradient
-//    and the input are transposed to [lane][unit], and dW[u][j] += sum_n ga[n][u] x[n][j] runs
-//    4 units x up to 4 vectors of j in registers (no horizontal sums: a lane sum per weight would
-//    cost more than the weight's one FMA).
+//  * Fully connected weight gradients are one GEMM per layer over the whole batch: each tile
+//    transposes its gradient and input rows to [image][unit] into a batch-wide rows buffer, and
+//    after the tiles dW[u][j] = sum_n ga[n][u] x[n][j] runs over all N images in order, 4 units x
+//    up to 4 vectors of j in registers (no horizontal sums), split between threads by columns.
+//    (Per tile into per-slice accumulators, these 60,000 weights cost more to zero and add up
+//    than to compute: measured 6% of a batch-256 training step.)
 //  * Threads: forward over tiles; backward over a fixed partition of the tiles into slices
-//    (parallel.h's batch_slices), each slice its own accumulator, tiles summed in order within
-//    a slice, slices in order: bitwise identical results for any thread count.
+//    (parallel.h's batch_slices), each slice its own accumulator of the other parameters' terms,
+//    tiles summed in order within a slice, slices in order; the GEMMs sum images in order:
+//    bitwise identical results for any thread count.
 //  * Activations from activations.h only (float32 rational tanh, ReLU with torch's NaN rule);
 //    derivatives from the outputs. Max-pool backward routes to the first maximum in row-major
 //    order (NaN: the first NaN; none equal: the first element), as cpu/maxpool2x2.cpp.
@@ -96,12 +99,19 @@ struct Net {
   const float* w[kRoles];  // null for the roles the variant does not have
   const float* codes;
   C3Index c3;
-  // Accumulator layout (floats): role r at acc_off[r]. A fully connected weight [U][J] (C5 seen
-  // as [120][400]) has padded rows [round_up(U, 4)][round_up(J, 16)] for the lane GEMMs.
-  int64_t acc_off[kRoles + 1];
+  // Gradient layout (floats): role r at acc_off[r]. The roles summed tile by tile come first,
+  // [0, acc_tiles): each slice of the batch has an accumulator of that size. The fully connected
+  // weights [U][J] (C5 seen as [120][400]) follow, [acc_tiles, acc_total), each with padded rows
+  // [round_up(U, 4)][round_up(J, 16)]: they are one GEMM over the whole batch (fc_weight_terms).
+  int64_t acc_off[kRoles], acc_tiles, acc_total;
   int64_t size[kRoles];
   int fc_u[kRoles], fc_j[kRoles], fc_upad[kRoles], fc_jpad[kRoles];
+  // The batch's transposed rows for those GEMMs: per image, for each fully connected layer r, its
+  // dE/da (upad floats) at column fc_col[r] and its input (jpad floats) at fc_col[r] + upad,
+  // fc_cols floats in all (fc_rows: the rows buffer, [tiles * L][fc_cols]).
+  int fc_col[kRoles], fc_cols;
 };
+constexpr bool is_fc_weight(int r) { return r == kC5Weight || r == kF6Weight || r == kOutWeight; }
 
 // Checks the network and resolves it (std::invalid_argument naming fn).
 Net resolve(const FusedNet& b, const char* fn) {
@@ -115,21 +125,30 @@ Net resolve(const FusedNet& b, const char* fn) {
   n.c3 = resolve_c3(b, fn);
   const ParamOrder& order = param_order(b.variant);
   for (int p = 0; p < order.count; ++p) n.w[order.role[p]] = b.param[p];
-  n.acc_off[0] = 0;
-  for (int r = 0; r < kRoles; ++r) {
-    const ParamShape shape = param_shape(b.variant, Role(r), sizes_of(b, n.c3));
-    n.size[r] = shape.numel();
-    int64_t acc = n.size[r];
-    n.fc_u[r] = n.fc_j[r] = n.fc_upad[r] = n.fc_jpad[r] = 0;
-    if (acc > 0 && (r == kC5Weight || r == kF6Weight || r == kOutWeight)) {
-      n.fc_u[r] = static_cast<int>(shape.dim[0]);
-      n.fc_j[r] = static_cast<int>(acc / shape.dim[0]);
-      n.fc_upad[r] = round_up(n.fc_u[r], 4);
-      n.fc_jpad[r] = round_up(n.fc_j[r], kMaxL);
-      acc = int64_t(n.fc_upad[r]) * n.fc_jpad[r];
+  int64_t off = 0;
+  n.fc_cols = 0;
+  for (int pass = 0; pass < 2; ++pass) {  // the per-tile roles, then the fully connected weights
+    if (pass == 1) n.acc_tiles = off;
+    for (int r = 0; r < kRoles; ++r) {
+      if (is_fc_weight(r) != (pass == 1)) continue;
+      const ParamShape shape = param_shape(b.variant, Role(r), sizes_of(b, n.c3));
+      n.size[r] = shape.numel();
+      int64_t acc = n.size[r];
+      n.fc_u[r] = n.fc_j[r] = n.fc_upad[r] = n.fc_jpad[r] = n.fc_col[r] = 0;
+      if (acc > 0 && is_fc_weight(r)) {
+        n.fc_u[r] = static_cast<int>(shape.dim[0]);
+        n.fc_j[r] = static_cast<int>(acc / shape.dim[0]);
+        n.fc_upad[r] = round_up(n.fc_u[r], 4);
+        n.fc_jpad[r] = round_up(n.fc_j[r], kMaxL);
+        acc = int64_t(n.fc_upad[r]) * n.fc_jpad[r];
+        n.fc_col[r] = n.fc_cols;
+        n.fc_cols += n.fc_upad[r] + n.fc_jpad[r];
+      }
+      n.acc_off[r] = off;
+      off += round_up(static_cast<int>(acc), 16);
     }
-    n.acc_off[r + 1] = n.acc_off[r] + round_up(static_cast<int>(acc), 16);
   }
+  n.acc_total = off;
   return n;
 }
 
@@ -174,10 +193,11 @@ template <int L, int S = L / 2> LENET5_INLINE void transpose_block(vf<L>* t) {
   }
 }
 
-// A[r][lane] (R rows of L) -> T[lane][ld] (zeros in rows' columns [R, ld)), ld >= R.
-template <int L> LENET5_INLINE void transpose_rows(const float* A, int R, float* T, int ld) {
+// A[r][lane] (R rows of L) -> T[lane][0, width) with rows `ld` floats apart (zeros in columns
+// [R, width)), width >= R.
+template <int L> LENET5_INLINE void transpose_rows(const float* A, int R, float* T, int width, int ld) {
   int r0 = 0;
-  for (; r0 + L <= ld; r0 += L) {
+  for (; r0 + L <= width; r0 += L) {
     vf<L> t[L];
 #pragma GCC unroll 16
     for (int i = 0; i < L; ++i) t[i] = r0 + i < R ? load<L>(A + int64_t(r0 + i) * L) : zero<L>();
@@ -186,7 +206,7 @@ template <int L> LENET5_INLINE void transpose_rows(const float* A, int R, float*
     for (int n = 0; n < L; ++n) store<L>(T + int64_t(n) * ld + r0, t[n]);
   }
   for (int n = 0; n < L; ++n)
-    for (int r = r0; r < ld; ++r) T[int64_t(n) * ld + r] = r < R ? A[int64_t(r) * L + n] : 0.0f;
+    for (int r = r0; r < width; ++r) T[int64_t(n) * ld + r] = r < R ? A[int64_t(r) * L + n] : 0.0f;
 }
 
 // Images [0, valid) of x[valid, cin, 32, 32] into lanes: X[cin][32][32][L], zeros in the
@@ -517,17 +537,18 @@ template <int L> LENET5_INLINE void fc_input_grad(const float* W, int U, int J, 
   for (; j < J; ++j) fc_input_cols<L, 1>(W, U, J, G, GX, j);
 }
 
-// dW[u][j] += sum_n GT[n][u] XT[n][j] for 4 units from u0 and JB vectors of j from j0.
+// dW[u][j] = sum_{n < rows} GT[n][u] XT[n][j] for 4 units from u0 and JB vectors of j from j0
+// (n in order: the same sum for any split of the work).
 template <int L, int JB>
 LENET5_INLINE void lane_gemm_block(float* dW, int ldw, const float* GT, int ldg, const float* XT, int ldx,
-                                   int u0, int j0) {
+                                   int64_t rows, int u0, int j0) {
   vf<L> acc[4][JB];
 #pragma GCC unroll 4
   for (int k = 0; k < 4; ++k)
 #pragma GCC unroll 4
     for (int v = 0; v < JB; ++v) acc[k][v] = zero<L>();
 #pragma GCC unroll 2
-  for (int n = 0; n < L; ++n) {
+  for (int64_t n = 0; n < rows; ++n) {
     vf<L> x[JB];
 #pragma GCC unroll 4
     for (int v = 0; v < JB; ++v) x[v] = load<L>(XT + n * ldx + j0 + v * L);
@@ -541,31 +562,36 @@ LENET5_INLINE void lane_gemm_block(float* dW, int ldw, const float* GT, int ldg,
 #pragma GCC unroll 4
   for (int k = 0; k < 4; ++k)
 #pragma GCC unroll 4
-    for (int v = 0; v < JB; ++v) {
-      float* d = dW + int64_t(u0 + k) * ldw + j0 + v * L;
-      store<L>(d, load<L>(d) + acc[k][v]);
-    }
+    for (int v = 0; v < JB; ++v) store<L>(dW + int64_t(u0 + k) * ldw + j0 + v * L, acc[k][v]);
 }
 
-// Backward of a fully connected layer from G = dE/da [U][L] and its input X [J][L]: bias and
-// weight terms into the accumulators (weights: padded [upad][jpad]), GX = W^T G if wanted.
-// T: scratch for the transposes, (upad + jpad) L floats.
+// Backward of a fully connected layer r from G = dE/da [U][L] and its input X [J][L]: the bias
+// terms into the accumulator, G and X transposed into the tile's rows of the batch's rows buffer
+// (row = image, pitch fc_cols; the weight terms are one GEMM over the batch: fc_weight_terms),
+// GX = W^T G if wanted.
 template <int L>
-LENET5_INLINE void fc_backward(const float* W, int U, int J, int upad, int jpad, const float* G, const float* X,
-                               float* dW, float* db, float* GX, float* T) {
+LENET5_INLINE void fc_backward(const Net& n, int r, int U, int J, const float* G, const float* X, float* db,
+                               float* rows, float* GX) {
   for (int u = 0; u < U; ++u) db[u] += hsum<L>(load<L>(G + u * L));
-  float* GT = T;
-  float* XT = T + upad * L;
-  transpose_rows<L>(G, U, GT, upad);
-  transpose_rows<L>(X, J, XT, jpad);
+  float* GT = rows + n.fc_col[r];
+  transpose_rows<L>(G, U, GT, n.fc_upad[r], n.fc_cols);
+  transpose_rows<L>(X, J, GT + n.fc_upad[r], n.fc_jpad[r], n.fc_cols);
+  if (GX) fc_input_grad<L>(n.w[r], U, J, G, GX);
+}
+
+// Weight terms of the fully connected layer r over the batch's first `images` rows: vectors
+// [v0, v1) of its padded input, every unit, into dW (padded [upad][jpad]).
+template <int L>
+LENET5_INLINE void fc_weight_terms(const Net& n, int r, const float* rows, int64_t images, int v0, int v1, float* dW) {
   constexpr int JB = L == 16 ? 4 : 2;
-  const int nv = jpad / L;
-  for (int u0 = 0; u0 < upad; u0 += 4) {
-    int v = 0;
-    for (; v + JB <= nv; v += JB) lane_gemm_block<L, JB>(dW, jpad, GT, upad, XT, jpad, u0, v * L);
-    for (; v < nv; ++v) lane_gemm_block<L, 1>(dW, jpad, GT, upad, XT, jpad, u0, v * L);
-  }
-  if (GX) fc_input_grad<L>(W, U, J, G, GX);
+  const float* GT = rows + n.fc_col[r];
+  const float* XT = GT + n.fc_upad[r];
+  const int ld = n.fc_cols, jpad = n.fc_jpad[r];
+  int v = v0;
+  for (; v + JB <= v1; v += JB)
+    for (int u0 = 0; u0 < n.fc_upad[r]; u0 += 4) lane_gemm_block<L, JB>(dW, jpad, GT, ld, XT, ld, images, u0, v * L);
+  for (; v < v1; ++v)
+    for (int u0 = 0; u0 < n.fc_upad[r]; u0 += 4) lane_gemm_block<L, 1>(dW, jpad, GT, ld, XT, ld, images, u0, v * L);
 }
 
 // G[u] *= f'(Y[u]) in place.
@@ -614,10 +640,10 @@ LENET5_INLINE void forward_tile(const Net& n, const float* x, int valid, float* 
 
 // Backward scratch of one thread (vectors of L floats unless said).
 template <int L> struct Work {
-  float *X, *GO, *G6, *G5, *G4, *G3p, *G2, *G1p, *GX, *T;
+  float *X, *GO, *G6, *G5, *G4, *G3p, *G2, *G1p, *GX;
   static int64_t floats(const Net& n) {
     return int64_t(L) * (2 * n.cin * kIn * kIn + n.classes + kUnits6 + kUnits5 + kIn5 + kMaps3 * kC3 * kG3W + kY2 +
-                         kMaps1 * kC1 * kG1W + (round_up(geometry::kMaxClasses, 4) + round_up(kIn5, kMaxL)) + 64);
+                         kMaps1 * kC1 * kG1W + 64);
   }
   Work(const Net& n, float* p) {
     auto take = [&](int64_t vecs) {
@@ -634,7 +660,6 @@ template <int L> struct Work {
     G3p = take(kMaps3 * kC3 * kG3W);
     G2 = take(kY2);
     G1p = take(kMaps1 * kC1 * kG1W);
-    T = take(round_up(geometry::kMaxClasses, 4) + round_up(kIn5, kMaxL));
   }
 };
 
@@ -647,14 +672,16 @@ template <int L> LENET5_INLINE void grad_out_to_lanes(const Net& n, const float*
   }
 }
 
-// From w.GO = dE/dout (lanes) and w.X = the tile's input (load_tile), every parameter's terms
-// into acc, and the input gradient into grad_x when wanted.
+// From w.GO = dE/dout (lanes) and w.X = the tile's input (load_tile): the terms of every
+// parameter but the fully connected weights into acc, the tile's transposed rows for those into
+// rows (the tile's L rows of the batch's rows buffer), the input gradient into grad_x when wanted.
 template <int L, bool C>
-LENET5_INLINE void backward_tile(const Net& n, int valid, const float* saved, float* acc, float* grad_x, Work<L>& w) {
+LENET5_INLINE void backward_tile(const Net& n, int valid, const float* saved, float* acc, float* rows, float* grad_x,
+                                 Work<L>& w) {
   const Saved<L> s(const_cast<float*>(saved));
   constexpr int ACT = kHidden<C>;
   float* A[kRoles];
-  for (int r = 0; r < kRoles; ++r) A[r] = acc + n.acc_off[r];
+  for (int r = 0; r < kRoles; ++r) A[r] = is_fc_weight(r) ? nullptr : acc + n.acc_off[r];
   // output layer -> G6 = dE/dY6
   if constexpr (C) {
     for (int j = 0; j < kUnits6; ++j) {
@@ -664,12 +691,12 @@ LENET5_INLINE void backward_tile(const Net& n, int valid, const float* saved, fl
       store<L>(w.G6 + j * L, a + a);
     }
   } else {
-    fc_backward<L>(n.w[kOutWeight], n.classes, kUnits6, n.fc_upad[kOutWeight], n.fc_jpad[kOutWeight], w.GO, s.Y6, A[kOutWeight], A[kOutBias], w.G6, w.T);
+    fc_backward<L>(n, kOutWeight, n.classes, kUnits6, w.GO, s.Y6, A[kOutBias], rows, w.G6);
   }
   times_derivative<L, ACT>(w.G6, s.Y6, kUnits6);
-  fc_backward<L>(n.w[kF6Weight], kUnits6, kUnits5, n.fc_upad[kF6Weight], n.fc_jpad[kF6Weight], w.G6, s.Y5, A[kF6Weight], A[kF6Bias], w.G5, w.T);
+  fc_backward<L>(n, kF6Weight, kUnits6, kUnits5, w.G6, s.Y5, A[kF6Bias], rows, w.G5);
   times_derivative<L, ACT>(w.G5, s.Y5, kUnits5);
-  fc_backward<L>(n.w[kC5Weight], kUnits5, kIn5, n.fc_upad[kC5Weight], n.fc_jpad[kC5Weight], w.G5, s.Y4, A[kC5Weight], A[kC5Bias], w.G4, w.T);
+  fc_backward<L>(n, kC5Weight, kUnits5, kIn5, w.G5, s.Y4, A[kC5Bias], rows, w.G4);
   pool_backward<L, C, kC3>(w.G4, s.Y4, s.Y3, kMaps3, n.w[kS4Coef], A[kS4Coef], A[kS4Bias], w.G3p);
   conv_param_terms<L, kS2>(s.Y2, kMaps3, w.G3p, TableKernels{&n.c3}, A[kC3Weight], A[kC3Bias]);
   constexpr int CB2 = L == 16 ? 14 : 7, CBX = L == 16 ? 16 : 8, RB2 = L == 16 ? 1 : 2;
@@ -705,7 +732,7 @@ template <int L> LENET5_INLINE void forward_tiles(const Net& n, const float* x, 
 }
 template <int L> LENET5_INLINE void backward_tiles(const Net& n, const float* x, const float* saved,
                                                    const float* grad_out, int64_t N, int64_t t0, int64_t t1,
-                                                   float* acc, float* grad_x) {
+                                                   float* acc, float* rows, float* grad_x) {
   const int64_t img = int64_t(n.cin) * kIn * kIn;
   Work<L> w(n, thread_buffer(Work<L>::floats(n)));
   for (int64_t t = t0; t < t1; ++t) {
@@ -715,17 +742,19 @@ template <int L> LENET5_INLINE void backward_tiles(const Net& n, const float* x,
     float* gx = grad_x ? grad_x + base * img : nullptr;
     grad_out_to_lanes<L>(n, grad_out + base * n.classes, valid, w);
     load_tile<L>(x + base * img, n.cin, valid, w.X);
-    if (n.classic) backward_tile<L, true>(n, valid, s, acc, gx, w);
-    else backward_tile<L, false>(n, valid, s, acc, gx, w);
+    float* r = rows + base * n.fc_cols;
+    if (n.classic) backward_tile<L, true>(n, valid, s, acc, r, gx, w);
+    else backward_tile<L, false>(n, valid, s, acc, r, gx, w);
   }
 }
 
 // Forward, loss and backward of tiles [t0, t1), each tile's three back to back while its
 // activations are in cache (a per-thread tile of saved activations, never the caller's memory):
-// outputs into out, each image's loss into losses, scale * dE/dw added to acc.
+// outputs into out, each image's loss into losses, scale * dE/dw added to acc (and the rows of the
+// fully connected weights' terms into rows, as backward_tiles).
 template <int L> LENET5_INLINE void train_tiles(const Net& n, const float* x, const int64_t* labels, double map_j,
                                                 double scale, float* out, double* losses, int64_t N, int64_t t0,
-                                                int64_t t1, float* acc, float* grad_x) {
+                                                int64_t t1, float* acc, float* rows, float* grad_x) {
   const int64_t img = int64_t(n.cin) * kIn * kIn;
   const int64_t work = (Work<L>::floats(n) + 15) / 16 * 16;  // the saved tile after it, 64-byte aligned
   float* buf = thread_buffer(work + int64_t(kTileVecs) * L);
@@ -748,16 +777,19 @@ template <int L> LENET5_INLINE void train_tiles(const Net& n, const float* x, co
     for (int i = 0; i < n.classes; ++i)
       for (int k = valid; k < L; ++k) w.GO[i * L + k] = 0.0f;
     float* gx = grad_x ? grad_x + base * img : nullptr;
-    if (n.classic) backward_tile<L, true>(n, valid, s, acc, gx, w);
-    else backward_tile<L, false>(n, valid, s, acc, gx, w);
+    float* r = rows + base * n.fc_cols;
+    if (n.classic) backward_tile<L, true>(n, valid, s, acc, r, gx, w);
+    else backward_tile<L, false>(n, valid, s, acc, r, gx, w);
   }
 }
 
 struct Kernels {
   void (*forward)(const Net&, const float*, float*, float*, int64_t, int64_t, int64_t);
-  void (*backward)(const Net&, const float*, const float*, const float*, int64_t, int64_t, int64_t, float*, float*);
+  void (*backward)(const Net&, const float*, const float*, const float*, int64_t, int64_t, int64_t, float*, float*,
+                   float*);
   void (*train)(const Net&, const float*, const int64_t*, double, double, float*, double*, int64_t, int64_t, int64_t,
-                float*, float*);
+                float*, float*, float*);
+  void (*fc_weights)(const Net&, int, const float*, int64_t, int, int, float*);
   int lanes;
 };
 
@@ -767,15 +799,19 @@ struct Kernels {
     forward_tiles<L>(n, x, out, saved, N, t0, t1);                                                \
   }                                                                                              \
   ATTR void NAME##_backward(const Net& n, const float* x, const float* saved, const float* go,     \
-                            int64_t N, int64_t t0, int64_t t1, float* acc, float* gx) {           \
-    backward_tiles<L>(n, x, saved, go, N, t0, t1, acc, gx);                                       \
+                            int64_t N, int64_t t0, int64_t t1, float* acc, float* rows, float* gx) { \
+    backward_tiles<L>(n, x, saved, go, N, t0, t1, acc, rows, gx);                                 \
   }                                                                                              \
   ATTR void NAME##_train(const Net& n, const float* x, const int64_t* labels, double map_j, double scale, \
                          float* out, double* losses, int64_t N, int64_t t0, int64_t t1, float* acc,     \
-                         float* gx) {                                                            \
-    train_tiles<L>(n, x, labels, map_j, scale, out, losses, N, t0, t1, acc, gx);                  \
+                         float* rows, float* gx) {                                               \
+    train_tiles<L>(n, x, labels, map_j, scale, out, losses, N, t0, t1, acc, rows, gx);            \
   }                                                                                              \
-  const Kernels NAME##_kernels = {NAME##_forward, NAME##_backward, NAME##_train, L};
+  ATTR void NAME##_fc_weights(const Net& n, int r, const float* rows, int64_t images, int v0, int v1, \
+                              float* dW) {                                                       \
+    fc_weight_terms<L>(n, r, rows, images, v0, v1, dW);                                           \
+  }                                                                                              \
+  const Kernels NAME##_kernels = {NAME##_forward, NAME##_backward, NAME##_train, NAME##_fc_weights, L};
 
 // (DQ, in the AVX-512 set, materialises the max-pool's comparison masks as vectors; without it
 // GCC compares lane by lane.)
@@ -809,6 +845,35 @@ void write_grads(const Net& n, const float* sum, float* const* grads) {
       std::memcpy(grads[p], a, sizeof(float) * n.size[r]);
     }
   }
+}
+
+// The parameter gradients of a batch into sum (acc_total floats, Net's layout): tiles(t0, t1,
+// acc, rows) runs tiles [t0, t1), adding the per-tile terms to acc and writing the tiles' rows of
+// the fully connected weights' GEMMs into rows; batch_slices sums the per-tile terms slice by
+// slice into sum[0, acc_tiles); then each GEMM runs over all the batch's rows in image order,
+// split into tasks by vectors of its inputs. Bitwise the same for any nthreads.
+template <class Tiles>
+void batch_gradients(const Net& n, const Kernels& k, int64_t N, int nthreads, float* sum, Tiles&& tiles) {
+  if (N == 0) {  // no images: zero gradients
+    std::fill(sum, sum + n.acc_total, 0.0f);
+    return;
+  }
+  const int L = k.lanes;
+  const int64_t ntiles = (N + L - 1) / L;
+  float* rows = reusable_scratch<float, ScratchUse::kEngineRows>(ntiles * L * n.fc_cols);
+  batch_slices<float>(ntiles, n.acc_tiles, sum, nthreads,
+                      [&](int64_t t0, int64_t t1, float* acc) { tiles(t0, t1, acc, rows); });
+  struct Task {
+    int r, v0, v1;
+  };
+  std::vector<Task> tasks;
+  const int chunk = L == 16 ? 8 : 4;  // vectors of the input per task: a few tens of microseconds
+  for (int r : {kC5Weight, kF6Weight, kOutWeight})
+    for (int v = 0; v < n.fc_jpad[r] / L; v += chunk) tasks.push_back({r, v, std::min(n.fc_jpad[r] / L, v + chunk)});
+  parallel_tasks(static_cast<int64_t>(tasks.size()), nthreads, [&](int64_t i) {
+    const Task& t = tasks[i];
+    k.fc_weights(n, t.r, rows, N, t.v0, t.v1, sum + n.acc_off[t.r]);
+  });
 }
 
 }  // namespace
@@ -860,15 +925,10 @@ void lenet5_batch_backward(const FusedNet& net, const float* x, const float* sav
   if (h.lanes != L)
     fail(fn, "the saved buffer was written with " + std::to_string(h.lanes) + " lanes, the current SIMD level uses " +
                 std::to_string(L));
-  const int64_t total = n.acc_off[kRoles];
-  float* sum = reusable_scratch<float, ScratchUse::kReduceResult>(total);  // no fresh buffer per call
-  const int64_t ntiles = (N + L - 1) / L;
-  if (N > 0)
-    batch_slices<float>(ntiles, total, sum, std::max(1, nthreads), [&](int64_t t0, int64_t t1, float* acc) {
-      k.backward(n, x, saved, grad_out, N, t0, t1, acc, grad_x);
-    });
-  else
-    std::fill(sum, sum + total, 0.0f);  // no images: zero gradients
+  float* sum = reusable_scratch<float, ScratchUse::kReduceResult>(n.acc_total);  // no fresh buffer per call
+  batch_gradients(n, k, N, std::max(1, nthreads), sum, [&](int64_t t0, int64_t t1, float* acc, float* rows) {
+    k.backward(n, x, saved, grad_out, N, t0, t1, acc, rows, grad_x);
+  });
   write_grads(n, sum, grads);
 }
 
@@ -880,17 +940,11 @@ void lenet5_batch_train(const FusedNet& net, const float* x, const int64_t* labe
   check_buffers(net, grads, "gradient buffer", fn);
   check_labels(labels, N, n.classes, fn);
   const Kernels& k = pick_kernels();
-  const int L = k.lanes;
-  const int64_t total = n.acc_off[kRoles];
-  float* sum = reusable_scratch<float, ScratchUse::kReduceResult>(total);
+  float* sum = reusable_scratch<float, ScratchUse::kReduceResult>(n.acc_total);
   std::vector<double> losses(N);
-  const int64_t ntiles = (N + L - 1) / L;
-  if (N > 0)
-    batch_slices<float>(ntiles, total, sum, std::max(1, nthreads), [&](int64_t t0, int64_t t1, float* acc) {
-      k.train(n, x, labels, map_j, scale, out, losses.data(), N, t0, t1, acc, grad_x);
-    });
-  else
-    std::fill(sum, sum + total, 0.0f);
+  batch_gradients(n, k, N, std::max(1, nthreads), sum, [&](int64_t t0, int64_t t1, float* acc, float* rows) {
+    k.train(n, x, labels, map_j, scale, out, losses.data(), N, t0, t1, acc, rows, grad_x);
+  });
   write_grads(n, sum, grads);
   double total_loss = 0;
   for (double l : losses) total_loss += l;  // in image order: the same for any thread count

@@ -30,7 +30,7 @@ inline int64_t slice_begin(int64_t N, int64_t nslots, int64_t s) { return N * s 
 // Per calling thread, a buffer of at least n values that lives on between calls: scratch that
 // costs no allocation (and no page faults) once it has grown to a call's size, 64-byte aligned.
 // Each Use is a buffer of its own, so a caller's result buffer never aliases batch_slices' slots.
-enum class ScratchUse : int { kReduceSlots, kReduceResult, kEngineWork };
+enum class ScratchUse : int { kReduceSlots, kReduceResult, kEngineWork, kEngineRows };
 template <class T, ScratchUse Use = ScratchUse::kReduceSlots> T* reusable_scratch(int64_t n) {
   constexpr int64_t kPad = 64 / sizeof(T);
   thread_local std::vector<T> buf;
