@@ -1,15 +1,15 @@
 """Each contender of bench/cpu.py under the OpenMP wait policy that suits it, from two runs.
 
-torch's own ops (the pure-PyTorch reference) run fastest with OpenMP's default, spinning
-workers (OMP_WAIT_POLICY=ACTIVE); our fused engines run on their own thread pool between
-torch's OpenMP regions, and are fastest when those workers sleep (PASSIVE, which lenet5_fast
-sets when imported before torch). One process has one policy, so bench/cpu.py runs twice on the
-same machine, minutes apart, and this script takes each contender's better images/s of the two
+torch's own ops (the pure-PyTorch reference) and, when torch's OpenMP runtime is in the
+process, our engines' thread tasks too (csrc/support/parallel.cpp) run on OpenMP, whose wait
+policy (OMP_WAIT_POLICY, read when the runtime starts) suits contenders differently. One process
+has one policy, so bench/cpu.py runs twice on the same machine, minutes apart, and this script
+takes each contender's better images/s of the two
 and the ratios of those:
 
-    python bench/cpu.py                                                  # PASSIVE (the default)
-    OMP_WAIT_POLICY=ACTIVE python bench/cpu.py --out bench/results/cpu-omp-active.md
-    python bench/cpu_policy_summary.py bench/results/cpu.json bench/results/cpu-omp-active.json \\
+    python bench/cpu.py                                                  # the default policy
+    OMP_WAIT_POLICY=PASSIVE python bench/cpu.py --out bench/results/cpu-omp-passive.md
+    python bench/cpu_policy_summary.py bench/results/cpu.json bench/results/cpu-omp-passive.json \\
         --out bench/results/cpu-best-policy.md
 """
 from __future__ import annotations
